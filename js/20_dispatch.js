@@ -1,0 +1,392 @@
+// @ts-check
+// The bridge between the host and a tenant's handler: turns a request the host hands over
+// into a `Request`, calls the module's `fetch(request, env, ctx)` (or dispatches a
+// `FetchEvent` to service-worker style listeners) and sends the `Response` back through ops.
+// Everything here is captured while the snapshot is made, so a tenant overwriting globals
+// (`Response`, `Promise.prototype.then`, ...) cannot change how its responses are read.
+import { primordials } from "ext:core/mod.js";
+import {
+  op_outpost_fail,
+  op_outpost_log,
+  op_outpost_respond_bytes,
+  op_outpost_respond_stream,
+  op_outpost_respond_text,
+} from "ext:core/ops";
+import { body, event, request, response, streams } from "ext:outpost/10_globals.js";
+
+const {
+  ArrayPrototypePush,
+  Error,
+  FunctionPrototypeCall,
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  PromiseResolve,
+  ReflectApply,
+  String,
+  Symbol,
+  TypeError,
+  TypedArrayPrototypeGetSymbolToStringTag,
+} = primordials;
+
+const { InnerBody } = body;
+const { fromInnerRequest, newInnerRequest } = request;
+const {
+  ResponsePrototype,
+  serveFastBodyKey,
+  serveFastConsumedKey,
+  serveFastContentTypeKey,
+  serveFastHeaderKindKey,
+  serveFastStatusKey,
+  SERVE_FAST_HEADER_CONTENT_TYPE,
+  SERVE_FAST_HEADER_DEFAULT_TEXT,
+  toInnerResponseForDenoServe,
+  wireHeaderList,
+} = response;
+const { ReadableStreamPrototype, readableStreamForRid, resourceForReadableStream } = streams;
+const { Event, EventTarget, listenerCount } = event;
+const { JSONParse } = primordials;
+const dispatchEvent = EventTarget.prototype.dispatchEvent;
+
+/** Failure kinds, as `op_outpost_fail` understands them. */
+const FAIL_EXCEPTION = 0;
+const FAIL_NOT_A_RESPONSE = 1;
+
+const MODE_NONE = 0;
+const MODE_MODULE = 1;
+const MODE_SERVICE_WORKER = 2;
+
+let mode = MODE_NONE;
+/** @type {any} */
+let handler = null;
+/** @type {any} */
+let env = {};
+
+/**
+ * Sets the bindings every request sees as `env`.
+ * @param {string} varsJson
+ */
+export function setEnv(varsJson) {
+  env = JSONParse(varsJson);
+}
+
+/**
+ * Chooses the handler after the main module evaluated. Returns null, or why the module
+ * cannot handle requests.
+ * @param {any} namespace the main module's namespace
+ * @returns {string | null}
+ */
+export function setHandler(namespace) {
+  const def = namespace.default;
+  if (def !== null && (typeof def === "object" || typeof def === "function")) {
+    if (typeof def.fetch === "function") {
+      mode = MODE_MODULE;
+      handler = def;
+      return null;
+    }
+  }
+  if (listenerCount(globalThis, "fetch") > 0) {
+    mode = MODE_SERVICE_WORKER;
+    return null;
+  }
+  if (def === undefined) {
+    return "the main module has no default export and adds no \"fetch\" event listener: " +
+      "add `export default { async fetch(request, env, ctx) { return new Response(\"...\"); } }`";
+  }
+  return "the main module's default export has no fetch() method: " +
+    "export `{ async fetch(request, env, ctx) { ... } }`";
+}
+
+/**
+ * @param {any} error
+ * @returns {string}
+ */
+function describeError(error) {
+  if (ObjectPrototypeIsPrototypeOf(Error.prototype, error) && typeof error.stack === "string") {
+    return error.stack;
+  }
+  try {
+    return String(error);
+  } catch {
+    return "exception";
+  }
+}
+
+/**
+ * @param {any} value
+ * @returns {string}
+ */
+function describeValue(value) {
+  if (value === undefined) return "undefined";
+  if (value === null) return "null";
+  if (typeof value === "object" || typeof value === "function") {
+    const name = value?.constructor?.name;
+    return typeof name === "string" && name !== "" ? `a ${name} object` : "an object";
+  }
+  return `a ${typeof value}`;
+}
+
+/**
+ * @param {number} id
+ * @param {any} error
+ */
+function fail(id, error) {
+  op_outpost_fail(id, FAIL_EXCEPTION, `Uncaught ${describeError(error)}`);
+}
+
+/**
+ * @param {string} text
+ */
+function logError(text) {
+  op_outpost_log(3, text + "\n");
+}
+
+/** The per-request `ctx` of module workers. */
+class ExecutionContext {
+  /**
+   * Keeps the request's work alive after the response was sent.
+   * @param {any} promise
+   */
+  waitUntil(promise) {
+    PromisePrototypeThen(PromiseResolve(promise), undefined, (error) => {
+      logError(`Uncaught (in waitUntil) ${describeError(error)}`);
+    });
+  }
+
+  /** Accepted for compatibility; Outpost has no origin to fall back to. */
+  passThroughOnException() {}
+}
+
+const kRespondWith = Symbol("respondWith");
+
+/** The event service-worker style scripts receive: `addEventListener("fetch", ...)`. */
+class FetchEvent extends Event {
+  /** @type {any} */
+  #request;
+  /** @type {ExecutionContext} */
+  #ctx;
+  /** @type {any} */
+  [kRespondWith] = undefined;
+
+  /**
+   * @param {any} req
+   * @param {ExecutionContext} ctx
+   */
+  constructor(req, ctx) {
+    super("fetch", { cancelable: true });
+    this.#request = req;
+    this.#ctx = ctx;
+  }
+
+  get request() {
+    return this.#request;
+  }
+
+  /** @param {any} result a Response or a promise of one */
+  respondWith(result) {
+    if (this[kRespondWith] !== undefined) {
+      throw new TypeError("respondWith() was already called for this event");
+    }
+    this[kRespondWith] = result;
+    this.stopImmediatePropagation();
+  }
+
+  /** @param {any} promise */
+  waitUntil(promise) {
+    this.#ctx.waitUntil(promise);
+  }
+
+  passThroughOnException() {}
+}
+
+/**
+ * @param {string[]} flat name, value, name, value, ...
+ * @returns {[string, string][]}
+ */
+function pairs(flat) {
+  /** @type {[string, string][]} */
+  const list = [];
+  for (let i = 0; i < flat.length; i += 2) {
+    ArrayPrototypePush(list, [flat[i], flat[i + 1]]);
+  }
+  return list;
+}
+
+/**
+ * Handles one request: called by the host, answers through ops (possibly later).
+ * @param {number} id
+ * @param {string} method
+ * @param {string} url
+ * @param {string[]} headers flat name/value list
+ * @param {number | null} bodyRid a resource streaming the request body, or null
+ */
+export function dispatch(id, method, url, headers, bodyRid) {
+  let result;
+  try {
+    const reqBody = bodyRid === null ? null : new InnerBody(readableStreamForRid(bodyRid));
+    const inner = newInnerRequest(method, url, () => pairs(headers), reqBody, false);
+    const req = fromInnerRequest(inner, "immutable");
+    const ctx = new ExecutionContext();
+    if (mode === MODE_MODULE) {
+      result = ReflectApply(handler.fetch, handler, [req, env, ctx]);
+    } else {
+      const ev = new FetchEvent(req, ctx);
+      FunctionPrototypeCall(dispatchEvent, globalThis, ev);
+      result = ev[kRespondWith];
+      if (result === undefined) {
+        op_outpost_fail(
+          id,
+          FAIL_NOT_A_RESPONSE,
+          "no \"fetch\" event listener called event.respondWith(); call it synchronously " +
+            "in the listener with a Response or a Promise of one",
+        );
+        return;
+      }
+    }
+  } catch (error) {
+    fail(id, error);
+    return;
+  }
+  if (ObjectPrototypeIsPrototypeOf(ResponsePrototype, result)) {
+    respond(id, result);
+  } else {
+    PromisePrototypeThen(
+      PromiseResolve(result),
+      (/** @type {any} */ res) => respond(id, res),
+      (/** @type {any} */ error) => fail(id, error),
+    );
+  }
+}
+
+/**
+ * @param {number} id
+ * @param {any} res
+ */
+function respond(id, res) {
+  try {
+    respondUnchecked(id, res);
+  } catch (error) {
+    fail(id, error);
+  }
+}
+
+/**
+ * @param {any} body
+ * @returns {boolean}
+ */
+function isUint8Array(body) {
+  return TypedArrayPrototypeGetSymbolToStringTag(body) === "Uint8Array";
+}
+
+/**
+ * @param {number} id
+ * @param {any} res
+ */
+function respondUnchecked(id, res) {
+  if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, res)) {
+    op_outpost_fail(
+      id,
+      FAIL_NOT_A_RESPONSE,
+      `the fetch handler returned ${describeValue(res)} instead of a Response; ` +
+        "return a Response (or a Promise that resolves to one)",
+    );
+    return;
+  }
+  // Fast path: `new Response("text")`, `Response.json(...)` whose headers were never
+  // touched carry their status, body and content type directly.
+  const fastStatus = res[serveFastStatusKey];
+  if (fastStatus !== 0 && !res[serveFastConsumedKey]) {
+    const kind = res[serveFastHeaderKindKey];
+    /** @type {[string, string][]} */
+    const headers = kind === SERVE_FAST_HEADER_DEFAULT_TEXT
+      ? [["content-type", "text/plain;charset=UTF-8"]]
+      : kind === SERVE_FAST_HEADER_CONTENT_TYPE
+      ? [["content-type", res[serveFastContentTypeKey]]]
+      : [];
+    sendStatic(id, fastStatus, headers, res[serveFastBodyKey]);
+    return;
+  }
+  const inner = toInnerResponseForDenoServe(res);
+  if (inner.type === "error") {
+    op_outpost_fail(id, FAIL_NOT_A_RESPONSE, "the fetch handler returned Response.error()");
+    return;
+  }
+  const headers = wireHeaderList(inner);
+  const status = inner.status;
+  if (inner.body === null) {
+    op_outpost_respond_text(id, status, headers, "");
+    return;
+  }
+  const source = inner.body.streamOrStatic;
+  if (ObjectPrototypeIsPrototypeOf(ReadableStreamPrototype, source)) {
+    if (source.locked || inner.body.unusable()) {
+      throw new TypeError("the Response's body was already read or is locked");
+    }
+    const rid = resourceForReadableStream(source, inner.body.length ?? undefined);
+    op_outpost_respond_stream(id, status, headers, rid);
+    return;
+  }
+  if (source.consumed) {
+    throw new TypeError("the Response's body was already read");
+  }
+  sendStatic(id, status, headers, source.body);
+}
+
+/**
+ * @param {number} id
+ * @param {number} status
+ * @param {[string, string][]} headers
+ * @param {any} data a string or a Uint8Array
+ */
+function sendStatic(id, status, headers, data) {
+  if (typeof data === "string") {
+    op_outpost_respond_text(id, status, headers, data);
+  } else if (data === null || data === undefined) {
+    op_outpost_respond_text(id, status, headers, "");
+  } else if (isUint8Array(data)) {
+    op_outpost_respond_bytes(id, status, headers, data);
+  } else {
+    throw new TypeError("unsupported static response body");
+  }
+}
+
+/**
+ * An exception nobody caught outside a request's promise chain (a timer callback, an event
+ * listener): dispatched as an "error" event on the global scope and, unless a listener
+ * prevents its default, logged. The isolate keeps serving, as in Workers.
+ * @param {any} error
+ */
+export function reportException(error) {
+  const ev = new event.ErrorEvent("error", {
+    cancelable: true,
+    message: typeof error?.message === "string" ? error.message : String(error),
+    error,
+  });
+  try {
+    FunctionPrototypeCall(dispatchEvent, globalThis, ev);
+  } catch (listenerError) {
+    logError(`Uncaught (in error listener) ${describeError(listenerError)}`);
+  }
+  if (!ev.defaultPrevented) {
+    logError(`Uncaught ${describeError(error)}`);
+  }
+}
+
+/**
+ * A promise rejection nobody handled: dispatched as an "unhandledrejection" event on the
+ * global scope and, unless a listener prevents its default, logged. Requests keep going.
+ * @param {any} promise
+ * @param {any} reason
+ * @returns {boolean} always true: the rejection is handled here
+ */
+export function onUnhandledRejection(promise, reason) {
+  const ev = new event.PromiseRejectionEvent("unhandledrejection", {
+    cancelable: true,
+    promise,
+    reason,
+  });
+  FunctionPrototypeCall(dispatchEvent, globalThis, ev);
+  if (!ev.defaultPrevented) {
+    logError(`Uncaught (in promise) ${describeError(reason)}`);
+  }
+  return true;
+}

@@ -1,0 +1,174 @@
+//! `outpost.toml`: the app's manifest as its developer writes it.
+//!
+//! ```toml
+//! name = "hello"                 # required: [a-z0-9_-], 1..=63 characters
+//! main = "src/index.js"          # the module whose default export handles requests
+//! compatibility_date = "2026-11-01"
+//!
+//! [vars]                         # plain bindings, visible to the handler as `env.NAME`
+//! GREETING = "hello"
+//! LIMITS = { max = 3 }           # tables and arrays arrive as JSON objects and arrays
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::BundleError;
+
+/// The file name of an app's manifest inside its directory.
+pub const MANIFEST_FILE: &str = "outpost.toml";
+
+/// The main module used when `outpost.toml` names none.
+pub const DEFAULT_MAIN: &str = "src/index.js";
+
+/// An app's manifest (`outpost.toml`). Unknown keys are an error, so a typo never passes
+/// silently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The app's name: lower-case letters, digits, `-` and `_`, at most 63 characters. It
+    /// prefixes the app's console output and names its deployments.
+    pub name: String,
+    /// Path of the main module, relative to the app directory, `/`-separated. Its default
+    /// export (`export default { fetch }`) or its `fetch` event listener handles requests.
+    #[serde(default = "default_main")]
+    pub main: String,
+    /// The date (`YYYY-MM-DD`) whose runtime behaviour the app was written against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility_date: Option<String>,
+    /// Plain-text or JSON bindings handed to the handler as `env`. Nothing else from the
+    /// node's environment ever reaches `env`.
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_main() -> String {
+    DEFAULT_MAIN.to_string()
+}
+
+impl Manifest {
+    /// Parses and validates the text of an `outpost.toml`.
+    pub fn from_toml(text: &str) -> Result<Self, BundleError> {
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| BundleError::Manifest(e.message().to_string()))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// A manifest for a single-file app: named after the file, with that file as main.
+    pub fn for_single_file(name: &str, main: &str) -> Self {
+        Manifest {
+            name: sanitize_name(name),
+            main: main.to_string(),
+            compatibility_date: None,
+            vars: BTreeMap::new(),
+        }
+    }
+
+    /// Checks the rules each field's documentation states.
+    pub fn validate(&self) -> Result<(), BundleError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 63
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(BundleError::Manifest(format!(
+                "name {:?} must be 1 to 63 characters of a-z, 0-9, '-' and '_'",
+                self.name
+            )));
+        }
+        crate::normalize_path(&self.main)
+            .map_err(|why| BundleError::Manifest(format!("main {:?}: {why}", self.main)))?;
+        if let Some(date) = &self.compatibility_date {
+            let valid = date.len() == 10
+                && date.bytes().enumerate().all(|(i, b)| match i {
+                    4 | 7 => b == b'-',
+                    _ => b.is_ascii_digit(),
+                });
+            if !valid {
+                return Err(BundleError::Manifest(format!(
+                    "compatibility_date {date:?} must be a date like \"2026-11-01\""
+                )));
+            }
+        }
+        for key in self.vars.keys() {
+            let valid = !key.is_empty()
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !key.as_bytes()[0].is_ascii_digit();
+            if !valid {
+                return Err(BundleError::Manifest(format!(
+                    "vars.{key}: a binding name must be a JavaScript identifier (letters, digits, '_')"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns a file stem into a valid app name (`Hello World.js` → `hello-world`).
+fn sanitize_name(stem: &str) -> String {
+    let mut name: String = stem
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' | '_' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .take(63)
+        .collect();
+    if name.is_empty() {
+        name.push_str("app");
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let m = Manifest::from_toml(
+            r#"
+            name = "json-api"
+            main = "src/index.js"
+            compatibility_date = "2026-11-01"
+            [vars]
+            GREETING = "hi"
+            LIMITS = { max = 3 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.name, "json-api");
+        assert_eq!(m.vars["GREETING"], serde_json::json!("hi"));
+        assert_eq!(m.vars["LIMITS"], serde_json::json!({"max": 3}));
+    }
+
+    #[test]
+    fn main_defaults_to_src_index() {
+        let m = Manifest::from_toml("name = \"a\"").unwrap();
+        assert_eq!(m.main, DEFAULT_MAIN);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_with_their_name() {
+        let err = Manifest::from_toml("name = \"a\"\nmian = \"x.js\"").unwrap_err();
+        assert!(err.to_string().contains("mian"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_names_dates_and_paths() {
+        assert!(Manifest::from_toml("name = \"Bad Name\"").is_err());
+        assert!(Manifest::from_toml("name = \"a\"\ncompatibility_date = \"yesterday\"").is_err());
+        assert!(Manifest::from_toml("name = \"a\"\nmain = \"../escape.js\"").is_err());
+        assert!(Manifest::from_toml("name = \"a\"\n[vars]\n\"1x\" = \"v\"").is_err());
+    }
+
+    #[test]
+    fn single_file_names_are_sanitized() {
+        assert_eq!(Manifest::for_single_file("Hello World", "h.js").name, "hello-world");
+    }
+}

@@ -1,0 +1,150 @@
+//! Bodies crossing the isolate boundary, streamed both ways with backpressure:
+//! the request body as a resource JS reads (`request.body`), and a JS `ReadableStream`
+//! response body pumped chunk by chunk into a bounded channel the HTTP server drains.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use deno_core::{AsyncRefCell, AsyncResult, BufView, CancelFuture, CancelHandle, RcRef, Resource};
+use deno_error::JsErrorBox;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use outpost_pool::{Body, BoxError};
+use tokio::sync::mpsc;
+
+/// Largest chunk handed to JS or to the HTTP server in one piece.
+pub const CHUNK: usize = 64 * 1024;
+/// Chunks a response stream may run ahead of the client.
+const RESPONSE_CHANNEL_CHUNKS: usize = 4;
+
+/// The body of an incoming request, read by JS through `readableStreamForRid`.
+pub struct RequestBodyResource {
+    body: AsyncRefCell<Body>,
+    pending: RefCell<Option<Bytes>>,
+    cancel: CancelHandle,
+}
+
+impl RequestBodyResource {
+    pub fn new(body: Body) -> Self {
+        RequestBodyResource {
+            body: AsyncRefCell::new(body),
+            pending: RefCell::new(None),
+            cancel: CancelHandle::new(),
+        }
+    }
+
+    /// Takes at most `limit` bytes of what was received but not yet read.
+    fn take_pending(&self, limit: usize) -> Option<Bytes> {
+        let mut pending = self.pending.borrow_mut();
+        let mut chunk = pending.take()?;
+        if chunk.len() > limit {
+            *pending = Some(chunk.split_off(limit));
+        }
+        Some(chunk)
+    }
+
+    async fn read_chunk(self: Rc<Self>, limit: usize) -> Result<BufView, JsErrorBox> {
+        let limit = limit.clamp(1, CHUNK);
+        if let Some(chunk) = self.take_pending(limit) {
+            return Ok(BufView::from(chunk));
+        }
+        let mut body = RcRef::map(&self, |r| &r.body).borrow_mut().await;
+        loop {
+            let cancel = RcRef::map(&self, |r| &r.cancel);
+            let Ok(frame) = body.frame().or_cancel(cancel).await else {
+                return Err(JsErrorBox::new("Interrupted", "the request body was closed"));
+            };
+            match frame {
+                None => return Ok(BufView::empty()),
+                Some(Err(e)) => {
+                    return Err(JsErrorBox::new("Http", format!("reading the request body failed: {e}")))
+                }
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    *self.pending.borrow_mut() = Some(data);
+                    let chunk = self.take_pending(limit).unwrap_or_default();
+                    return Ok(BufView::from(chunk));
+                }
+            }
+        }
+    }
+}
+
+impl Resource for RequestBodyResource {
+    fn name(&self) -> Cow<'_, str> {
+        "requestBody".into()
+    }
+
+    fn read(self: Rc<Self>, limit: usize) -> AsyncResult<BufView> {
+        Box::pin(self.read_chunk(limit))
+    }
+
+    fn close(self: Rc<Self>) {
+        self.cancel.cancel();
+    }
+}
+
+/// A response body fed by the isolate thread through a bounded channel.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|item| item.map(|chunk| chunk.map(Frame::data)))
+    }
+}
+
+/// Starts pumping a JS response stream (a deno_web `ReadableStreamResource`) into a body the
+/// HTTP server can send from any thread. When the client goes away the stream is closed,
+/// which cancels it on the JS side. `done` runs on this thread once the stream ended.
+pub fn stream_response(resource: Rc<dyn Resource>, done: impl FnOnce() + 'static) -> Body {
+    let (tx, rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
+    tokio::task::spawn_local(async move {
+        pump(resource, tx).await;
+        done();
+    });
+    ChannelBody { rx }.boxed_unsync()
+}
+
+async fn pump(resource: Rc<dyn Resource>, tx: mpsc::Sender<Result<Bytes, BoxError>>) {
+    loop {
+        let read = tokio::select! {
+            _ = tx.closed() => {
+                resource.close();
+                return;
+            }
+            read = resource.clone().read(CHUNK) => read,
+        };
+        match read {
+            Ok(chunk) if chunk.is_empty() => {
+                resource.close();
+                return;
+            }
+            Ok(chunk) => {
+                if tx.send(Ok(Bytes::copy_from_slice(&chunk))).await.is_err() {
+                    resource.close();
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!("the response stream failed: {e}").into())).await;
+                resource.close();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Module loading from a [`Bundle`]: only the bundle's modules can be imported, under
+//! `file:///<path>` specifiers, so stack traces show the app's own paths
+//! (`file:///src/index.js:3:9`). Non-JavaScript modules follow the Workers module rules:
+//! `.wasm` → `WebAssembly.Module`, `.json` → value, text files → string, `.bin` → ArrayBuffer.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use deno_core::{
+    v8, CustomModuleEvaluationKind, FastString, ModuleLoadOptions, ModuleLoadReferrer,
+    ModuleLoadResponse, ModuleLoader, ModuleResolveResponse, ModuleSource, ModuleSourceCode,
+    ModuleSpecifier, ModuleType, RequestedModuleType, ResolutionKind,
+};
+use deno_error::JsErrorBox;
+use outpost_bundle::{Bundle, ModuleKind};
+
+/// The scheme and root of every module specifier.
+pub const MODULE_ROOT: &str = "file:///";
+
+const WASM_MODULE: &str = "outpost-wasm";
+const DATA_MODULE: &str = "outpost-data";
+
+/// The specifier of a bundle path.
+pub fn specifier_of(path: &str) -> Result<ModuleSpecifier, JsErrorBox> {
+    ModuleSpecifier::parse(&format!("{MODULE_ROOT}{path}"))
+        .map_err(|e| JsErrorBox::type_error(format!("invalid module path {path:?}: {e}")))
+}
+
+/// Serves imports from one bundle.
+pub struct BundleLoader {
+    bundle: Arc<Bundle>,
+}
+
+impl BundleLoader {
+    pub fn new(bundle: Arc<Bundle>) -> Self {
+        BundleLoader { bundle }
+    }
+}
+
+impl ModuleLoader for BundleLoader {
+    fn resolve(&self, specifier: &str, referrer: &str, _kind: ResolutionKind) -> ModuleResolveResponse {
+        let resolved = if specifier.starts_with("./")
+            || specifier.starts_with("../")
+            || specifier.starts_with('/')
+            || specifier.starts_with(MODULE_ROOT)
+        {
+            let base = ModuleSpecifier::parse(referrer).or_else(|_| ModuleSpecifier::parse(MODULE_ROOT));
+            base.and_then(|base| base.join(specifier))
+                .map_err(|e| JsErrorBox::type_error(format!("cannot resolve {specifier:?} from {referrer}: {e}")))
+        } else {
+            Err(JsErrorBox::type_error(format!(
+                "cannot import {specifier:?} from {referrer}: only relative imports of the app's own \
+                 modules (\"./file.js\") are supported; bundle packages into the app first"
+            )))
+        };
+        resolved
+    }
+
+    fn load(
+        &self,
+        specifier: &ModuleSpecifier,
+        _referrer: Option<&ModuleLoadReferrer>,
+        options: ModuleLoadOptions,
+    ) -> ModuleLoadResponse {
+        ModuleLoadResponse::Sync(self.source_of(specifier, &options.requested_module_type))
+    }
+}
+
+impl BundleLoader {
+    fn source_of(
+        &self,
+        specifier: &ModuleSpecifier,
+        requested: &RequestedModuleType,
+    ) -> Result<ModuleSource, JsErrorBox> {
+        let path = specifier
+            .as_str()
+            .strip_prefix(MODULE_ROOT)
+            .filter(|_| specifier.scheme() == "file")
+            .ok_or_else(|| JsErrorBox::type_error(format!("module {specifier} is not part of the app")))?;
+        let path = percent_decode(path);
+        let module = self.bundle.modules.get(path.as_str()).ok_or_else(|| {
+            JsErrorBox::type_error(format!("module {path:?} was not found in the app (imported as {specifier})"))
+        })?;
+        let bytes = || ModuleSourceCode::Bytes(module.bytes.to_vec().into_boxed_slice().into());
+        let text = || -> Result<ModuleSourceCode, JsErrorBox> {
+            let text = std::str::from_utf8(&module.bytes)
+                .map_err(|_| JsErrorBox::type_error(format!("module {path:?} is not valid UTF-8")))?;
+            Ok(ModuleSourceCode::String(text.to_string().into()))
+        };
+        // An import attribute (`with { type: "json" }`) takes precedence over the file kind.
+        let (module_type, code) = match (requested, module.kind) {
+            (RequestedModuleType::Json, _) | (RequestedModuleType::None, ModuleKind::Json) => {
+                (ModuleType::Json, text()?)
+            }
+            (RequestedModuleType::Text, _) | (RequestedModuleType::None, ModuleKind::Text) => {
+                (ModuleType::Text, text()?)
+            }
+            (RequestedModuleType::Bytes, _) => (ModuleType::Bytes, bytes()),
+            (RequestedModuleType::None, ModuleKind::JavaScript) => (ModuleType::JavaScript, text()?),
+            (RequestedModuleType::None, ModuleKind::Wasm) => (ModuleType::Other(WASM_MODULE.into()), bytes()),
+            (RequestedModuleType::None, ModuleKind::Data) => (ModuleType::Other(DATA_MODULE.into()), bytes()),
+            (RequestedModuleType::Other(other), _) => {
+                return Err(JsErrorBox::type_error(format!(
+                    "import of {path:?} asks for type {other:?}, which Outpost does not know"
+                )))
+            }
+        };
+        Ok(ModuleSource::new(module_type, code, specifier, None))
+    }
+}
+
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Evaluates the module types deno_core leaves to the embedder: `.wasm` files become a
+/// compiled `WebAssembly.Module`, `.bin` files an `ArrayBuffer`, each as the default export.
+pub fn evaluate_custom_module(
+    scope: &mut v8::PinScope,
+    module_type: Cow<'_, str>,
+    name: &FastString,
+    code: ModuleSourceCode,
+) -> Result<CustomModuleEvaluationKind, JsErrorBox> {
+    let bytes: Vec<u8> = match code {
+        ModuleSourceCode::Bytes(bytes) => bytes.to_vec(),
+        ModuleSourceCode::String(text) => text.as_bytes().to_vec(),
+    };
+    let value: v8::Local<v8::Value> = match module_type.as_ref() {
+        WASM_MODULE => {
+            v8::tc_scope!(let tc, scope);
+            match v8::WasmModuleObject::compile(tc, &bytes) {
+                Some(module) => module.into(),
+                None => {
+                    let message = tc
+                        .exception()
+                        .map(|e| e.to_rust_string_lossy(tc))
+                        .unwrap_or_else(|| "invalid WebAssembly".to_string());
+                    return Err(JsErrorBox::type_error(format!(
+                        "{}: WebAssembly compilation failed: {message}",
+                        name.as_str()
+                    )));
+                }
+            }
+        }
+        DATA_MODULE => {
+            let store = v8::ArrayBuffer::new_backing_store_from_vec(bytes).make_shared();
+            v8::ArrayBuffer::with_backing_store(scope, &store).into()
+        }
+        other => {
+            return Err(JsErrorBox::type_error(format!(
+                "{}: unknown module type {other}",
+                name.as_str()
+            )))
+        }
+    };
+    Ok(CustomModuleEvaluationKind::Synthetic(v8::Global::new(scope, value)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("My%20Worker.js"), "My Worker.js");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("plain/path.js"), "plain/path.js");
+    }
+}

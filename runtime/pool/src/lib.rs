@@ -1,0 +1,236 @@
+//! The Send-able face of the isolates. A [`Pool`] owns worker threads; each thread runs a
+//! current-thread tokio runtime where an [`Engine`] keeps its (`!Send`) instances. Deploying a
+//! [`Bundle`] starts one instance of it on every worker and returns a [`Deployment`], whose
+//! [`dispatch`](Deployment::dispatch) sends a request through a bounded queue to one of them.
+//!
+//! Lifetimes: an instance lives while its [`Deployment`] (or a clone) does; when the last
+//! handle is dropped its queues close, the instance finishes the requests it holds and is
+//! dropped on its own thread.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use outpost_bundle::Bundle;
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors carried by bodies that cross the pool.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A request or response body that can cross threads.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+/// A future that stays on the worker thread that made it.
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// One request on its way to an instance, with the way back for its response.
+pub struct Job {
+    pub request: http::Request<Body>,
+    pub reply: oneshot::Sender<Result<http::Response<Body>, DispatchError>>,
+}
+
+/// Why a dispatched request produced no response from the tenant.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DispatchError {
+    /// Every instance's queue is full; the client may retry shortly.
+    #[error("the app is overloaded: every instance's queue is full")]
+    Overloaded,
+    /// The handler (or the code it awaited) threw; the text is the exception with its stack.
+    #[error("the handler threw an exception: {0}")]
+    Exception(String),
+    /// The handler produced something that is not a Response; the text says what.
+    #[error("{0}")]
+    BadResponse(String),
+    /// The instance went away before it answered (it failed or was stopped).
+    #[error("the isolate stopped before it answered: {0}")]
+    InstanceGone(String),
+}
+
+/// Why an instance could not be started from a bundle: the text is for the developer
+/// (a syntax error with its file:line, a missing export, ...).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct LoadError {
+    pub message: String,
+}
+
+impl LoadError {
+    pub fn new(message: impl Into<String>) -> Self {
+        LoadError { message: message.into() }
+    }
+}
+
+/// What runs bundles. Implemented by the isolate crate; shared by all worker threads, while
+/// the instances it starts live on one thread each.
+pub trait Engine: Send + Sync + 'static {
+    /// Called on the worker thread, inside its tokio runtime and `LocalSet`: loads `bundle`
+    /// and returns the instance's serve loop, which takes jobs from `jobs` until it closes.
+    fn instantiate(
+        &self,
+        bundle: Arc<Bundle>,
+        jobs: mpsc::Receiver<Job>,
+    ) -> LocalFuture<Result<LocalFuture<()>, LoadError>>;
+}
+
+/// How a [`Pool`] is sized.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Worker threads; each runs one instance of every deployment.
+    pub workers: usize,
+    /// Requests that may wait for one instance before dispatch answers `Overloaded`.
+    pub queue_depth: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { workers: 1, queue_depth: 256 }
+    }
+}
+
+enum Command {
+    Instantiate {
+        bundle: Arc<Bundle>,
+        queue_depth: usize,
+        reply: oneshot::Sender<Result<mpsc::Sender<Job>, LoadError>>,
+    },
+}
+
+/// Worker threads that run instances of deployments.
+pub struct Pool {
+    workers: Vec<mpsc::Sender<Command>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    queue_depth: usize,
+}
+
+impl Pool {
+    /// Starts `config.workers` threads (at least one) running `engine`.
+    pub fn new(engine: Arc<dyn Engine>, config: PoolConfig) -> std::io::Result<Pool> {
+        let mut workers = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..config.workers.max(1) {
+            let (tx, rx) = mpsc::channel(16);
+            let engine = engine.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("outpost-worker-{index}"))
+                .spawn(move || run_worker(engine, rx))?;
+            workers.push(tx);
+            threads.push(thread);
+        }
+        Ok(Pool { workers, threads, queue_depth: config.queue_depth.max(1) })
+    }
+
+    /// Starts an instance of `bundle` on every worker. Fails with the first instance's load
+    /// error (nothing of the bundle keeps running then).
+    pub async fn deploy(&self, bundle: Arc<Bundle>) -> Result<Deployment, LoadError> {
+        let mut pending = Vec::with_capacity(self.workers.len());
+        for worker in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            let command = Command::Instantiate {
+                bundle: bundle.clone(),
+                queue_depth: self.queue_depth,
+                reply,
+            };
+            worker.send(command).await.map_err(|_| LoadError::new("worker thread is gone"))?;
+            pending.push(rx);
+        }
+        let mut instances = Vec::with_capacity(pending.len());
+        for rx in pending {
+            let sender = rx
+                .await
+                .map_err(|_| LoadError::new("the isolate crashed while loading the app (see the log)"))??;
+            instances.push(sender);
+        }
+        Ok(Deployment { inner: Arc::new(DeploymentInner { bundle, instances, next: AtomicUsize::new(0) }) })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.workers.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run_worker(engine: Arc<dyn Engine>, mut commands: mpsc::Receiver<Command>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("worker thread could not start its runtime: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::Instantiate { bundle, queue_depth, reply } => {
+                    let engine = engine.clone();
+                    tokio::task::spawn_local(async move {
+                        let (tx, rx) = mpsc::channel(queue_depth);
+                        match engine.instantiate(bundle, rx).await {
+                            Ok(serve) => {
+                                if reply.send(Ok(tx)).is_ok() {
+                                    serve.await;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    // The LocalSet is dropped here, after the loop: instances still running are dropped on
+    // this thread.
+}
+
+struct DeploymentInner {
+    bundle: Arc<Bundle>,
+    instances: Vec<mpsc::Sender<Job>>,
+    next: AtomicUsize,
+}
+
+/// A bundle running on every worker. Cheap to clone; dropping the last clone stops its
+/// instances once they have answered what they hold.
+#[derive(Clone)]
+pub struct Deployment {
+    inner: Arc<DeploymentInner>,
+}
+
+impl Deployment {
+    /// The bundle this deployment runs.
+    pub fn bundle(&self) -> &Arc<Bundle> {
+        &self.inner.bundle
+    }
+
+    /// Sends `request` to an instance with room in its queue (round robin) and waits for
+    /// its response.
+    pub async fn dispatch(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, DispatchError> {
+        let instances = &self.inner.instances;
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let (reply, response) = oneshot::channel();
+        let mut job = Job { request, reply };
+        for offset in 0..instances.len() {
+            let instance = &instances[(start + offset) % instances.len()];
+            match instance.try_send(job) {
+                Ok(()) => {
+                    return response.await.unwrap_or_else(|_| {
+                        Err(DispatchError::InstanceGone("it dropped the request".into()))
+                    })
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => job = back,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(DispatchError::InstanceGone("its queue is closed".into()))
+                }
+            }
+        }
+        Err(DispatchError::Overloaded)
+    }
+}

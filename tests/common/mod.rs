@@ -1,0 +1,157 @@
+//! Helpers shared by the integration tests: a real `outpost dev` process on 127.0.0.1:0 and
+//! real HTTP clients. Every test starts its own node; nothing is shared between tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `outpost dev` process; killed when dropped.
+pub struct Node {
+    child: Child,
+    pub url: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// The repository's examples directory.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            lines.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Node {
+    /// Starts `outpost dev PATH --listen 127.0.0.1:0 ARGS...` and waits for its address.
+    pub fn start(path: &Path, args: &[&str]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .arg("dev")
+            .arg(path)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning outpost");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().unwrap(), stdout.clone());
+        collect(child.stderr.take().unwrap(), stderr.clone());
+        let mut node = Node { child, url: String::new(), stdout, stderr };
+        let line = node.wait_for_stdout("listening on http://", START_TIMEOUT);
+        let url = line.split("listening on ").nth(1).unwrap().trim().trim_end_matches('/');
+        node.url = url.to_string();
+        node
+    }
+
+    /// Starts a node for one of the repository's examples.
+    pub fn example(name: &str) -> Node {
+        Node::start(&examples().join(name), &[])
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn wait_for(&mut self, which: &Arc<Mutex<Vec<String>>>, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = which.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "outpost exited ({status}) before printing {needle:?}\nstdout: {:#?}\nstderr: {:#?}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no line with {needle:?} within {timeout:?}\nstdout: {:#?}\nstderr: {:#?}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until stdout has a line containing `needle`, and returns that line.
+    pub fn wait_for_stdout(&mut self, needle: &str, timeout: Duration) -> String {
+        let which = self.stdout.clone();
+        self.wait_for(&which, needle, timeout)
+    }
+
+    /// Waits until stderr has a line containing `needle`, and returns that line.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        let which = self.stderr.clone();
+        self.wait_for(&which, needle, timeout)
+    }
+
+    /// All of stderr from the first line containing `needle` on, once there is one.
+    pub fn stderr_from(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_stderr(needle, timeout);
+        std::thread::sleep(Duration::from_millis(100));
+        let lines = self.stderr();
+        let start = lines.iter().position(|l| l.contains(needle)).unwrap();
+        lines[start..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1.1 client.
+pub fn http1() -> reqwest::Client {
+    reqwest::Client::builder().http1_only().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// A cleartext HTTP/2 client (prior knowledge).
+pub fn http2() -> reqwest::Client {
+    reqwest::Client::builder().http2_prior_knowledge().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// Writes `files` (path, contents) into a fresh temporary directory.
+pub fn app_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, contents) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    dir
+}
+
+/// An app directory with one handler module at src/index.js.
+pub fn app(name: &str, index_js: &str) -> tempfile::TempDir {
+    app_dir(&[
+        ("outpost.toml", &format!("name = \"{name}\"\n")),
+        ("src/index.js", index_js),
+    ])
+}

@@ -1,0 +1,126 @@
+//! Every example answers as its README says, over HTTP/1.1 and cleartext HTTP/2.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{http1, http2, Node};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn hello_over_http1_and_http2() {
+    let node = Node::example("hello");
+    for client in [http1(), http2()] {
+        let res = client.get(node.url("/")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "text/plain;charset=UTF-8");
+        assert_eq!(res.text().await.unwrap(), "hello from the edge\n");
+    }
+    let res = http2().get(node.url("/")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn hello_with_curl() {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl is not installed; skipping");
+        return;
+    }
+    let node = Node::example("hello");
+    for flags in [&["-s"][..], &["-s", "--http2-prior-knowledge"][..]] {
+        let out = std::process::Command::new("curl").args(flags).arg(node.url("/")).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the edge\n");
+    }
+}
+
+#[tokio::test]
+async fn json_api_routes_and_validates() {
+    let node = Node::example("json-api");
+    let client = http1();
+    let index: Value = client.get(node.url("/")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(index["name"], "json-api");
+    assert_eq!(index["version"], "1", "env.API_VERSION from [vars]");
+
+    let res = client.post(node.url("/todos")).body(r#"{"title":"write docs"}"#).send().await.unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["location"], "/todos/1");
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let todo: Value = res.json().await.unwrap();
+    assert_eq!(todo, json!({"id": 1, "title": "write docs", "done": false}));
+
+    let got: Value = client.get(node.url("/todos/1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got, todo);
+    let all: Value = client.get(node.url("/todos")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(all, json!([todo]));
+
+    let res = client.post(node.url("/todos")).body("not json").send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    let res = client.post(node.url("/todos")).body(r#"{"title":""}"#).send().await.unwrap();
+    assert_eq!(res.status(), 422);
+
+    let res = client.delete(node.url("/todos/1")).send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    let res = client.get(node.url("/todos/1")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+
+    let res = client.put(node.url("/todos")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "GET, POST");
+
+    let res = client.get(node.url("/nope?x=1")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"error": "not found", "path": "/nope"}));
+
+    let echo: Value = client
+        .post(node.url("/echo"))
+        .header("content-type", "application/json")
+        .body(r#"{"a":[1,2,{"b":null}]}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo, json!({"received": {"a": [1, 2, {"b": null}]}, "contentType": "application/json"}));
+}
+
+#[tokio::test]
+async fn streaming_sends_chunks_as_they_are_produced() {
+    let node = Node::example("streaming");
+    let start = Instant::now();
+    let mut res = http1().get(node.url("/?n=4&ms=300")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        arrivals.push(start.elapsed());
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("chunk 0 at "), "{text}");
+    // The first chunk arrives well before the last one was produced (≥ 900 ms later).
+    let total = *arrivals.last().unwrap();
+    assert!(total >= Duration::from_millis(900), "{arrivals:?}");
+    assert!(arrivals[0] + Duration::from_millis(600) <= total, "chunks were buffered: {arrivals:?}");
+}
+
+#[tokio::test]
+async fn streaming_upcases_a_request_body() {
+    let node = Node::example("streaming");
+    let res = http2().post(node.url("/upcase")).body("shout this").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "SHOUT THIS");
+}
+
+#[tokio::test]
+async fn wasm_module_import() {
+    let node = Node::example("wasm");
+    let res = http1().get(node.url("/?a=40&b=2")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"a": 40, "b": 2, "sum": 42, "module": true}));
+    let res = http1().get(node.url("/?a=x")).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+}

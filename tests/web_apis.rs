@@ -1,0 +1,62 @@
+//! Every Web API the runtime promises, exercised from inside a handler
+//! (tests/fixtures/web-apis/src/index.js), plus the console reaching the terminal.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{http1, Node};
+use serde_json::{Map, Value};
+
+const EXPECTED: &[&str] = &[
+    "fetch_outbound",
+    "fetch_file_is_denied",
+    "request_response_headers",
+    "incoming_request",
+    "form_data",
+    "url",
+    "url_pattern",
+    "text_encoding",
+    "streams",
+    "blob_file",
+    "base64",
+    "structured_clone",
+    "crypto_random",
+    "crypto_subtle_digest",
+    "crypto_subtle_hmac",
+    "crypto_subtle_aes_gcm",
+    "abort",
+    "event_target",
+    "timers",
+    "performance",
+    "console",
+    "compression",
+    "webassembly",
+    "env",
+    "wait_until",
+    "no_host_access",
+    "global_scope",
+];
+
+#[tokio::test]
+async fn every_web_api_works_in_a_handler() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/web-apis");
+    let mut node = Node::start(&fixture, &[]);
+    let res = http1().get(node.url("/checks")).header("x-probe", "42").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let results: Map<String, Value> = res.json().await.unwrap();
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|(_, v)| v.as_str() != Some("ok"))
+        .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()))
+        .collect();
+    assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n\n"));
+    for name in EXPECTED {
+        assert!(results.contains_key(*name), "check {name} did not run");
+    }
+    let line = node.wait_for_stdout("console-marker", Duration::from_secs(5));
+    assert!(line.starts_with("[web-apis] console-marker"), "{line}");
+    let line = node.wait_for_stderr("console-error-marker", Duration::from_secs(5));
+    assert!(line.starts_with("[web-apis] "), "{line}");
+}
