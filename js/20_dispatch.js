@@ -23,6 +23,7 @@ const {
   PromiseResolve,
   ReflectApply,
   String,
+  StringPrototypeIncludes,
   Symbol,
   TypeError,
   TypedArrayPrototypeGetSymbolToStringTag,
@@ -120,7 +121,8 @@ function describeValue(value) {
   if (value === null) return "null";
   if (typeof value === "object" || typeof value === "function") {
     const name = value?.constructor?.name;
-    return typeof name === "string" && name !== "" ? `a ${name} object` : "an object";
+    if (typeof name !== "string" || name === "") return "an object";
+    return `${StringPrototypeIncludes("AEIOUaeiou", name[0]) ? "an" : "a"} ${name} object`;
   }
   return `a ${typeof value}`;
 }

@@ -97,8 +97,16 @@ impl BundleLoader {
             }
             (RequestedModuleType::Bytes, _) => (ModuleType::Bytes, bytes()),
             (RequestedModuleType::None, ModuleKind::JavaScript) => (ModuleType::JavaScript, text()?),
-            (RequestedModuleType::None, ModuleKind::Wasm) => (ModuleType::Other(WASM_MODULE.into()), bytes()),
-            (RequestedModuleType::None, ModuleKind::Data) => (ModuleType::Other(DATA_MODULE.into()), bytes()),
+            // A plain `import m from "./x.wasm"` asks for a JavaScript module: give it one that
+            // re-exports the synthetic module holding the compiled value.
+            (RequestedModuleType::None, ModuleKind::Wasm) => (ModuleType::JavaScript, reexport(specifier, WASM_MODULE)),
+            (RequestedModuleType::None, ModuleKind::Data) => (ModuleType::JavaScript, reexport(specifier, DATA_MODULE)),
+            (RequestedModuleType::Other(other), ModuleKind::Wasm) if other == WASM_MODULE => {
+                (ModuleType::Other(WASM_MODULE.into()), bytes())
+            }
+            (RequestedModuleType::Other(other), ModuleKind::Data) if other == DATA_MODULE => {
+                (ModuleType::Other(DATA_MODULE.into()), bytes())
+            }
             (RequestedModuleType::Other(other), _) => {
                 return Err(JsErrorBox::type_error(format!(
                     "import of {path:?} asks for type {other:?}, which Outpost does not know"
@@ -107,6 +115,13 @@ impl BundleLoader {
         };
         Ok(ModuleSource::new(module_type, code, specifier, None))
     }
+}
+
+/// The source of a JavaScript module whose default export is the value of the module at
+/// `specifier` evaluated as `module_type` by [`evaluate_custom_module`].
+fn reexport(specifier: &ModuleSpecifier, module_type: &str) -> ModuleSourceCode {
+    let source = format!("import value from {:?} with {{ type: {module_type:?} }};\nexport default value;\n", specifier.as_str());
+    ModuleSourceCode::String(source.into())
 }
 
 fn percent_decode(path: &str) -> String {
