@@ -63,12 +63,25 @@ async fn uncaught_exceptions_are_500_with_the_stack_on_the_terminal() {
     let (status, body) = get(&node, "/throw").await;
     assert_eq!(status, 500);
     assert!(body.contains("threw an exception"), "{body}");
-    assert!(!body.contains("boom"), "exception details stay in the log: {body}");
+    assert!(
+        !body.contains("boom"),
+        "exception details stay in the log: {body}"
+    );
     let log = node.stderr_from("boom at throw", Duration::from_secs(5));
-    assert!(log.contains("[errors] Uncaught Error: boom at throw"), "{log}");
-    assert!(log.contains("src/index.js:3:"), "the stack names the tenant's file:line: {log}");
+    assert!(
+        log.contains("[errors] Uncaught Error: boom at throw"),
+        "{log}"
+    );
+    assert!(
+        log.contains("src/index.js:3:"),
+        "the stack names the tenant's file:line: {log}"
+    );
 
-    for (path, marker) in [("/throw-sync", "boom at sync"), ("/reject", "TypeError: late rejection"), ("/throw-string", "just a string")] {
+    for (path, marker) in [
+        ("/throw-sync", "boom at sync"),
+        ("/reject", "TypeError: late rejection"),
+        ("/throw-string", "just a string"),
+    ] {
         let (status, _) = get(&node, path).await;
         assert_eq!(status, 500, "{path}");
         node.wait_for_stderr(marker, Duration::from_secs(5));
@@ -80,10 +93,17 @@ async fn uncaught_exceptions_are_500_with_the_stack_on_the_terminal() {
 async fn non_response_return_values_are_500_saying_so() {
     let dir = app("errors", HANDLER);
     let node = Node::start(dir.path(), &[]);
-    for (path, what) in [("/undefined", "undefined"), ("/string", "a string"), ("/object", "an Object object")] {
+    for (path, what) in [
+        ("/undefined", "undefined"),
+        ("/string", "a string"),
+        ("/object", "an Object object"),
+    ] {
         let (status, body) = get(&node, path).await;
         assert_eq!(status, 500, "{path}");
-        assert!(body.contains(&format!("returned {what} instead of a Response")), "{path}: {body}");
+        assert!(
+            body.contains(&format!("returned {what} instead of a Response")),
+            "{path}: {body}"
+        );
     }
     let (status, body) = get(&node, "/error-response").await;
     assert_eq!(status, 500);
@@ -105,10 +125,19 @@ async fn a_promise_that_can_never_settle_fails_fast() {
 async fn errors_outside_requests_are_logged_and_the_isolate_keeps_serving() {
     let dir = app("errors", HANDLER);
     let mut node = Node::start(dir.path(), &[]);
-    assert_eq!(get(&node, "/timer-throws").await, (200, "answered before the timer".to_string()));
+    assert_eq!(
+        get(&node, "/timer-throws").await,
+        (200, "answered before the timer".to_string())
+    );
     node.wait_for_stderr("timer exploded", Duration::from_secs(5));
-    assert_eq!(get(&node, "/unhandled").await, (200, "answered".to_string()));
-    node.wait_for_stderr("Uncaught (in promise) Error: nobody listens", Duration::from_secs(5));
+    assert_eq!(
+        get(&node, "/unhandled").await,
+        (200, "answered".to_string())
+    );
+    node.wait_for_stderr(
+        "Uncaught (in promise) Error: nobody listens",
+        Duration::from_secs(5),
+    );
     assert_eq!(get(&node, "/").await, (200, "fine".to_string()));
 }
 
@@ -131,7 +160,10 @@ async fn service_worker_syntax() {
 
 #[tokio::test]
 async fn a_broken_module_is_reported_with_file_and_line() {
-    let dir = app("broken", "export default {\n  fetch() {\n    return new Response(;\n  }\n};\n");
+    let dir = app(
+        "broken",
+        "export default {\n  fetch() {\n    return new Response(;\n  }\n};\n",
+    );
     let mut node = Node::start(dir.path(), &[]);
     let log = node.stderr_from("cannot load the app", Duration::from_secs(10));
     assert!(log.contains("SyntaxError"), "{log}");
@@ -155,7 +187,10 @@ async fn a_module_without_a_handler_is_explained() {
 
 #[tokio::test]
 async fn imports_outside_the_app_are_refused() {
-    let dir = app("escape", "import x from \"node:fs\";\nexport default { fetch() { return new Response('x'); } };\n");
+    let dir = app(
+        "escape",
+        "import x from \"node:fs\";\nexport default { fetch() { return new Response('x'); } };\n",
+    );
     let mut node = Node::start(dir.path(), &[]);
     let log = node.stderr_from("cannot load the app", Duration::from_secs(10));
     assert!(log.contains("node:fs"), "{log}");
@@ -166,14 +201,23 @@ async fn malformed_requests_get_400() {
     let dir = app("ok", HANDLER);
     let node = Node::start(dir.path(), &[]);
     let addr = node.url.trim_start_matches("http://").to_string();
-    for raw in [&b"GARBAGE\r\n\r\n"[..], b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n"] {
+    for raw in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n",
+    ] {
         let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         stream.write_all(raw).unwrap();
         let mut response = Vec::new();
         let _ = stream.read_to_end(&mut response);
         let text = String::from_utf8_lossy(&response);
-        assert!(text.starts_with("HTTP/1.1 400"), "{:?} → {text}", String::from_utf8_lossy(raw));
+        assert!(
+            text.starts_with("HTTP/1.1 400"),
+            "{:?} → {text}",
+            String::from_utf8_lossy(raw)
+        );
     }
     assert_eq!(get(&node, "/").await, (200, "fine".to_string()));
 }
@@ -182,8 +226,18 @@ async fn malformed_requests_get_400() {
 async fn oversized_bodies_get_413() {
     let dir = app("ok", HANDLER);
     let node = Node::start(dir.path(), &["--max-body-bytes", "1000"]);
-    let res = http1().post(node.url("/")).body(vec![0u8; 1001]).send().await.unwrap();
+    let res = http1()
+        .post(node.url("/"))
+        .body(vec![0u8; 1001])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 413);
-    let res = http1().post(node.url("/")).body(vec![0u8; 1000]).send().await.unwrap();
+    let res = http1()
+        .post(node.url("/"))
+        .body(vec![0u8; 1000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
 }

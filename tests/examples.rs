@@ -22,15 +22,26 @@ async fn hello_over_http1_and_http2() {
 
 #[tokio::test]
 async fn hello_with_curl() {
-    if std::process::Command::new("curl").arg("--version").output().is_err() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("curl is not installed; skipping");
         return;
     }
     let node = Node::example("hello");
     for flags in [&["-s"][..], &["-s", "--http2-prior-knowledge"][..]] {
-        let out = std::process::Command::new("curl").args(flags).arg(node.url("/")).output().unwrap();
+        let out = std::process::Command::new("curl")
+            .args(flags)
+            .arg(node.url("/"))
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the edge\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello from the edge\n"
+        );
     }
 }
 
@@ -38,25 +49,61 @@ async fn hello_with_curl() {
 async fn json_api_routes_and_validates() {
     let node = Node::example("json-api");
     let client = http1();
-    let index: Value = client.get(node.url("/")).send().await.unwrap().json().await.unwrap();
+    let index: Value = client
+        .get(node.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(index["name"], "json-api");
     assert_eq!(index["version"], "1", "env.API_VERSION from [vars]");
 
-    let res = client.post(node.url("/todos")).body(r#"{"title":"write docs"}"#).send().await.unwrap();
+    let res = client
+        .post(node.url("/todos"))
+        .body(r#"{"title":"write docs"}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201);
     assert_eq!(res.headers()["location"], "/todos/1");
     assert_eq!(res.headers()["content-type"], "application/json");
     let todo: Value = res.json().await.unwrap();
     assert_eq!(todo, json!({"id": 1, "title": "write docs", "done": false}));
 
-    let got: Value = client.get(node.url("/todos/1")).send().await.unwrap().json().await.unwrap();
+    let got: Value = client
+        .get(node.url("/todos/1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got, todo);
-    let all: Value = client.get(node.url("/todos")).send().await.unwrap().json().await.unwrap();
+    let all: Value = client
+        .get(node.url("/todos"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(all, json!([todo]));
 
-    let res = client.post(node.url("/todos")).body("not json").send().await.unwrap();
+    let res = client
+        .post(node.url("/todos"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400);
-    let res = client.post(node.url("/todos")).body(r#"{"title":""}"#).send().await.unwrap();
+    let res = client
+        .post(node.url("/todos"))
+        .body(r#"{"title":""}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 422);
 
     let res = client.delete(node.url("/todos/1")).send().await.unwrap();
@@ -70,7 +117,10 @@ async fn json_api_routes_and_validates() {
 
     let res = client.get(node.url("/nope?x=1")).send().await.unwrap();
     assert_eq!(res.status(), 404);
-    assert_eq!(res.json::<Value>().await.unwrap(), json!({"error": "not found", "path": "/nope"}));
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"error": "not found", "path": "/nope"})
+    );
 
     let echo: Value = client
         .post(node.url("/echo"))
@@ -82,7 +132,10 @@ async fn json_api_routes_and_validates() {
         .json()
         .await
         .unwrap();
-    assert_eq!(echo, json!({"received": {"a": [1, 2, {"b": null}]}, "contentType": "application/json"}));
+    assert_eq!(
+        echo,
+        json!({"received": {"a": [1, 2, {"b": null}]}, "contentType": "application/json"})
+    );
 }
 
 #[tokio::test]
@@ -103,13 +156,21 @@ async fn streaming_sends_chunks_as_they_are_produced() {
     // The first chunk arrives well before the last one was produced (≥ 900 ms later).
     let total = *arrivals.last().unwrap();
     assert!(total >= Duration::from_millis(900), "{arrivals:?}");
-    assert!(arrivals[0] + Duration::from_millis(600) <= total, "chunks were buffered: {arrivals:?}");
+    assert!(
+        arrivals[0] + Duration::from_millis(600) <= total,
+        "chunks were buffered: {arrivals:?}"
+    );
 }
 
 #[tokio::test]
 async fn streaming_upcases_a_request_body() {
     let node = Node::example("streaming");
-    let res = http2().post(node.url("/upcase")).body("shout this").send().await.unwrap();
+    let res = http2()
+        .post(node.url("/upcase"))
+        .body("shout this")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "SHOUT THIS");
 }

@@ -15,11 +15,21 @@ fn handler(text: &str) -> String {
 async fn wait_for_body(node: &Node, expected: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let body = http1().get(node.url("/")).send().await.unwrap().text().await.unwrap();
+        let body = http1()
+            .get(node.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if body == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "still answering {body:?}, expected {expected:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still answering {body:?}, expected {expected:?}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -38,13 +48,27 @@ async fn edits_are_served_without_restart_and_bad_edits_keep_the_last_good_versi
     wait_for_body(&node, "v2").await;
     node.wait_for_stdout("reloaded reload@", Duration::from_secs(5));
 
-    std::fs::write(&index, "export default {\n  fetch() {\n    return new Response(\"v3\";\n  }\n};\n").unwrap();
+    std::fs::write(
+        &index,
+        "export default {\n  fetch() {\n    return new Response(\"v3\";\n  }\n};\n",
+    )
+    .unwrap();
     let log = node.stderr_from("not reloaded", Duration::from_secs(10));
     assert!(log.contains("SyntaxError"), "{log}");
     assert!(log.contains("src/index.js:3"), "{log}");
     assert!(log.contains("still serving reload@"), "{log}");
     for _ in 0..5 {
-        assert_eq!(http1().get(node.url("/")).send().await.unwrap().text().await.unwrap(), "v2");
+        assert_eq!(
+            http1()
+                .get(node.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "v2"
+        );
     }
 
     std::fs::write(&index, handler("v4")).unwrap();
@@ -55,13 +79,24 @@ async fn edits_are_served_without_restart_and_bad_edits_keep_the_last_good_versi
 async fn new_modules_and_vars_are_picked_up() {
     let dir = app_dir(&[
         ("outpost.toml", "name = \"reload\"\n[vars]\nWHO = \"a\"\n"),
-        ("src/index.js", "export default { fetch(r, env) { return new Response(env.WHO); } };\n"),
+        (
+            "src/index.js",
+            "export default { fetch(r, env) { return new Response(env.WHO); } };\n",
+        ),
     ]);
     let node = Node::start(dir.path(), &[]);
     wait_for_body(&node, "a").await;
-    std::fs::write(dir.path().join("outpost.toml"), "name = \"reload\"\n[vars]\nWHO = \"b\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("outpost.toml"),
+        "name = \"reload\"\n[vars]\nWHO = \"b\"\n",
+    )
+    .unwrap();
     wait_for_body(&node, "b").await;
-    std::fs::write(dir.path().join("src/greet.js"), "export const greet = (w) => `hi ${w}`;\n").unwrap();
+    std::fs::write(
+        dir.path().join("src/greet.js"),
+        "export const greet = (w) => `hi ${w}`;\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("src/index.js"),
         "import { greet } from \"./greet.js\";\nexport default { fetch(r, env) { return new Response(greet(env.WHO)); } };\n",

@@ -59,7 +59,10 @@ fn payload(len: usize) -> Vec<u8> {
 }
 
 fn expected_sum(bytes: &[u8]) -> u64 {
-    bytes.iter().step_by(4096).fold(0u64, |sum, b| (sum + *b as u64) % 65536)
+    bytes
+        .iter()
+        .step_by(4096)
+        .fold(0u64, |sum, b| (sum + *b as u64) % 65536)
 }
 
 #[tokio::test]
@@ -68,7 +71,12 @@ async fn multi_megabyte_upload_via_array_buffer() {
     let node = Node::start(dir.path(), &[]);
     let body = payload(8 << 20);
     for client in [http1(), http2()] {
-        let res = client.post(node.url("/whole")).body(body.clone()).send().await.unwrap();
+        let res = client
+            .post(node.url("/whole"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         let json: Value = res.json().await.unwrap();
         assert_eq!(json["length"], 8 << 20);
@@ -80,10 +88,18 @@ async fn multi_megabyte_upload_via_array_buffer() {
 async fn multi_megabyte_upload_via_body_reader() {
     let dir = app("upload", HANDLER);
     let node = Node::start(dir.path(), &[]);
-    let res = http1().post(node.url("/chunks")).body(payload(5 << 20)).send().await.unwrap();
+    let res = http1()
+        .post(node.url("/chunks"))
+        .body(payload(5 << 20))
+        .send()
+        .await
+        .unwrap();
     let json: Value = res.json().await.unwrap();
     assert_eq!(json["length"], 5 << 20);
-    assert!(json["chunks"].as_u64().unwrap() >= 80, "read in bounded chunks: {json}");
+    assert!(
+        json["chunks"].as_u64().unwrap() >= 80,
+        "read in bounded chunks: {json}"
+    );
 }
 
 #[tokio::test]
@@ -92,7 +108,10 @@ async fn upload_streams_through_the_handler_as_it_arrives() {
     let node = Node::start(dir.path(), &[]);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
     let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let request = http1().post(node.url("/echo")).body(reqwest::Body::wrap_stream(stream)).send();
+    let request = http1()
+        .post(node.url("/echo"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
     let sender = tokio::spawn(async move {
         for i in 0..3 {
             tx.send(Ok(format!("part{i};").into_bytes())).await.unwrap();
@@ -109,7 +128,10 @@ async fn upload_streams_through_the_handler_as_it_arrives() {
         rest.extend_from_slice(&chunk);
     }
     assert_eq!(String::from_utf8(rest).unwrap(), "part1;part2;");
-    assert!(first_at < Duration::from_millis(500), "the echo waited for the whole upload: {first_at:?}");
+    assert!(
+        first_at < Duration::from_millis(500),
+        "the echo waited for the whole upload: {first_at:?}"
+    );
     sender.await.unwrap();
 }
 
@@ -131,7 +153,12 @@ async fn unread_bodies_and_aborted_downloads_leave_the_node_serving() {
     let dir = app("ignore", HANDLER);
     let node = Node::start(dir.path(), &[]);
     for _ in 0..20 {
-        let res = http1().post(node.url("/ignore-body")).body(payload(256 << 10)).send().await.unwrap();
+        let res = http1()
+            .post(node.url("/ignore-body"))
+            .body(payload(256 << 10))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.text().await.unwrap(), "ignored");
     }
     // Start a huge download and drop it after the first chunk.

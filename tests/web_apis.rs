@@ -43,7 +43,12 @@ const EXPECTED: &[&str] = &[
 async fn every_web_api_works_in_a_handler() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/web-apis");
     let mut node = Node::start(&fixture, &[]);
-    let res = http1().get(node.url("/checks")).header("x-probe", "42").send().await.unwrap();
+    let res = http1()
+        .get(node.url("/checks"))
+        .header("x-probe", "42")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let results: Map<String, Value> = res.json().await.unwrap();
     let failed: Vec<String> = results

@@ -51,7 +51,9 @@ fn one(args: &Args) -> anyhow::Result<Duration> {
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
-        let Some(line) = lines.next() else { bail!("outpost exited before listening") };
+        let Some(line) = lines.next() else {
+            bail!("outpost exited before listening")
+        };
         let line = line?;
         if let Some(url) = line.split("listening on http://").nth(1) {
             break url.trim().trim_end_matches('/').to_string();
@@ -63,7 +65,9 @@ fn one(args: &Args) -> anyhow::Result<Duration> {
         }
         if let Ok(mut stream) = std::net::TcpStream::connect(&addr) {
             use std::io::{Read, Write};
-            stream.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+            stream.write_all(
+                format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            )?;
             let mut response = String::new();
             let _ = stream.read_to_string(&mut response);
             if response.starts_with("HTTP/1.1 200") {

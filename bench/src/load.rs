@@ -36,11 +36,17 @@ async fn main() -> anyhow::Result<()> {
     let uri: hyper::Uri = args.url.parse().context("url")?;
     let host = uri.host().context("url has no host")?;
     let port = uri.port_u16().unwrap_or(80);
-    let addr: SocketAddr = tokio::net::lookup_host((host, port)).await?.next().context("resolve")?;
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .context("resolve")?;
     if !addr.ip().is_loopback() {
         bail!("{addr} is not a loopback address: load tests stay on this machine");
     }
-    let path = uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+    let path = uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".into());
 
     let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);
     run(addr, &path, &args, warmup_end, true).await?;
@@ -75,7 +81,11 @@ async fn run(
     warmup: bool,
 ) -> anyhow::Result<(Vec<u64>, u64, Duration)> {
     let start = Instant::now();
-    let deadline = if warmup { until } else { start + Duration::from_secs_f64(args.duration) };
+    let deadline = if warmup {
+        until
+    } else {
+        start + Duration::from_secs_f64(args.duration)
+    };
     let per_connection = args.requests.div_ceil(args.connections as u64);
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
@@ -85,7 +95,8 @@ async fn run(
             let mut errors = 0u64;
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             let mut sent = 0u64;
             while Instant::now() < deadline && (warmup || sent < per_connection) {

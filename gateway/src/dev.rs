@@ -31,10 +31,20 @@ pub fn main(args: DevArgs) -> anyhow::Result<()> {
 async fn run(args: DevArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     let path = std::fs::canonicalize(&args.path)
         .with_context(|| format!("{}: no such app", args.path.display()))?;
-    let pool = Pool::new(engine, PoolConfig { workers: args.workers, ..Default::default() })
-        .context("starting worker threads")?;
+    let pool = Pool::new(
+        engine,
+        PoolConfig {
+            workers: args.workers,
+            ..Default::default()
+        },
+    )
+    .context("starting worker threads")?;
     let routes = Arc::new(Routes::default());
-    let app = App { path: path.clone(), pool, routes: routes.clone() };
+    let app = App {
+        path: path.clone(),
+        pool,
+        routes: routes.clone(),
+    };
     app.reload().await;
 
     let listener = TcpListener::bind(args.listen)
@@ -43,7 +53,11 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("outpost dev: listening on http://{addr}/");
 
-    let watch_root = if path.is_dir() { path.clone() } else { parent_of(&path) };
+    let watch_root = if path.is_dir() {
+        path.clone()
+    } else {
+        parent_of(&path)
+    };
     let (_watcher, mut changes) = outpost_gateway::watch::watch(&watch_root)
         .with_context(|| format!("watching {}", watch_root.display()))?;
     let reloads = tokio::spawn(async move {
@@ -66,7 +80,9 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
 }
 
 fn parent_of(path: &Path) -> PathBuf {
-    path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    path.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 struct App {
@@ -90,7 +106,11 @@ impl App {
         let label = bundle.label();
         match self.pool.deploy(Arc::new(bundle)).await {
             Ok(deployment) => {
-                let verb = if current.is_some() { "reloaded" } else { "loaded" };
+                let verb = if current.is_some() {
+                    "reloaded"
+                } else {
+                    "loaded"
+                };
                 self.routes.activate(deployment);
                 println!("outpost dev: {verb} {label}");
             }

@@ -52,7 +52,12 @@ impl GatewayError {
             Kind::Exception | Kind::BadResponse => (Source::Tenant, false),
             Kind::InstanceGone => (Source::Internal, true),
         };
-        GatewayError { kind, fault, retryable, message: message.into() }
+        GatewayError {
+            kind,
+            fault,
+            retryable,
+            message: message.into(),
+        }
     }
 
     /// The status code for this error.
@@ -72,12 +77,27 @@ impl GatewayError {
     /// exceptions stay in the node's log.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let text = format!("{} {}\n\n{}\n", status.as_u16(), status.canonical_reason().unwrap_or(""), self.message);
-        let mut response = Response::new(Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync());
+        let text = format!(
+            "{} {}\n\n{}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.message
+        );
+        let mut response = Response::new(
+            Full::new(Bytes::from(text))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain;charset=UTF-8"));
-        headers.insert("x-outpost-error", HeaderValue::from_static(self.kind.as_str()));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain;charset=UTF-8"),
+        );
+        headers.insert(
+            "x-outpost-error",
+            HeaderValue::from_static(self.kind.as_str()),
+        );
         if self.retryable {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -123,8 +143,16 @@ mod tests {
     fn maps_dispatch_errors_to_statuses() {
         let cases = [
             (DispatchError::Overloaded, 503, true),
-            (DispatchError::Exception("Error: boom\n at x.js:1:1".into()), 500, false),
-            (DispatchError::BadResponse("returned undefined".into()), 500, false),
+            (
+                DispatchError::Exception("Error: boom\n at x.js:1:1".into()),
+                500,
+                false,
+            ),
+            (
+                DispatchError::BadResponse("returned undefined".into()),
+                500,
+                false,
+            ),
             (DispatchError::InstanceGone("gone".into()), 500, true),
         ];
         for (error, status, retryable) in cases {

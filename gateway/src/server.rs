@@ -28,7 +28,10 @@ pub struct Admission {
 
 impl Default for Admission {
     fn default() -> Self {
-        Admission { max_body_bytes: 100 << 20, response_timeout: Duration::from_secs(60) }
+        Admission {
+            max_body_bytes: 100 << 20,
+            response_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -89,11 +92,16 @@ pub async fn serve(listener: TcpListener, routes: Arc<Routes>, admission: Admiss
                 let routes = routes.clone();
                 let admission = admission.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(handle(request, &routes, &admission, local).await)
+                    Ok::<_, std::convert::Infallible>(
+                        handle(request, &routes, &admission, local).await,
+                    )
                 }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!("connection ended: {e}");
             }
         });
@@ -124,7 +132,10 @@ async fn route(
         Ok(result) => Ok(result?),
         Err(_) => Err(GatewayError::new(
             Kind::Timeout,
-            format!("The app did not respond within {:?}.", admission.response_timeout),
+            format!(
+                "The app did not respond within {:?}.",
+                admission.response_timeout
+            ),
         )),
     }
 }
@@ -162,13 +173,19 @@ fn admit(
 fn too_large(admission: &Admission) -> GatewayError {
     GatewayError::new(
         Kind::BodyTooLarge,
-        format!("The request body is larger than {} bytes.", admission.max_body_bytes),
+        format!(
+            "The request body is larger than {} bytes.",
+            admission.max_body_bytes
+        ),
     )
 }
 
 /// `http://host/path?query`: the authority of an HTTP/2 request, else its Host header, else
 /// the listener's address.
-fn absolute_uri(parts: &http::request::Parts, local: Option<SocketAddr>) -> Result<Uri, GatewayError> {
+fn absolute_uri(
+    parts: &http::request::Parts,
+    local: Option<SocketAddr>,
+) -> Result<Uri, GatewayError> {
     let bad = |what: &str| GatewayError::new(Kind::BadRequest, what.to_string());
     let authority = match parts.uri.authority() {
         Some(authority) => authority.clone(),
@@ -184,7 +201,11 @@ fn absolute_uri(parts: &http::request::Parts, local: Option<SocketAddr>) -> Resu
                 .ok_or_else(|| bad("Missing Host header."))?,
         },
     };
-    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     Uri::builder()
         .scheme("http")
         .authority(authority)

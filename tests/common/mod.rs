@@ -50,9 +50,19 @@ impl Node {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         collect(child.stdout.take().unwrap(), stdout.clone());
         collect(child.stderr.take().unwrap(), stderr.clone());
-        let mut node = Node { child, url: String::new(), stdout, stderr };
+        let mut node = Node {
+            child,
+            url: String::new(),
+            stdout,
+            stderr,
+        };
         let line = node.wait_for_stdout("listening on http://", START_TIMEOUT);
-        let url = line.split("listening on ").nth(1).unwrap().trim().trim_end_matches('/');
+        let url = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches('/');
         node.url = url.to_string();
         node
     }
@@ -74,7 +84,12 @@ impl Node {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn wait_for(&mut self, which: &Arc<Mutex<Vec<String>>>, needle: &str, timeout: Duration) -> String {
+    fn wait_for(
+        &mut self,
+        which: &Arc<Mutex<Vec<String>>>,
+        needle: &str,
+        timeout: Duration,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line) = which.lock().unwrap().iter().find(|l| l.contains(needle)) {
@@ -129,12 +144,20 @@ impl Drop for Node {
 
 /// An HTTP/1.1 client.
 pub fn http1() -> reqwest::Client {
-    reqwest::Client::builder().http1_only().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .http1_only()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// A cleartext HTTP/2 client (prior knowledge).
 pub fn http2() -> reqwest::Client {
-    reqwest::Client::builder().http2_prior_knowledge().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// Writes `files` (path, contents) into a fresh temporary directory.

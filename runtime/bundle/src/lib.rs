@@ -29,7 +29,9 @@ pub enum BundleError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0} has no {MANIFEST_FILE}; an app directory needs one (at least `name = \"my-app\"`)")]
+    #[error(
+        "{0} has no {MANIFEST_FILE}; an app directory needs one (at least `name = \"my-app\"`)"
+    )]
     NoManifest(PathBuf),
     #[error("main module {0:?} is not in the app (looked for it under the app directory)")]
     MissingMain(String),
@@ -120,7 +122,14 @@ impl Bundle {
                 continue;
             };
             let sha256 = hex::encode(Sha256::digest(&bytes));
-            modules.insert(path, Module { kind, bytes: bytes.into(), sha256 });
+            modules.insert(
+                path,
+                Module {
+                    kind,
+                    bytes: bytes.into(),
+                    sha256,
+                },
+            );
         }
         match modules.get(&main) {
             None => return Err(BundleError::MissingMain(main)),
@@ -139,7 +148,11 @@ impl Bundle {
             hasher.update(module.sha256.as_bytes());
         }
         let id = hex::encode(hasher.finalize());
-        Ok(Bundle { manifest, modules, id })
+        Ok(Bundle {
+            manifest,
+            modules,
+            id,
+        })
     }
 
     /// The main module's path.
@@ -171,13 +184,23 @@ pub fn load_app(path: &Path) -> Result<Bundle, BundleError> {
         collect_modules(path, "", Depth::Recursive, &mut files)?;
         return Bundle::new(manifest, files);
     }
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     if ModuleKind::from_path(file_name) != Some(ModuleKind::JavaScript) {
-        return Err(BundleError::NotAnApp { path: path.to_path_buf() });
+        return Err(BundleError::NotAnApp {
+            path: path.to_path_buf(),
+        });
     }
-    let stem = file_name.rsplit_once('.').map_or(file_name, |(stem, _)| stem);
+    let stem = file_name
+        .rsplit_once('.')
+        .map_or(file_name, |(stem, _)| stem);
     let manifest = Manifest::for_single_file(stem, file_name);
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut files = BTreeMap::new();
     collect_modules(dir, "", Depth::TopLevel, &mut files)?;
     Bundle::new(manifest, files)
@@ -220,7 +243,9 @@ fn collect_modules(
             continue;
         }
         if files.len() >= MAX_MODULES {
-            return Err(BundleError::TooLarge(format!("more than {MAX_MODULES} module files")));
+            return Err(BundleError::TooLarge(format!(
+                "more than {MAX_MODULES} module files"
+            )));
         }
         let bytes = std::fs::read(&path).map_err(|source| io(&path, source))?;
         total += bytes.len() as u64;
@@ -235,7 +260,10 @@ fn collect_modules(
 }
 
 fn io(path: &Path, source: std::io::Error) -> BundleError {
-    BundleError::Io { path: path.to_path_buf(), source }
+    BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Normalizes a bundle-relative module path: `/`-separated, no `.`/`..` escaping the app,
@@ -272,7 +300,11 @@ mod tests {
     #[test]
     fn loads_a_directory_app() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "outpost.toml", "name = \"demo\"\n[vars]\nA = \"1\"");
+        write(
+            dir.path(),
+            "outpost.toml",
+            "name = \"demo\"\n[vars]\nA = \"1\"",
+        );
         write(dir.path(), "src/index.js", "export default {}");
         write(dir.path(), "src/add.wasm", "\0asm");
         write(dir.path(), "README.md.bak", "ignored");
@@ -289,7 +321,11 @@ mod tests {
     #[test]
     fn ids_follow_content() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "outpost.toml", "name = \"demo\"\nmain = \"index.js\"");
+        write(
+            dir.path(),
+            "outpost.toml",
+            "name = \"demo\"\nmain = \"index.js\"",
+        );
         write(dir.path(), "index.js", "export default {}");
         let a = load_app(dir.path()).unwrap();
         assert_eq!(a.id, load_app(dir.path()).unwrap().id);
@@ -300,7 +336,11 @@ mod tests {
     #[test]
     fn loads_a_single_file_with_its_siblings() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "My Worker.js", "import './util.js'; export default {}");
+        write(
+            dir.path(),
+            "My Worker.js",
+            "import './util.js'; export default {}",
+        );
         write(dir.path(), "util.js", "");
         write(dir.path(), "sub/deep.js", "");
         let b = load_app(&dir.path().join("My Worker.js")).unwrap();

@@ -169,6 +169,9 @@ mod tests {
 
     #[test]
     fn single_file_names_are_sanitized() {
-        assert_eq!(Manifest::for_single_file("Hello World", "h.js").name, "hello-world");
+        assert_eq!(
+            Manifest::for_single_file("Hello World", "h.js").name,
+            "hello-world"
+        );
     }
 }

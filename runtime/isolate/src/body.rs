@@ -56,15 +56,23 @@ impl RequestBodyResource {
         loop {
             let cancel = RcRef::map(&self, |r| &r.cancel);
             let Ok(frame) = body.frame().or_cancel(cancel).await else {
-                return Err(JsErrorBox::new("Interrupted", "the request body was closed"));
+                return Err(JsErrorBox::new(
+                    "Interrupted",
+                    "the request body was closed",
+                ));
             };
             match frame {
                 None => return Ok(BufView::empty()),
                 Some(Err(e)) => {
-                    return Err(JsErrorBox::new("Http", format!("reading the request body failed: {e}")))
+                    return Err(JsErrorBox::new(
+                        "Http",
+                        format!("reading the request body failed: {e}"),
+                    ))
                 }
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     if data.is_empty() {
                         continue;
                     }
@@ -104,7 +112,9 @@ impl http_body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx).map(|item| item.map(|chunk| chunk.map(Frame::data)))
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|chunk| chunk.map(Frame::data)))
     }
 }
 
@@ -141,7 +151,9 @@ async fn pump(resource: Rc<dyn Resource>, tx: mpsc::Sender<Result<Bytes, BoxErro
                 }
             }
             Err(e) => {
-                let _ = tx.send(Err(format!("the response stream failed: {e}").into())).await;
+                let _ = tx
+                    .send(Err(format!("the response stream failed: {e}").into()))
+                    .await;
                 resource.close();
                 return;
             }

@@ -20,7 +20,11 @@ use deno_permissions::{
 /// What a finished request hands back to the host.
 pub enum Outcome {
     /// The handler produced a Response.
-    Response { status: u16, headers: Vec<(ByteString, ByteString)>, body: OutBody },
+    Response {
+        status: u16,
+        headers: Vec<(ByteString, ByteString)>,
+        body: OutBody,
+    },
     /// The handler failed; `kind` says how, `message` is the exception with its stack, or
     /// the description of what was returned instead of a Response.
     Failed { kind: FailureKind, message: String },
@@ -90,9 +94,16 @@ pub struct TenantState {
 /// Network access for `fetch` (any host), and nothing else: no file, environment, process
 /// or FFI access. `fetch("file:...")` is refused because reads are not allowed.
 pub fn tenant_permissions() -> Result<PermissionsContainer, String> {
-    let parser = Arc::new(RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys));
-    let options = PermissionsOptions { allow_net: Some(vec![]), prompt: false, ..Default::default() };
-    let permissions = Permissions::from_options(parser.as_ref(), &options).map_err(|e| e.to_string())?;
+    let parser = Arc::new(RuntimePermissionDescriptorParser::new(
+        sys_traits::impls::RealSys,
+    ));
+    let options = PermissionsOptions {
+        allow_net: Some(vec![]),
+        prompt: false,
+        ..Default::default()
+    };
+    let permissions =
+        Permissions::from_options(parser.as_ref(), &options).map_err(|e| e.to_string())?;
     Ok(PermissionsContainer::new(parser, permissions))
 }
 
@@ -121,11 +132,9 @@ pub fn extensions(tenant: Option<TenantState>) -> Vec<Extension> {
 // (`Deno.createHttpClient`), which tenants cannot reach; deno_net itself is not in the stack.
 deno_core::extension!(
     deno_net_stub,
-    lazy_loaded_js = [
-        "ext:deno_net/02_tls.js" = {
-            source = "(function () { return { loadTlsKeyPair() { throw new TypeError('TLS client certificates are not supported'); } }; })()"
-        }
-    ],
+    lazy_loaded_js = ["ext:deno_net/02_tls.js" = {
+        source = "(function () { return { loadTlsKeyPair() { throw new TypeError('TLS client certificates are not supported'); } }; })()"
+    }],
 );
 
 deno_core::extension!(
@@ -184,8 +193,20 @@ fn op_outpost_respond_text(
     #[scoped] headers: Vec<(ByteString, ByteString)>,
     #[string] body: String,
 ) {
-    let body = if body.is_empty() { OutBody::Empty } else { OutBody::Bytes(body.into_bytes()) };
-    respond(state, id, Outcome::Response { status: status_of(status), headers, body });
+    let body = if body.is_empty() {
+        OutBody::Empty
+    } else {
+        OutBody::Bytes(body.into_bytes())
+    };
+    respond(
+        state,
+        id,
+        Outcome::Response {
+            status: status_of(status),
+            headers,
+            body,
+        },
+    );
 }
 
 #[op2]
@@ -200,7 +221,15 @@ fn op_outpost_respond_bytes(
         Some(bytes) if !bytes.is_empty() => OutBody::Bytes(bytes.to_vec()),
         _ => OutBody::Empty,
     };
-    respond(state, id, Outcome::Response { status: status_of(status), headers, body });
+    respond(
+        state,
+        id,
+        Outcome::Response {
+            status: status_of(status),
+            headers,
+            body,
+        },
+    );
 }
 
 #[op2]
@@ -216,12 +245,29 @@ fn op_outpost_respond_stream(
         .take_any(rid)
         .map_err(|e| JsErrorBox::type_error(format!("response body stream: {e}")))?;
     let body = OutBody::Stream(resource);
-    respond(state, id, Outcome::Response { status: status_of(status), headers, body });
+    respond(
+        state,
+        id,
+        Outcome::Response {
+            status: status_of(status),
+            headers,
+            body,
+        },
+    );
     Ok(())
 }
 
 #[op2(fast)]
-fn op_outpost_fail(state: &mut OpState, #[smi] id: u32, #[smi] kind: u32, #[string] message: String) {
-    let kind = if kind == 1 { FailureKind::NotAResponse } else { FailureKind::Exception };
+fn op_outpost_fail(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[smi] kind: u32,
+    #[string] message: String,
+) {
+    let kind = if kind == 1 {
+        FailureKind::NotAResponse
+    } else {
+        FailureKind::Exception
+    };
     respond(state, id, Outcome::Failed { kind, message });
 }

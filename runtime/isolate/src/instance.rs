@@ -72,7 +72,10 @@ impl<F: Future> Future for Entered<F> {
 }
 
 fn entered<F: Future>(raw: v8::UnsafeRawIsolatePtr, inner: F) -> Entered<F> {
-    Entered { raw, inner: Box::pin(inner) }
+    Entered {
+        raw,
+        inner: Box::pin(inner),
+    }
 }
 
 /// The host's handles into `js/99_main.js`.
@@ -106,7 +109,11 @@ impl Instance {
     pub async fn start(bundle: Arc<Bundle>, console: ConsoleSink) -> Result<Instance, LoadError> {
         let in_flight = Rc::new(RefCell::new(InFlight::default()));
         let permissions = extensions::tenant_permissions().map_err(LoadError::new)?;
-        let tenant = TenantState { permissions, console: console.clone(), in_flight: in_flight.clone() };
+        let tenant = TenantState {
+            permissions,
+            console: console.clone(),
+            in_flight: in_flight.clone(),
+        };
         let runtime = JsRuntime::try_new(RuntimeOptions {
             extensions: extensions::extensions(Some(tenant)),
             startup_snapshot: Some(SNAPSHOT),
@@ -139,8 +146,10 @@ impl Instance {
 
     async fn load(&mut self, bundle: &Bundle) -> Result<(), LoadError> {
         let raw = self.raw;
-        let vars = serde_json::to_string(&bundle.manifest.vars).map_err(|e| LoadError::new(e.to_string()))?;
-        let main = loader::specifier_of(bundle.main()).map_err(|e| LoadError::new(e.to_string()))?;
+        let vars = serde_json::to_string(&bundle.manifest.vars)
+            .map_err(|e| LoadError::new(e.to_string()))?;
+        let main =
+            loader::specifier_of(bundle.main()).map_err(|e| LoadError::new(e.to_string()))?;
         let runtime = self.runtime();
         let (init, set_handler, dispatch) = {
             let _entered = EnterGuard::new(raw);
@@ -156,7 +165,8 @@ impl Instance {
             let dispatch = function(scope, host, "dispatch")?;
             v8::tc_scope!(let tc, scope);
             let undefined = v8::undefined(tc).into();
-            let vars = v8::String::new(tc, &vars).ok_or_else(|| LoadError::new("vars too large"))?;
+            let vars =
+                v8::String::new(tc, &vars).ok_or_else(|| LoadError::new("vars too large"))?;
             let init_fn = v8::Local::new(tc, &init);
             if init_fn.call(tc, undefined, &[vars.into()]).is_none() {
                 return Err(LoadError::new(format!("bootstrap: {}", exception_text(tc))));
@@ -171,13 +181,17 @@ impl Instance {
             let _entered = EnterGuard::new(raw);
             runtime.mod_evaluate(module_id)
         };
-        entered(raw, runtime.with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default()))
-            .await
-            .map_err(|e| LoadError::new(e.to_string()))?;
+        entered(
+            raw,
+            runtime.with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default()),
+        )
+        .await
+        .map_err(|e| LoadError::new(e.to_string()))?;
         {
             let _entered = EnterGuard::new(raw);
-            let namespace =
-                runtime.get_module_namespace(module_id).map_err(|e| LoadError::new(e.to_string()))?;
+            let namespace = runtime
+                .get_module_namespace(module_id)
+                .map_err(|e| LoadError::new(e.to_string()))?;
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let tc, scope);
             let namespace = v8::Local::new(tc, namespace);
@@ -230,7 +244,10 @@ impl Instance {
         let raw = self.raw;
         let idle = {
             let _entered = EnterGuard::new(raw);
-            match self.runtime().poll_event_loop(cx, PollEventLoopOptions::default()) {
+            match self
+                .runtime()
+                .poll_event_loop(cx, PollEventLoopOptions::default())
+            {
                 Poll::Ready(Ok(())) => true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Turn::Failed(e.to_string())),
                 Poll::Pending => false,
@@ -260,7 +277,10 @@ impl Instance {
         let state = self.runtime().op_state();
         let resources: Vec<_> = {
             let mut state = state.borrow_mut();
-            finished.into_iter().filter_map(|rid| state.resource_table.take_any(rid).ok()).collect()
+            finished
+                .into_iter()
+                .filter_map(|rid| state.resource_table.take_any(rid).ok())
+                .collect()
         };
         for resource in resources {
             resource.close();
@@ -272,10 +292,15 @@ impl Instance {
         let responders: Vec<_> = {
             let mut in_flight = self.in_flight.borrow_mut();
             let ids: Vec<u32> = in_flight.ids();
-            ids.into_iter().filter_map(|id| in_flight.remove(id)).collect()
+            ids.into_iter()
+                .filter_map(|id| in_flight.remove(id))
+                .collect()
         };
         for responder in responders {
-            responder(Outcome::Failed { kind, message: message.to_string() });
+            responder(Outcome::Failed {
+                kind,
+                message: message.to_string(),
+            });
         }
     }
 
@@ -286,9 +311,20 @@ impl Instance {
             None
         } else {
             let resource = RequestBodyResource::new(body);
-            Some(self.runtime().op_state().borrow_mut().resource_table.add(resource))
+            Some(
+                self.runtime()
+                    .op_state()
+                    .borrow_mut()
+                    .resource_table
+                    .add(resource),
+            )
         };
-        let responder = responder(job.reply, self.console.clone(), body_rid, self.finished_bodies.clone());
+        let responder = responder(
+            job.reply,
+            self.console.clone(),
+            body_rid,
+            self.finished_bodies.clone(),
+        );
         let id = self.in_flight.borrow_mut().insert(responder);
         let raw = self.raw;
         let Some(dispatch) = self.host.as_ref().map(|h| h.dispatch.clone()) else {
@@ -309,7 +345,10 @@ impl Instance {
         };
         if let Some(message) = threw {
             if let Some(responder) = self.in_flight.borrow_mut().remove(id) {
-                responder(Outcome::Failed { kind: FailureKind::Exception, message });
+                responder(Outcome::Failed {
+                    kind: FailureKind::Exception,
+                    message,
+                });
             }
         }
     }
@@ -330,6 +369,8 @@ impl Drop for Instance {
     }
 }
 
+// A short-lived value moved once per turn; boxing the job would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Turn {
     Job(Job),
     Done,
@@ -405,7 +446,11 @@ fn responder(
             }
         };
         let result = match outcome {
-            Outcome::Response { status, headers, body } => {
+            Outcome::Response {
+                status,
+                headers,
+                body,
+            } => {
                 let body = match body {
                     OutBody::Empty => {
                         finish();
@@ -413,7 +458,9 @@ fn responder(
                     }
                     OutBody::Bytes(bytes) => {
                         finish();
-                        Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync()
+                        Full::new(Bytes::from(bytes))
+                            .map_err(|never| match never {})
+                            .boxed_unsync()
                     }
                     OutBody::Stream(resource) => stream_response(resource, finish),
                 };
@@ -434,7 +481,10 @@ fn responder(
 
 fn build_response(
     status: u16,
-    headers: Vec<(deno_core::convert::ByteString, deno_core::convert::ByteString)>,
+    headers: Vec<(
+        deno_core::convert::ByteString,
+        deno_core::convert::ByteString,
+    )>,
     body: Body,
 ) -> http::Response<Body> {
     let mut response = http::Response::new(body);

@@ -57,7 +57,10 @@ impl Engine for IsolateEngine {
                     match instance.serve(&mut jobs).await {
                         ServeEnd::Closed => return,
                         ServeEnd::Failed(message) => {
-                            console(3, &format!("the isolate failed and is replaced: {message}\n"));
+                            console(
+                                3,
+                                &format!("the isolate failed and is replaced: {message}\n"),
+                            );
                         }
                     }
                     drop(instance);

@@ -38,15 +38,22 @@ impl BundleLoader {
 }
 
 impl ModuleLoader for BundleLoader {
-    fn resolve(&self, specifier: &str, referrer: &str, _kind: ResolutionKind) -> ModuleResolveResponse {
+    fn resolve(
+        &self,
+        specifier: &str,
+        referrer: &str,
+        _kind: ResolutionKind,
+    ) -> ModuleResolveResponse {
         let resolved = if specifier.starts_with("./")
             || specifier.starts_with("../")
             || specifier.starts_with('/')
             || specifier.starts_with(MODULE_ROOT)
         {
-            let base = ModuleSpecifier::parse(referrer).or_else(|_| ModuleSpecifier::parse(MODULE_ROOT));
-            base.and_then(|base| base.join(specifier))
-                .map_err(|e| JsErrorBox::type_error(format!("cannot resolve {specifier:?} from {referrer}: {e}")))
+            let base =
+                ModuleSpecifier::parse(referrer).or_else(|_| ModuleSpecifier::parse(MODULE_ROOT));
+            base.and_then(|base| base.join(specifier)).map_err(|e| {
+                JsErrorBox::type_error(format!("cannot resolve {specifier:?} from {referrer}: {e}"))
+            })
         } else {
             Err(JsErrorBox::type_error(format!(
                 "cannot import {specifier:?} from {referrer}: only relative imports of the app's own \
@@ -76,15 +83,20 @@ impl BundleLoader {
             .as_str()
             .strip_prefix(MODULE_ROOT)
             .filter(|_| specifier.scheme() == "file")
-            .ok_or_else(|| JsErrorBox::type_error(format!("module {specifier} is not part of the app")))?;
+            .ok_or_else(|| {
+                JsErrorBox::type_error(format!("module {specifier} is not part of the app"))
+            })?;
         let path = percent_decode(path);
         let module = self.bundle.modules.get(path.as_str()).ok_or_else(|| {
-            JsErrorBox::type_error(format!("module {path:?} was not found in the app (imported as {specifier})"))
+            JsErrorBox::type_error(format!(
+                "module {path:?} was not found in the app (imported as {specifier})"
+            ))
         })?;
         let bytes = || ModuleSourceCode::Bytes(module.bytes.to_vec().into_boxed_slice().into());
         let text = || -> Result<ModuleSourceCode, JsErrorBox> {
-            let text = std::str::from_utf8(&module.bytes)
-                .map_err(|_| JsErrorBox::type_error(format!("module {path:?} is not valid UTF-8")))?;
+            let text = std::str::from_utf8(&module.bytes).map_err(|_| {
+                JsErrorBox::type_error(format!("module {path:?} is not valid UTF-8"))
+            })?;
             Ok(ModuleSourceCode::String(text.to_string().into()))
         };
         // An import attribute (`with { type: "json" }`) takes precedence over the file kind.
@@ -96,11 +108,17 @@ impl BundleLoader {
                 (ModuleType::Text, text()?)
             }
             (RequestedModuleType::Bytes, _) => (ModuleType::Bytes, bytes()),
-            (RequestedModuleType::None, ModuleKind::JavaScript) => (ModuleType::JavaScript, text()?),
+            (RequestedModuleType::None, ModuleKind::JavaScript) => {
+                (ModuleType::JavaScript, text()?)
+            }
             // A plain `import m from "./x.wasm"` asks for a JavaScript module: give it one that
             // re-exports the synthetic module holding the compiled value.
-            (RequestedModuleType::None, ModuleKind::Wasm) => (ModuleType::JavaScript, reexport(specifier, WASM_MODULE)),
-            (RequestedModuleType::None, ModuleKind::Data) => (ModuleType::JavaScript, reexport(specifier, DATA_MODULE)),
+            (RequestedModuleType::None, ModuleKind::Wasm) => {
+                (ModuleType::JavaScript, reexport(specifier, WASM_MODULE))
+            }
+            (RequestedModuleType::None, ModuleKind::Data) => {
+                (ModuleType::JavaScript, reexport(specifier, DATA_MODULE))
+            }
             (RequestedModuleType::Other(other), ModuleKind::Wasm) if other == WASM_MODULE => {
                 (ModuleType::Other(WASM_MODULE.into()), bytes())
             }
@@ -120,7 +138,10 @@ impl BundleLoader {
 /// The source of a JavaScript module whose default export is the value of the module at
 /// `specifier` evaluated as `module_type` by [`evaluate_custom_module`].
 fn reexport(specifier: &ModuleSpecifier, module_type: &str) -> ModuleSourceCode {
-    let source = format!("import value from {:?} with {{ type: {module_type:?} }};\nexport default value;\n", specifier.as_str());
+    let source = format!(
+        "import value from {:?} with {{ type: {module_type:?} }};\nexport default value;\n",
+        specifier.as_str()
+    );
     ModuleSourceCode::String(source.into())
 }
 
@@ -182,7 +203,9 @@ pub fn evaluate_custom_module(
             )))
         }
     };
-    Ok(CustomModuleEvaluationKind::Synthetic(v8::Global::new(scope, value)))
+    Ok(CustomModuleEvaluationKind::Synthetic(v8::Global::new(
+        scope, value,
+    )))
 }
 
 #[cfg(test)]

@@ -56,7 +56,9 @@ pub struct LoadError {
 
 impl LoadError {
     pub fn new(message: impl Into<String>) -> Self {
-        LoadError { message: message.into() }
+        LoadError {
+            message: message.into(),
+        }
     }
 }
 
@@ -83,7 +85,10 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { workers: 1, queue_depth: 256 }
+        PoolConfig {
+            workers: 1,
+            queue_depth: 256,
+        }
     }
 }
 
@@ -116,7 +121,11 @@ impl Pool {
             workers.push(tx);
             threads.push(thread);
         }
-        Ok(Pool { workers, threads, queue_depth: config.queue_depth.max(1) })
+        Ok(Pool {
+            workers,
+            threads,
+            queue_depth: config.queue_depth.max(1),
+        })
     }
 
     /// Starts an instance of `bundle` on every worker. Fails with the first instance's load
@@ -130,17 +139,26 @@ impl Pool {
                 queue_depth: self.queue_depth,
                 reply,
             };
-            worker.send(command).await.map_err(|_| LoadError::new("worker thread is gone"))?;
+            worker
+                .send(command)
+                .await
+                .map_err(|_| LoadError::new("worker thread is gone"))?;
             pending.push(rx);
         }
         let mut instances = Vec::with_capacity(pending.len());
         for rx in pending {
-            let sender = rx
-                .await
-                .map_err(|_| LoadError::new("the isolate crashed while loading the app (see the log)"))??;
+            let sender = rx.await.map_err(|_| {
+                LoadError::new("the isolate crashed while loading the app (see the log)")
+            })??;
             instances.push(sender);
         }
-        Ok(Deployment { inner: Arc::new(DeploymentInner { bundle, instances, next: AtomicUsize::new(0) }) })
+        Ok(Deployment {
+            inner: Arc::new(DeploymentInner {
+                bundle,
+                instances,
+                next: AtomicUsize::new(0),
+            }),
+        })
     }
 }
 
@@ -154,7 +172,10 @@ impl Drop for Pool {
 }
 
 fn run_worker(engine: Arc<dyn Engine>, mut commands: mpsc::Receiver<Command>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("worker thread could not start its runtime: {e}");
@@ -165,7 +186,11 @@ fn run_worker(engine: Arc<dyn Engine>, mut commands: mpsc::Receiver<Command>) {
     local.block_on(&runtime, async move {
         while let Some(command) = commands.recv().await {
             match command {
-                Command::Instantiate { bundle, queue_depth, reply } => {
+                Command::Instantiate {
+                    bundle,
+                    queue_depth,
+                    reply,
+                } => {
                     let engine = engine.clone();
                     tokio::task::spawn_local(async move {
                         let (tx, rx) = mpsc::channel(queue_depth);
