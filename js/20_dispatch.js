@@ -30,7 +30,7 @@ const {
 } = primordials;
 
 const { InnerBody } = body;
-const { fromInnerRequest, newInnerRequest } = request;
+const { fromInnerRequest } = request;
 const {
   ResponsePrototype,
   serveFastBodyKey,
@@ -201,16 +201,67 @@ class FetchEvent extends Event {
 }
 
 /**
- * @param {string[]} flat name, value, name, value, ...
- * @returns {[string, string][]}
+ * The inner request (deno_fetch's InnerRequest shape) of an incoming request. A class, so
+ * that every request shares one hidden class; headers become a list only when read.
  */
-function pairs(flat) {
-  /** @type {[string, string][]} */
-  const list = [];
-  for (let i = 0; i < flat.length; i += 2) {
-    ArrayPrototypePush(list, [flat[i], flat[i + 1]]);
+class IncomingInnerRequest {
+  /** @type {string[] | null} flat name, value, name, value, ... until headerList is read */
+  #flatHeaders;
+
+  /**
+   * @param {string} method
+   * @param {string} url
+   * @param {string[]} flatHeaders
+   * @param {any} body an InnerBody or null
+   */
+  constructor(method, url, flatHeaders, body) {
+    this.method = method;
+    this.#flatHeaders = flatHeaders;
+    /** @type {[string, string][] | null} */
+    this.headerListInner = null;
+    this.body = body;
+    this.redirectMode = "follow";
+    this.redirectCount = 0;
+    this.urlList = [() => url];
+    this.urlListProcessed = [url];
+    this.clientRid = null;
+    this.blobUrlEntry = null;
   }
-  return list;
+
+  get headerList() {
+    if (this.headerListInner === null) {
+      const flat = this.#flatHeaders ?? [];
+      /** @type {[string, string][]} */
+      const list = [];
+      for (let i = 0; i < flat.length; i += 2) {
+        ArrayPrototypePush(list, [flat[i], flat[i + 1]]);
+      }
+      this.headerListInner = list;
+      this.#flatHeaders = null;
+    }
+    return this.headerListInner;
+  }
+
+  set headerList(value) {
+    this.headerListInner = value;
+    this.#flatHeaders = null;
+  }
+
+  url() {
+    return this.currentUrlAt(0);
+  }
+
+  currentUrl() {
+    return this.currentUrlAt(this.urlList.length - 1);
+  }
+
+  /** @param {number} index */
+  currentUrlAt(index) {
+    if (this.urlListProcessed[index] === undefined) {
+      this.urlListProcessed[index] = this.urlList[index]();
+    }
+    return this.urlListProcessed[index];
+  }
 }
 
 /**
@@ -225,7 +276,7 @@ export function dispatch(id, method, url, headers, bodyRid) {
   let result;
   try {
     const reqBody = bodyRid === null ? null : new InnerBody(readableStreamForRid(bodyRid));
-    const inner = newInnerRequest(method, url, () => pairs(headers), reqBody, false);
+    const inner = new IncomingInnerRequest(method, url, headers, reqBody);
     const req = fromInnerRequest(inner, "immutable");
     const ctx = new ExecutionContext();
     if (mode === MODE_MODULE) {

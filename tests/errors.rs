@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{app, app_dir, http1, Node};
+use common::{app, app_dir, get, http1, Node};
 
 const HANDLER: &str = r#"
 function fail(where) {
@@ -43,18 +43,15 @@ export default {
         return new Response("answered");
       case "/error-response":
         return Response.error();
+      case "/slow":
+        await new Promise((resolve) => setTimeout(resolve, 3000));
+        return new Response("too late");
       default:
         return new Response("fine");
     }
   },
 };
 "#;
-
-async fn get(node: &Node, path: &str) -> (u16, String) {
-    let res = http1().get(node.url(path)).send().await.unwrap();
-    let status = res.status().as_u16();
-    (status, res.text().await.unwrap())
-}
 
 #[tokio::test]
 async fn uncaught_exceptions_are_500_with_the_stack_on_the_terminal() {
@@ -240,4 +237,14 @@ async fn oversized_bodies_get_413() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn slow_handlers_get_504_after_the_response_timeout() {
+    let dir = app("slow", HANDLER);
+    let node = Node::start(dir.path(), &["--response-timeout", "1"]);
+    let res = http1().get(node.url("/slow")).send().await.unwrap();
+    assert_eq!(res.status(), 504);
+    assert_eq!(res.headers()["x-outpost-error"], "timeout");
+    assert_eq!(get(&node, "/").await, (200, "fine".to_string()));
 }

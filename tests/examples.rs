@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{http1, http2, Node};
+use common::{get_json, http1, http2, Node};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -49,14 +49,7 @@ async fn hello_with_curl() {
 async fn json_api_routes_and_validates() {
     let node = Node::example("json-api");
     let client = http1();
-    let index: Value = client
-        .get(node.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let index = get_json(&node, "/").await;
     assert_eq!(index["name"], "json-api");
     assert_eq!(index["version"], "1", "env.API_VERSION from [vars]");
 
@@ -72,23 +65,9 @@ async fn json_api_routes_and_validates() {
     let todo: Value = res.json().await.unwrap();
     assert_eq!(todo, json!({"id": 1, "title": "write docs", "done": false}));
 
-    let got: Value = client
-        .get(node.url("/todos/1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = get_json(&node, "/todos/1").await;
     assert_eq!(got, todo);
-    let all: Value = client
-        .get(node.url("/todos"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = get_json(&node, "/todos").await;
     assert_eq!(all, json!([todo]));
 
     let res = client

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{app_dir, http1, Node};
+use common::{app_dir, get, Node};
 
 fn handler(text: &str) -> String {
     format!("export default {{ fetch() {{ return new Response({text:?}); }} }};\n")
@@ -15,14 +15,7 @@ fn handler(text: &str) -> String {
 async fn wait_for_body(node: &Node, expected: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let body = http1()
-            .get(node.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, body) = get(node, "/").await;
         if body == expected {
             return;
         }
@@ -58,17 +51,7 @@ async fn edits_are_served_without_restart_and_bad_edits_keep_the_last_good_versi
     assert!(log.contains("src/index.js:3"), "{log}");
     assert!(log.contains("still serving reload@"), "{log}");
     for _ in 0..5 {
-        assert_eq!(
-            http1()
-                .get(node.url("/"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-            "v2"
-        );
+        assert_eq!(get(&node, "/").await, (200, "v2".to_string()));
     }
 
     std::fs::write(&index, handler("v4")).unwrap();

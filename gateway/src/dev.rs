@@ -20,9 +20,10 @@ const SETTLE: Duration = Duration::from_millis(30);
 pub fn main(args: DevArgs) -> anyhow::Result<()> {
     // V8's platform must be initialized on the main thread before worker threads start.
     let engine = Arc::new(IsolateEngine::new());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This thread only accepts connections, watches files and reloads; connections are
+    // served on the pool's worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("outpost-net")
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(run(args, engine))
@@ -31,18 +32,12 @@ pub fn main(args: DevArgs) -> anyhow::Result<()> {
 async fn run(args: DevArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     let path = std::fs::canonicalize(&args.path)
         .with_context(|| format!("{}: no such app", args.path.display()))?;
-    let pool = Pool::new(
-        engine,
-        PoolConfig {
-            workers: args.workers,
-            ..Default::default()
-        },
-    )
-    .context("starting worker threads")?;
+    let config = PoolConfig { workers: args.workers, ..Default::default() };
+    let pool = Arc::new(Pool::new(engine, config).context("starting worker threads")?);
     let routes = Arc::new(Routes::default());
     let app = App {
         path: path.clone(),
-        pool,
+        pool: pool.clone(),
         routes: routes.clone(),
     };
     app.reload().await;
@@ -69,7 +64,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     });
 
     tokio::select! {
-        () = serve(listener, routes, args.admission()) => {}
+        () = serve(listener, routes, args.admission(), pool) => {}
         _ = tokio::signal::ctrl_c() => {
             println!("outpost dev: stopping");
         }
@@ -87,7 +82,7 @@ fn parent_of(path: &Path) -> PathBuf {
 
 struct App {
     path: PathBuf,
-    pool: Pool,
+    pool: Arc<Pool>,
     routes: Arc<Routes>,
 }
 

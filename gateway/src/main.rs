@@ -34,7 +34,7 @@ pub struct DevArgs {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
-    /// Worker threads, each running one isolate of the app.
+    /// Worker threads, each serving connections and running one isolate of the app.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Largest request body accepted, in bytes.

@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use outpost_pool::{Body, Deployment};
-use tokio::net::TcpListener;
+use outpost_pool::{Body, Deployment, Pool, Task};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{GatewayError, Kind};
 
@@ -70,13 +70,16 @@ impl Routes {
     }
 }
 
-/// Accepts connections on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, routes: Arc<Routes>, admission: Admission) {
+/// Accepts connections on `listener` until the task is dropped. Each connection is served on
+/// one of the pool's worker threads (round robin), next to that worker's isolates, so its
+/// requests cross no thread on the way to the app.
+pub async fn serve(listener: TcpListener, routes: Arc<Routes>, admission: Admission, pool: Arc<Pool>) {
     let admission = Arc::new(admission);
     let local = listener.local_addr().ok();
+    let mut next_worker = 0usize;
     loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let stream = match listener.accept().await.and_then(|(stream, _)| stream.into_std()) {
+            Ok(stream) => stream,
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
@@ -84,27 +87,42 @@ pub async fn serve(listener: TcpListener, routes: Arc<Routes>, admission: Admiss
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let routes = routes.clone();
         let admission = admission.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let routes = routes.clone();
-                let admission = admission.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        handle(request, &routes, &admission, local).await,
-                    )
-                }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!("connection ended: {e}");
-            }
-        });
+        let task: Task = Box::new(move || Box::pin(serve_connection(stream, routes, admission, local)));
+        next_worker = next_worker.wrapping_add(1);
+        if pool.spawn_on(next_worker, task).await.is_err() {
+            tracing::error!("no worker thread takes connections any more");
+            return;
+        }
+    }
+}
+
+/// Serves one connection (HTTP/1.1, or HTTP/2 with prior knowledge) on the current thread.
+async fn serve_connection(
+    stream: std::net::TcpStream,
+    routes: Arc<Routes>,
+    admission: Arc<Admission>,
+    local: Option<SocketAddr>,
+) {
+    let stream = match TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!("connection could not be registered: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |request| {
+        let routes = routes.clone();
+        let admission = admission.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(handle(request, &routes, &admission, local).await)
+        }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+        tracing::debug!("connection ended: {e}");
     }
 }
 

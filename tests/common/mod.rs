@@ -178,3 +178,16 @@ pub fn app(name: &str, index_js: &str) -> tempfile::TempDir {
         ("src/index.js", index_js),
     ])
 }
+
+/// GETs `path` over HTTP/1.1 and returns the status and body text.
+pub async fn get(node: &Node, path: &str) -> (u16, String) {
+    let res = http1().get(node.url(path)).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap())
+}
+
+/// GETs `path` over HTTP/1.1 and parses the body as JSON.
+pub async fn get_json(node: &Node, path: &str) -> serde_json::Value {
+    let res = http1().get(node.url(path)).send().await.unwrap();
+    res.json().await.unwrap()
+}

@@ -1,9 +1,9 @@
 // Streams both ways: GET / sends five lines 100 ms apart as they are produced;
-// POST /upcase streams the request body back upper-cased, chunk by chunk.
+// POST (or PUT) /upcase streams the request body back upper-cased, chunk by chunk.
 export default {
   async fetch(request) {
     const url = new URL(request.url);
-    if (request.method === "POST" && url.pathname === "/upcase") {
+    if ((request.method === "POST" || request.method === "PUT") && url.pathname === "/upcase") {
       const upcase = new TransformStream({
         transform(chunk, controller) {
           controller.enqueue(chunk.toUpperCase());

@@ -185,6 +185,18 @@ fn status_of(status: u32) -> u16 {
     u16::try_from(status).unwrap_or(500)
 }
 
+fn respond_static(
+    state: &mut OpState,
+    id: u32,
+    status: u32,
+    headers: Vec<(ByteString, ByteString)>,
+    body: Vec<u8>,
+) {
+    let body = if body.is_empty() { OutBody::Empty } else { OutBody::Bytes(body) };
+    let status = status_of(status);
+    respond(state, id, Outcome::Response { status, headers, body });
+}
+
 #[op2]
 fn op_outpost_respond_text(
     state: &mut OpState,
@@ -193,20 +205,7 @@ fn op_outpost_respond_text(
     #[scoped] headers: Vec<(ByteString, ByteString)>,
     #[string] body: String,
 ) {
-    let body = if body.is_empty() {
-        OutBody::Empty
-    } else {
-        OutBody::Bytes(body.into_bytes())
-    };
-    respond(
-        state,
-        id,
-        Outcome::Response {
-            status: status_of(status),
-            headers,
-            body,
-        },
-    );
+    respond_static(state, id, status, headers, body.into_bytes());
 }
 
 #[op2]
@@ -217,19 +216,8 @@ fn op_outpost_respond_bytes(
     #[scoped] headers: Vec<(ByteString, ByteString)>,
     #[buffer] body: Option<JsBuffer>,
 ) {
-    let body = match body {
-        Some(bytes) if !bytes.is_empty() => OutBody::Bytes(bytes.to_vec()),
-        _ => OutBody::Empty,
-    };
-    respond(
-        state,
-        id,
-        Outcome::Response {
-            status: status_of(status),
-            headers,
-            body,
-        },
-    );
+    let body = body.map(|bytes| bytes.to_vec()).unwrap_or_default();
+    respond_static(state, id, status, headers, body);
 }
 
 #[op2]

@@ -327,16 +327,15 @@ impl Instance {
         );
         let id = self.in_flight.borrow_mut().insert(responder);
         let raw = self.raw;
-        let Some(dispatch) = self.host.as_ref().map(|h| h.dispatch.clone()) else {
+        let _entered = EnterGuard::new(raw);
+        let (Some(host), Some(runtime)) = (self.host.as_ref(), self.runtime.as_mut()) else {
             return;
         };
-        let _entered = EnterGuard::new(raw);
-        let runtime = self.runtime.as_mut().expect("the runtime lives until drop");
         let threw = {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let tc, scope);
             let args = request_args(tc, id, &parts, body_rid);
-            let dispatch = v8::Local::new(tc, &dispatch);
+            let dispatch = v8::Local::new(tc, &host.dispatch);
             let undefined = v8::undefined(tc).into();
             match dispatch.call(tc, undefined, &args) {
                 Some(_) => None,

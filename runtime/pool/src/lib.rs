@@ -3,13 +3,18 @@
 //! [`Bundle`] starts one instance of it on every worker and returns a [`Deployment`], whose
 //! [`dispatch`](Deployment::dispatch) sends a request through a bounded queue to one of them.
 //!
+//! Work placed on a worker with [`Pool::spawn_on`] (the gateway serves each HTTP connection
+//! that way) dispatches to that worker's own instance first, so a request and its isolate
+//! share a thread and a request crosses no thread on its way.
+//!
 //! Lifetimes: an instance lives while its [`Deployment`] (or a clone) does; when the last
 //! handle is dropped its queues close, the instance finishes the requests it holds and is
 //! dropped on its own thread.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -92,40 +97,75 @@ impl Default for PoolConfig {
     }
 }
 
+/// Work to run on a worker thread: made there (so it may be `!Send`) by a `Send` closure.
+pub type Task = Box<dyn FnOnce() -> LocalFuture<()> + Send>;
+
 enum Command {
     Instantiate {
         bundle: Arc<Bundle>,
         queue_depth: usize,
         reply: oneshot::Sender<Result<mpsc::Sender<Job>, LoadError>>,
     },
+    Spawn(Task),
+}
+
+/// Commands a worker may have waiting; senders wait beyond that.
+const COMMAND_QUEUE: usize = 64;
+
+/// Distinguishes pools within one process (tests start several).
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The pool and index of the worker running on this thread, if any.
+    static CURRENT_WORKER: Cell<Option<(u64, usize)>> = const { Cell::new(None) };
 }
 
 /// Worker threads that run instances of deployments.
 pub struct Pool {
+    id: u64,
     workers: Vec<mpsc::Sender<Command>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     queue_depth: usize,
 }
 
+/// The worker was stopped; the task did not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the worker thread has stopped")]
+pub struct WorkerGone;
+
 impl Pool {
     /// Starts `config.workers` threads (at least one) running `engine`.
     pub fn new(engine: Arc<dyn Engine>, config: PoolConfig) -> std::io::Result<Pool> {
+        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for index in 0..config.workers.max(1) {
-            let (tx, rx) = mpsc::channel(16);
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
             let engine = engine.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("outpost-worker-{index}"))
-                .spawn(move || run_worker(engine, rx))?;
+                .spawn(move || run_worker(engine, rx, (id, index)))?;
             workers.push(tx);
             threads.push(thread);
         }
         Ok(Pool {
+            id,
             workers,
             threads,
             queue_depth: config.queue_depth.max(1),
         })
+    }
+
+    /// How many worker threads the pool runs.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Runs `task` on worker `index` (modulo the worker count). Waits while that worker has
+    /// many commands queued.
+    pub async fn spawn_on(&self, index: usize, task: Task) -> Result<(), WorkerGone> {
+        let worker = &self.workers[index % self.workers.len()];
+        worker.send(Command::Spawn(task)).await.map_err(|_| WorkerGone)
     }
 
     /// Starts an instance of `bundle` on every worker. Fails with the first instance's load
@@ -154,6 +194,7 @@ impl Pool {
         }
         Ok(Deployment {
             inner: Arc::new(DeploymentInner {
+                pool: self.id,
                 bundle,
                 instances,
                 next: AtomicUsize::new(0),
@@ -171,7 +212,12 @@ impl Drop for Pool {
     }
 }
 
-fn run_worker(engine: Arc<dyn Engine>, mut commands: mpsc::Receiver<Command>) {
+fn run_worker(
+    engine: Arc<dyn Engine>,
+    mut commands: mpsc::Receiver<Command>,
+    worker: (u64, usize),
+) {
+    CURRENT_WORKER.with(|current| current.set(Some(worker)));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -206,6 +252,9 @@ fn run_worker(engine: Arc<dyn Engine>, mut commands: mpsc::Receiver<Command>) {
                         }
                     });
                 }
+                Command::Spawn(task) => {
+                    tokio::task::spawn_local(task());
+                }
             }
         }
     });
@@ -214,7 +263,10 @@ fn run_worker(engine: Arc<dyn Engine>, mut commands: mpsc::Receiver<Command>) {
 }
 
 struct DeploymentInner {
+    /// The pool the instances run in.
+    pool: u64,
     bundle: Arc<Bundle>,
+    /// One instance per worker, in worker order.
     instances: Vec<mpsc::Sender<Job>>,
     next: AtomicUsize,
 }
@@ -232,14 +284,17 @@ impl Deployment {
         &self.inner.bundle
     }
 
-    /// Sends `request` to an instance with room in its queue (round robin) and waits for
-    /// its response.
+    /// Sends `request` to an instance with room in its queue and waits for its response:
+    /// the instance on the calling worker thread if there is one, else round robin.
     pub async fn dispatch(
         &self,
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, DispatchError> {
         let instances = &self.inner.instances;
-        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let start = match CURRENT_WORKER.with(Cell::get) {
+            Some((pool, index)) if pool == self.inner.pool => index,
+            _ => self.inner.next.fetch_add(1, Ordering::Relaxed),
+        };
         let (reply, response) = oneshot::channel();
         let mut job = Job { request, reply };
         for offset in 0..instances.len() {
@@ -257,5 +312,102 @@ impl Deployment {
             }
         }
         Err(DispatchError::Overloaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use http_body_util::{BodyExt, Empty, Full};
+
+    use super::*;
+
+    fn bundle(main: &str) -> Arc<Bundle> {
+        let manifest = outpost_bundle::Manifest::for_single_file("t", main);
+        let files = BTreeMap::from([(main.to_string(), b"x".to_vec())]);
+        Arc::new(Bundle::new(manifest, files).unwrap())
+    }
+
+    fn empty() -> Body {
+        Empty::new().map_err(|never| match never {}).boxed_unsync()
+    }
+
+    /// Answers each request with the id of the worker thread's instance; refuses bundles
+    /// whose main is `bad.js`; with `hold`, never takes a request off its queue.
+    struct Echo {
+        next: AtomicUsize,
+        hold: bool,
+    }
+
+    impl Engine for Echo {
+        fn instantiate(
+            &self,
+            bundle: Arc<Bundle>,
+            mut jobs: mpsc::Receiver<Job>,
+        ) -> LocalFuture<Result<LocalFuture<()>, LoadError>> {
+            let id = self.next.fetch_add(1, Ordering::SeqCst);
+            let hold = self.hold;
+            Box::pin(async move {
+                if bundle.main() == "bad.js" {
+                    return Err(LoadError::new("bad.js:1: SyntaxError"));
+                }
+                let serve: LocalFuture<()> = Box::pin(async move {
+                    if hold {
+                        let _jobs = jobs;
+                        std::future::pending::<()>().await;
+                    }
+                    while let Some(job) = jobs.recv().await {
+                        let body = Full::new(Bytes::from(id.to_string()))
+                            .map_err(|never| match never {})
+                            .boxed_unsync();
+                        let _ = job.reply.send(Ok(http::Response::new(body)));
+                    }
+                });
+                Ok(serve)
+            })
+        }
+    }
+
+    fn pool(workers: usize, queue_depth: usize, hold: bool) -> Pool {
+        let engine = Arc::new(Echo { next: AtomicUsize::new(0), hold });
+        Pool::new(engine, PoolConfig { workers, queue_depth }).unwrap()
+    }
+
+    async fn body_of(response: http::Response<Body>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn dispatch_spreads_requests_over_every_worker() {
+        let pool = pool(3, 8, false);
+        let deployment = pool.deploy(bundle("main.js")).await.unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let response = deployment.dispatch(http::Request::new(empty())).await.unwrap();
+            seen.insert(body_of(response).await);
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn load_errors_reach_the_deployer() {
+        let pool = pool(2, 8, false);
+        let err = pool.deploy(bundle("bad.js")).await.err().unwrap();
+        assert_eq!(err.message, "bad.js:1: SyntaxError");
+    }
+
+    #[tokio::test]
+    async fn full_queues_answer_overloaded() {
+        let pool = pool(1, 2, true);
+        let deployment = pool.deploy(bundle("main.js")).await.unwrap();
+        for _ in 0..2 {
+            let d = deployment.clone();
+            tokio::spawn(async move { d.dispatch(http::Request::new(empty())).await });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let result = deployment.dispatch(http::Request::new(empty())).await;
+        assert_eq!(result.err(), Some(DispatchError::Overloaded));
     }
 }
