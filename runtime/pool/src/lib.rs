@@ -354,7 +354,7 @@ mod tests {
                 }
                 let serve: LocalFuture<()> = Box::pin(async move {
                     if hold {
-                        let _jobs = jobs;
+                        // Keeps `jobs` open without ever taking from it.
                         std::future::pending::<()>().await;
                     }
                     while let Some(job) = jobs.recv().await {
@@ -409,5 +409,33 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let result = deployment.dispatch(http::Request::new(empty())).await;
         assert_eq!(result.err(), Some(DispatchError::Overloaded));
+    }
+
+    #[tokio::test]
+    async fn work_spawned_on_a_worker_dispatches_to_that_workers_instance() {
+        let pool = pool(3, 8, false);
+        let deployment = pool.deploy(bundle("main.js")).await.unwrap();
+        let mut answers = Vec::new();
+        for worker in 0..3 {
+            let (tx, rx) = oneshot::channel();
+            let d = deployment.clone();
+            let task: Task = Box::new(move || {
+                Box::pin(async move {
+                    let mut seen = Vec::new();
+                    for _ in 0..4 {
+                        let response = d.dispatch(http::Request::new(empty())).await.unwrap();
+                        seen.push(body_of(response).await);
+                    }
+                    let _ = tx.send(seen);
+                })
+            });
+            pool.spawn_on(worker, task).await.unwrap();
+            answers.push(rx.await.unwrap());
+        }
+        for seen in &answers {
+            assert!(seen.iter().all(|s| s == &seen[0]), "one worker, one instance: {seen:?}");
+        }
+        let distinct: std::collections::BTreeSet<_> = answers.iter().map(|s| s[0].clone()).collect();
+        assert_eq!(distinct.len(), 3, "{answers:?}");
     }
 }
