@@ -164,3 +164,19 @@ async fn wasm_module_import() {
     let res = http1().get(node.url("/?a=x")).send().await.unwrap();
     assert_eq!(res.status(), 400);
 }
+
+#[tokio::test]
+async fn several_workers_each_serve_connections() {
+    let node = Node::start(&common::examples().join("hello"), &["--workers", "2"]);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        // A new client per request: a new connection, placed on the next worker.
+        let url = node.url("/");
+        tasks.push(tokio::spawn(async move {
+            http1().get(url).send().await.unwrap().text().await.unwrap()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "hello from the edge\n");
+    }
+}

@@ -32,7 +32,10 @@ pub fn main(args: DevArgs) -> anyhow::Result<()> {
 async fn run(args: DevArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     let path = std::fs::canonicalize(&args.path)
         .with_context(|| format!("{}: no such app", args.path.display()))?;
-    let config = PoolConfig { workers: args.workers, ..Default::default() };
+    let config = PoolConfig {
+        workers: args.workers,
+        ..Default::default()
+    };
     let pool = Arc::new(Pool::new(engine, config).context("starting worker threads")?);
     let routes = Arc::new(Routes::default());
     let app = App {

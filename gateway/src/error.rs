@@ -130,6 +130,10 @@ impl From<DispatchError> for GatewayError {
                 "The app threw an exception while handling this request; its stack trace is in the node's log.",
             ),
             DispatchError::BadResponse(message) => GatewayError::new(Kind::BadResponse, message),
+            DispatchError::Timeout => GatewayError::new(
+                Kind::Timeout,
+                "The app did not start its response within the node's response timeout.",
+            ),
             DispatchError::InstanceGone(_) => GatewayError::new(Kind::InstanceGone, e.to_string()),
         }
     }

@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+// Request handling allocates many small, short-lived buffers across threads; mimalloc serves
+// them faster than the system allocator (V8's own heap is unaffected).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Outpost: an edge runtime for Workers-style JavaScript and WebAssembly handlers.
 #[derive(Debug, Parser)]
 #[command(name = "outpost", version, about, propagate_version = true)]

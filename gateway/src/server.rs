@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::{header, Request, Response, Uri};
@@ -73,12 +73,21 @@ impl Routes {
 /// Accepts connections on `listener` until the task is dropped. Each connection is served on
 /// one of the pool's worker threads (round robin), next to that worker's isolates, so its
 /// requests cross no thread on the way to the app.
-pub async fn serve(listener: TcpListener, routes: Arc<Routes>, admission: Admission, pool: Arc<Pool>) {
+pub async fn serve(
+    listener: TcpListener,
+    routes: Arc<Routes>,
+    admission: Admission,
+    pool: Arc<Pool>,
+) {
     let admission = Arc::new(admission);
     let local = listener.local_addr().ok();
     let mut next_worker = 0usize;
     loop {
-        let stream = match listener.accept().await.and_then(|(stream, _)| stream.into_std()) {
+        let stream = match listener
+            .accept()
+            .await
+            .and_then(|(stream, _)| stream.into_std())
+        {
             Ok(stream) => stream,
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -89,7 +98,8 @@ pub async fn serve(listener: TcpListener, routes: Arc<Routes>, admission: Admiss
         };
         let routes = routes.clone();
         let admission = admission.clone();
-        let task: Task = Box::new(move || Box::pin(serve_connection(stream, routes, admission, local)));
+        let task: Task =
+            Box::new(move || Box::pin(serve_connection(stream, routes, admission, local)));
         next_worker = next_worker.wrapping_add(1);
         if pool.spawn_on(next_worker, task).await.is_err() {
             tracing::error!("no worker thread takes connections any more");
@@ -121,7 +131,10 @@ async fn serve_connection(
         }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
         tracing::debug!("connection ended: {e}");
     }
 }
@@ -146,16 +159,8 @@ async fn route(
 ) -> Result<Response<Body>, GatewayError> {
     let request = admit(request, admission, local)?;
     let deployment = routes.current().ok_or_else(|| routes.missing())?;
-    match tokio::time::timeout(admission.response_timeout, deployment.dispatch(request)).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(GatewayError::new(
-            Kind::Timeout,
-            format!(
-                "The app did not respond within {:?}.",
-                admission.response_timeout
-            ),
-        )),
-    }
+    let deadline = Instant::now() + admission.response_timeout;
+    Ok(deployment.dispatch(request, deadline).await?)
 }
 
 /// Checks a request against the admission limits and gives it an absolute URL.

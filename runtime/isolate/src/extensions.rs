@@ -46,6 +46,8 @@ pub enum FailureKind {
     Exception,
     /// The handler returned something other than a Response.
     NotAResponse,
+    /// The request's deadline passed before the handler responded.
+    Timeout,
 }
 
 /// Where the response to one in-flight request goes.
@@ -69,6 +71,11 @@ impl InFlight {
     /// Removes a request without answering it (its responder is dropped).
     pub fn remove(&mut self, id: u32) -> Option<Responder> {
         self.responders.remove(&id)
+    }
+
+    /// Whether request `id` is still in flight.
+    pub fn contains(&self, id: u32) -> bool {
+        self.responders.contains_key(&id)
     }
 
     /// The ids of every request in flight.
@@ -192,9 +199,21 @@ fn respond_static(
     headers: Vec<(ByteString, ByteString)>,
     body: Vec<u8>,
 ) {
-    let body = if body.is_empty() { OutBody::Empty } else { OutBody::Bytes(body) };
+    let body = if body.is_empty() {
+        OutBody::Empty
+    } else {
+        OutBody::Bytes(body)
+    };
     let status = status_of(status);
-    respond(state, id, Outcome::Response { status, headers, body });
+    respond(
+        state,
+        id,
+        Outcome::Response {
+            status,
+            headers,
+            body,
+        },
+    );
 }
 
 #[op2]

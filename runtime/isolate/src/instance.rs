@@ -7,12 +7,13 @@
 //! current one, and isolates to be exited in reverse order of entry).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use deno_core::{v8, JsRuntime, PollEventLoopOptions, ResourceId, RuntimeOptions};
@@ -33,6 +34,13 @@ const DRAIN_GRACE: Duration = Duration::from_secs(30);
 const NEVER_SETTLES: &str = "the fetch handler's promise will never settle: nothing is left \
      that could resolve it (no timer, I/O or other pending work); make sure every code path \
      returns or resolves a Response";
+
+/// How a timed-out request is reported on the terminal.
+const TIMED_OUT: &str = "a request timed out: the fetch handler did not start its response within \
+     the node's response timeout";
+
+/// How often requests in flight are checked against their deadlines.
+const SWEEP: Duration = Duration::from_millis(100);
 
 /// The startup snapshot made by build.rs.
 static SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/SNAPSHOT.bin"));
@@ -90,6 +98,10 @@ pub struct Instance {
     runtime: Option<JsRuntime>,
     raw: v8::UnsafeRawIsolatePtr,
     in_flight: Rc<RefCell<InFlight>>,
+    /// When each request in flight must have its response, by request id.
+    deadlines: HashMap<u32, Instant>,
+    /// The next check for requests past their deadline, while any are in flight.
+    sweep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Request-body resources of finished requests, closed on the next turn of the loop.
     finished_bodies: Rc<RefCell<Vec<ResourceId>>>,
     console: ConsoleSink,
@@ -133,6 +145,8 @@ impl Instance {
             runtime: Some(runtime),
             raw,
             in_flight,
+            deadlines: HashMap::new(),
+            sweep: None,
             finished_bodies: Rc::default(),
             console,
         };
@@ -257,6 +271,7 @@ impl Instance {
             // Nothing is left that could ever settle the handlers' promises.
             self.fail_in_flight(FailureKind::NotAResponse, NEVER_SETTLES);
         }
+        self.poll_deadlines(cx);
         if *closed {
             if idle && self.in_flight.borrow().is_empty() {
                 return Poll::Ready(Turn::Done);
@@ -267,6 +282,44 @@ impl Instance {
             }
         }
         Poll::Pending
+    }
+
+    /// Every `SWEEP` while requests are in flight, fails those past their deadline. One timer
+    /// per isolate instead of one per request: a timer per request costs more than the
+    /// hello-world request itself.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) {
+        if self.in_flight.borrow().is_empty() {
+            // The timer stays armed: re-arming it on every request is what this avoids.
+            self.deadlines.clear();
+            return;
+        }
+        let sweep = self
+            .sweep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(SWEEP)));
+        if sweep.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        self.sweep = None;
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut in_flight = self.in_flight.borrow_mut();
+            self.deadlines.retain(|id, deadline| {
+                if *deadline > now {
+                    return in_flight.contains(*id);
+                }
+                expired.extend(in_flight.remove(*id));
+                false
+            });
+        }
+        for responder in expired {
+            responder(Outcome::Failed {
+                kind: FailureKind::Timeout,
+                message: TIMED_OUT.to_string(),
+            });
+        }
+        // Arm the next sweep.
+        cx.waker().wake_by_ref();
     }
 
     fn close_finished_bodies(&mut self) {
@@ -306,6 +359,7 @@ impl Instance {
 
     /// Hands one request to JS; its response arrives through an op, now or later.
     fn start_request(&mut self, job: Job) {
+        let deadline = job.deadline;
         let (parts, body) = job.request.into_parts();
         let body_rid = if body.is_end_stream() {
             None
@@ -326,6 +380,7 @@ impl Instance {
             self.finished_bodies.clone(),
         );
         let id = self.in_flight.borrow_mut().insert(responder);
+        self.deadlines.insert(id, deadline);
         let raw = self.raw;
         let _entered = EnterGuard::new(raw);
         let (Some(host), Some(runtime)) = (self.host.as_ref(), self.runtime.as_mut()) else {
@@ -471,6 +526,7 @@ fn responder(
                 Err(match kind {
                     FailureKind::Exception => DispatchError::Exception(message),
                     FailureKind::NotAResponse => DispatchError::BadResponse(message),
+                    FailureKind::Timeout => DispatchError::Timeout,
                 })
             }
         };

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use outpost_bundle::Bundle;
@@ -31,6 +32,8 @@ pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 /// One request on its way to an instance, with the way back for its response.
 pub struct Job {
     pub request: http::Request<Body>,
+    /// When the response must have started; past it the instance answers `Timeout`.
+    pub deadline: Instant,
     pub reply: oneshot::Sender<Result<http::Response<Body>, DispatchError>>,
 }
 
@@ -46,6 +49,9 @@ pub enum DispatchError {
     /// The handler produced something that is not a Response; the text says what.
     #[error("{0}")]
     BadResponse(String),
+    /// The handler did not produce a response before the request's deadline.
+    #[error("the app did not respond in time")]
+    Timeout,
     /// The instance went away before it answered (it failed or was stopped).
     #[error("the isolate stopped before it answered: {0}")]
     InstanceGone(String),
@@ -165,7 +171,10 @@ impl Pool {
     /// many commands queued.
     pub async fn spawn_on(&self, index: usize, task: Task) -> Result<(), WorkerGone> {
         let worker = &self.workers[index % self.workers.len()];
-        worker.send(Command::Spawn(task)).await.map_err(|_| WorkerGone)
+        worker
+            .send(Command::Spawn(task))
+            .await
+            .map_err(|_| WorkerGone)
     }
 
     /// Starts an instance of `bundle` on every worker. Fails with the first instance's load
@@ -285,10 +294,12 @@ impl Deployment {
     }
 
     /// Sends `request` to an instance with room in its queue and waits for its response:
-    /// the instance on the calling worker thread if there is one, else round robin.
+    /// the instance on the calling worker thread if there is one, else round robin. An
+    /// instance that has not started the response by `deadline` answers `Timeout`.
     pub async fn dispatch(
         &self,
         request: http::Request<Body>,
+        deadline: Instant,
     ) -> Result<http::Response<Body>, DispatchError> {
         let instances = &self.inner.instances;
         let start = match CURRENT_WORKER.with(Cell::get) {
@@ -296,7 +307,11 @@ impl Deployment {
             _ => self.inner.next.fetch_add(1, Ordering::Relaxed),
         };
         let (reply, response) = oneshot::channel();
-        let mut job = Job { request, reply };
+        let mut job = Job {
+            request,
+            deadline,
+            reply,
+        };
         for offset in 0..instances.len() {
             let instance = &instances[(start + offset) % instances.len()];
             match instance.try_send(job) {
@@ -327,6 +342,10 @@ mod tests {
         let manifest = outpost_bundle::Manifest::for_single_file("t", main);
         let files = BTreeMap::from([(main.to_string(), b"x".to_vec())]);
         Arc::new(Bundle::new(manifest, files).unwrap())
+    }
+
+    fn far() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(60)
     }
 
     fn empty() -> Body {
@@ -370,8 +389,18 @@ mod tests {
     }
 
     fn pool(workers: usize, queue_depth: usize, hold: bool) -> Pool {
-        let engine = Arc::new(Echo { next: AtomicUsize::new(0), hold });
-        Pool::new(engine, PoolConfig { workers, queue_depth }).unwrap()
+        let engine = Arc::new(Echo {
+            next: AtomicUsize::new(0),
+            hold,
+        });
+        Pool::new(
+            engine,
+            PoolConfig {
+                workers,
+                queue_depth,
+            },
+        )
+        .unwrap()
     }
 
     async fn body_of(response: http::Response<Body>) -> String {
@@ -385,7 +414,10 @@ mod tests {
         let deployment = pool.deploy(bundle("main.js")).await.unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..6 {
-            let response = deployment.dispatch(http::Request::new(empty())).await.unwrap();
+            let response = deployment
+                .dispatch(http::Request::new(empty()), far())
+                .await
+                .unwrap();
             seen.insert(body_of(response).await);
         }
         assert_eq!(seen.len(), 3, "{seen:?}");
@@ -404,10 +436,12 @@ mod tests {
         let deployment = pool.deploy(bundle("main.js")).await.unwrap();
         for _ in 0..2 {
             let d = deployment.clone();
-            tokio::spawn(async move { d.dispatch(http::Request::new(empty())).await });
+            tokio::spawn(async move { d.dispatch(http::Request::new(empty()), far()).await });
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let result = deployment.dispatch(http::Request::new(empty())).await;
+        let result = deployment
+            .dispatch(http::Request::new(empty()), far())
+            .await;
         assert_eq!(result.err(), Some(DispatchError::Overloaded));
     }
 
@@ -423,7 +457,10 @@ mod tests {
                 Box::pin(async move {
                     let mut seen = Vec::new();
                     for _ in 0..4 {
-                        let response = d.dispatch(http::Request::new(empty())).await.unwrap();
+                        let response = d
+                            .dispatch(http::Request::new(empty()), far())
+                            .await
+                            .unwrap();
                         seen.push(body_of(response).await);
                     }
                     let _ = tx.send(seen);
@@ -433,9 +470,13 @@ mod tests {
             answers.push(rx.await.unwrap());
         }
         for seen in &answers {
-            assert!(seen.iter().all(|s| s == &seen[0]), "one worker, one instance: {seen:?}");
+            assert!(
+                seen.iter().all(|s| s == &seen[0]),
+                "one worker, one instance: {seen:?}"
+            );
         }
-        let distinct: std::collections::BTreeSet<_> = answers.iter().map(|s| s[0].clone()).collect();
+        let distinct: std::collections::BTreeSet<_> =
+            answers.iter().map(|s| s[0].clone()).collect();
         assert_eq!(distinct.len(), 3, "{answers:?}");
     }
 }
