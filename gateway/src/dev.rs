@@ -19,7 +19,7 @@ const SETTLE: Duration = Duration::from_millis(30);
 
 pub fn main(args: DevArgs) -> anyhow::Result<()> {
     // V8's platform must be initialized on the main thread before worker threads start.
-    let engine = Arc::new(IsolateEngine::new());
+    let engine = Arc::new(IsolateEngine::new(args.limits()));
     // This thread only accepts connections, watches files and reloads; connections are
     // served on the pool's worker threads.
     let runtime = tokio::runtime::Builder::new_current_thread()

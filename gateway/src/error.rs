@@ -26,6 +26,7 @@ pub enum Kind {
     NoApp,
     Overloaded,
     Timeout,
+    LimitExceeded,
     Exception,
     BadResponse,
     InstanceGone,
@@ -48,7 +49,7 @@ impl GatewayError {
             Kind::BadRequest | Kind::BodyTooLarge => (Source::Client, false),
             Kind::NoApp => (Source::Tenant, true),
             Kind::Overloaded => (Source::Limit, true),
-            Kind::Timeout => (Source::Limit, false),
+            Kind::Timeout | Kind::LimitExceeded => (Source::Limit, false),
             Kind::Exception | Kind::BadResponse => (Source::Tenant, false),
             Kind::InstanceGone => (Source::Internal, true),
         };
@@ -65,7 +66,7 @@ impl GatewayError {
         match self.kind {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Kind::NoApp | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::NoApp | Kind::Overloaded | Kind::LimitExceeded => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Exception | Kind::BadResponse | Kind::InstanceGone => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -114,6 +115,7 @@ impl Kind {
             Kind::NoApp => "no-app",
             Kind::Overloaded => "overloaded",
             Kind::Timeout => "timeout",
+            Kind::LimitExceeded => "limit-exceeded",
             Kind::Exception => "exception",
             Kind::BadResponse => "bad-response",
             Kind::InstanceGone => "instance-gone",
@@ -130,6 +132,7 @@ impl From<DispatchError> for GatewayError {
                 "The app threw an exception while handling this request; its stack trace is in the node's log.",
             ),
             DispatchError::BadResponse(message) => GatewayError::new(Kind::BadResponse, message),
+            DispatchError::LimitExceeded(message) => GatewayError::new(Kind::LimitExceeded, message),
             DispatchError::Timeout => GatewayError::new(
                 Kind::Timeout,
                 "The app did not start its response within the node's response timeout.",

@@ -48,9 +48,23 @@ pub struct DevArgs {
     /// Seconds an app may take to start its response before the client gets 504.
     #[arg(long, default_value_t = 60)]
     pub response_timeout: u64,
+    /// Milliseconds of JavaScript an isolate may run without returning to its event loop
+    /// (an infinite loop is stopped there; the client gets 503 and the isolate is replaced).
+    #[arg(long, default_value_t = 2000)]
+    pub cpu_limit_ms: u64,
+    /// MiB of V8 heap an isolate may use (past it: 503 and the isolate is replaced).
+    #[arg(long, default_value_t = 128)]
+    pub heap_limit_mb: usize,
 }
 
 impl DevArgs {
+    fn limits(&self) -> outpost_isolate::Limits {
+        outpost_isolate::Limits {
+            cpu_per_turn: Duration::from_millis(self.cpu_limit_ms.max(1)),
+            heap_bytes: self.heap_limit_mb.max(8) << 20,
+        }
+    }
+
     fn admission(&self) -> outpost_gateway::Admission {
         outpost_gateway::Admission {
             max_body_bytes: self.max_body_bytes,

@@ -48,6 +48,8 @@ pub enum FailureKind {
     NotAResponse,
     /// The request's deadline passed before the handler responded.
     Timeout,
+    /// The isolate broke a resource limit (CPU, memory) and was stopped.
+    LimitExceeded,
 }
 
 /// Where the response to one in-flight request goes.

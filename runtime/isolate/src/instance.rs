@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{stream_response, RequestBodyResource};
 use crate::extensions::{self, ConsoleSink, FailureKind, InFlight, OutBody, Outcome, TenantState};
+use crate::limits::{Breach, Limits, Watched};
 use crate::loader::{self, BundleLoader};
 
 /// How long an instance whose queue closed may keep running `waitUntil` work and timers.
@@ -65,8 +66,10 @@ impl Drop for EnterGuard {
 }
 
 /// A future polled with its isolate entered.
+/// A future polled with its isolate entered; each poll is a turn the CPU limit watches.
 struct Entered<F> {
     raw: v8::UnsafeRawIsolatePtr,
+    watched: Arc<Watched>,
     inner: Pin<Box<F>>,
 }
 
@@ -75,13 +78,20 @@ impl<F: Future> Future for Entered<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let _entered = EnterGuard::new(self.raw);
+        let watched = self.watched.clone();
+        let _turn = watched.turn();
         self.inner.as_mut().poll(cx)
     }
 }
 
-fn entered<F: Future>(raw: v8::UnsafeRawIsolatePtr, inner: F) -> Entered<F> {
+fn entered<F: Future>(
+    raw: v8::UnsafeRawIsolatePtr,
+    watched: &Arc<Watched>,
+    inner: F,
+) -> Entered<F> {
     Entered {
         raw,
+        watched: watched.clone(),
         inner: Box::pin(inner),
     }
 }
@@ -98,6 +108,10 @@ pub struct Instance {
     runtime: Option<JsRuntime>,
     raw: v8::UnsafeRawIsolatePtr,
     in_flight: Rc<RefCell<InFlight>>,
+    /// The watchdog's view of this isolate: CPU turns and limit breaches.
+    watched: Arc<Watched>,
+    /// Set once the isolate broke a limit; it then serves nothing more.
+    condemned: Option<Breach>,
     /// When each request in flight must have its response, by request id.
     deadlines: HashMap<u32, Instant>,
     /// The next check for requests past their deadline, while any are in flight.
@@ -118,7 +132,11 @@ pub enum ServeEnd {
 impl Instance {
     /// Creates an isolate from the snapshot and loads `bundle`'s main module. Must run
     /// inside a tokio runtime (V8 posts delayed tasks to it).
-    pub async fn start(bundle: Arc<Bundle>, console: ConsoleSink) -> Result<Instance, LoadError> {
+    pub async fn start(
+        bundle: Arc<Bundle>,
+        console: ConsoleSink,
+        limits: &Limits,
+    ) -> Result<Instance, LoadError> {
         let in_flight = Rc::new(RefCell::new(InFlight::default()));
         let permissions = extensions::tenant_permissions().map_err(LoadError::new)?;
         let tenant = TenantState {
@@ -131,12 +149,20 @@ impl Instance {
             startup_snapshot: Some(SNAPSHOT),
             module_loader: Some(Rc::new(BundleLoader::new(bundle.clone()))),
             custom_module_evaluation_cb: Some(Box::new(loader::evaluate_custom_module)),
+            create_params: Some(v8::CreateParams::default().heap_limits(0, limits.heap_bytes)),
             ..Default::default()
         })
         .map_err(|e| LoadError::new(format!("creating the isolate failed: {e}")))?;
         let mut runtime = runtime;
         // SAFETY: the runtime was just created on this thread and is owned here.
         let raw = unsafe { runtime.v8_isolate().as_raw_isolate_ptr() };
+        let watched = Watched::register(runtime.v8_isolate().thread_safe_handle(), limits);
+        let on_heap_limit = watched.clone();
+        runtime.add_near_heap_limit_callback(move |current, _initial| {
+            on_heap_limit.breach_heap();
+            // V8 aborts the process unless the limit grows; the isolate is replaced anyway.
+            current + current / 2
+        });
         // A new isolate is entered; leave it so that others on this thread can run.
         // SAFETY: balances the enter done by isolate creation.
         unsafe { runtime.v8_isolate().exit() };
@@ -145,6 +171,8 @@ impl Instance {
             runtime: Some(runtime),
             raw,
             in_flight,
+            watched,
+            condemned: None,
             deadlines: HashMap::new(),
             sweep: None,
             finished_bodies: Rc::default(),
@@ -164,7 +192,15 @@ impl Instance {
             .map_err(|e| LoadError::new(e.to_string()))?;
         let main =
             loader::specifier_of(bundle.main()).map_err(|e| LoadError::new(e.to_string()))?;
-        let runtime = self.runtime();
+        let watched = self.watched.clone();
+        let breached = |e: String| match watched.breach() {
+            Some(breach) => LoadError::new(format!(
+                "while loading, the app {}",
+                breach_text(breach, &watched)
+            )),
+            None => LoadError::new(e),
+        };
+        let runtime = self.runtime.as_mut().expect("the runtime lives until drop");
         let (init, set_handler, dispatch) = {
             let _entered = EnterGuard::new(raw);
             let host = runtime
@@ -188,19 +224,24 @@ impl Instance {
             (init, set_handler, dispatch)
         };
         drop(init);
-        let module_id = entered(raw, runtime.load_main_es_module(&main))
+        let module_id = entered(raw, &watched, runtime.load_main_es_module(&main))
             .await
-            .map_err(|e| LoadError::new(e.to_string()))?;
+            .map_err(|e| breached(e.to_string()))?;
         let evaluation = {
             let _entered = EnterGuard::new(raw);
+            let _turn = watched.turn();
             runtime.mod_evaluate(module_id)
         };
         entered(
             raw,
+            &watched,
             runtime.with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default()),
         )
         .await
-        .map_err(|e| LoadError::new(e.to_string()))?;
+        .map_err(|e| breached(e.to_string()))?;
+        if let Some(breach) = watched.breach() {
+            return Err(breached(breach_text(breach, &watched)));
+        }
         {
             let _entered = EnterGuard::new(raw);
             let namespace = runtime
@@ -237,6 +278,11 @@ impl Instance {
                     self.fail_in_flight(FailureKind::Exception, &message);
                     return ServeEnd::Failed(message);
                 }
+                Turn::Breached(breach) => {
+                    let message = format!("the app {}", breach_text(breach, &self.watched));
+                    self.fail_in_flight(FailureKind::LimitExceeded, &message);
+                    return ServeEnd::Failed(message);
+                }
             }
         }
     }
@@ -248,6 +294,9 @@ impl Instance {
         closed: &mut bool,
         grace: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     ) -> Poll<Turn> {
+        if let Some(breach) = self.condemned.or_else(|| self.watched.breach()) {
+            return Poll::Ready(Turn::Breached(breach));
+        }
         if !*closed {
             match jobs.poll_recv(cx) {
                 Poll::Ready(Some(job)) => return Poll::Ready(Turn::Job(job)),
@@ -258,10 +307,15 @@ impl Instance {
         let raw = self.raw;
         let idle = {
             let _entered = EnterGuard::new(raw);
-            match self
+            let watched = self.watched.clone();
+            let _turn = watched.turn();
+            let polled = self
                 .runtime()
-                .poll_event_loop(cx, PollEventLoopOptions::default())
-            {
+                .poll_event_loop(cx, PollEventLoopOptions::default());
+            if let Some(breach) = watched.breach() {
+                return Poll::Ready(Turn::Breached(breach));
+            }
+            match polled {
                 Poll::Ready(Ok(())) => true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Turn::Failed(e.to_string())),
                 Poll::Pending => false,
@@ -386,7 +440,9 @@ impl Instance {
         let (Some(host), Some(runtime)) = (self.host.as_ref(), self.runtime.as_mut()) else {
             return;
         };
+        let watched = self.watched.clone();
         let threw = {
+            let _turn = watched.turn();
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let tc, scope);
             let args = request_args(tc, id, &parts, body_rid);
@@ -397,6 +453,11 @@ impl Instance {
                 None => Some(exception_text(tc)),
             }
         };
+        if let Some(breach) = watched.breach() {
+            // The request that broke the limit fails with the others in flight.
+            self.condemned = Some(breach);
+            return;
+        }
         if let Some(message) = threw {
             if let Some(responder) = self.in_flight.borrow_mut().remove(id) {
                 responder(Outcome::Failed {
@@ -429,6 +490,18 @@ enum Turn {
     Job(Job),
     Done,
     Failed(String),
+    Breached(Breach),
+}
+
+/// What a breach of a limit is called in errors and logs.
+fn breach_text(breach: Breach, watched: &Watched) -> String {
+    match breach {
+        Breach::Cpu => format!(
+            "exceeded its CPU limit: JavaScript ran for more than {} ms without returning to the event loop",
+            watched.cpu_limit().as_millis()
+        ),
+        Breach::Heap => format!("exceeded its memory limit of {} MiB", watched.heap_limit() >> 20),
+    }
 }
 
 fn function(
@@ -527,6 +600,7 @@ fn responder(
                     FailureKind::Exception => DispatchError::Exception(message),
                     FailureKind::NotAResponse => DispatchError::BadResponse(message),
                     FailureKind::Timeout => DispatchError::Timeout,
+                    FailureKind::LimitExceeded => DispatchError::LimitExceeded(message),
                 })
             }
         };

@@ -8,6 +8,7 @@
 mod body;
 mod extensions;
 mod instance;
+mod limits;
 mod loader;
 
 use std::io::Write;
@@ -20,25 +21,20 @@ use tokio::sync::mpsc;
 
 pub use extensions::ConsoleSink;
 pub use instance::{Instance, ServeEnd};
+pub use limits::Limits;
 
-/// Runs bundles in V8 isolates.
+/// Runs bundles in V8 isolates, each within [`Limits`].
 pub struct IsolateEngine {
-    _private: (),
+    limits: Limits,
 }
 
 impl IsolateEngine {
     /// Initializes V8 for the process. Call it on the main thread, before any worker thread
     /// starts isolates (V8's platform must be set up by a common parent thread).
-    pub fn new() -> IsolateEngine {
+    pub fn new(limits: Limits) -> IsolateEngine {
         static INIT: Once = Once::new();
         INIT.call_once(|| deno_core::JsRuntime::init_platform(None));
-        IsolateEngine { _private: () }
-    }
-}
-
-impl Default for IsolateEngine {
-    fn default() -> Self {
-        Self::new()
+        IsolateEngine { limits }
     }
 }
 
@@ -48,23 +44,22 @@ impl Engine for IsolateEngine {
         bundle: Arc<Bundle>,
         mut jobs: mpsc::Receiver<Job>,
     ) -> LocalFuture<Result<LocalFuture<()>, LoadError>> {
+        let limits = self.limits.clone();
         Box::pin(async move {
             let console = terminal_console(&bundle.manifest.name);
-            let instance = Instance::start(bundle.clone(), console.clone()).await?;
+            let instance = Instance::start(bundle.clone(), console.clone(), &limits).await?;
             let serve: LocalFuture<()> = Box::pin(async move {
                 let mut instance = instance;
                 loop {
                     match instance.serve(&mut jobs).await {
                         ServeEnd::Closed => return,
                         ServeEnd::Failed(message) => {
-                            console(
-                                3,
-                                &format!("the isolate failed and is replaced: {message}\n"),
-                            );
+                            console(3, &format!("{message}; its isolate is replaced\n"));
                         }
                     }
                     drop(instance);
-                    instance = match Instance::start(bundle.clone(), console.clone()).await {
+                    instance = match Instance::start(bundle.clone(), console.clone(), &limits).await
+                    {
                         Ok(instance) => instance,
                         Err(e) => {
                             console(3, &format!("the isolate could not be restarted: {e}\n"));

@@ -49,6 +49,10 @@ pub enum DispatchError {
     /// The handler produced something that is not a Response; the text says what.
     #[error("{0}")]
     BadResponse(String),
+    /// The isolate broke a resource limit while the request was in flight; it was stopped
+    /// and is replaced. The text says which limit.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The handler did not produce a response before the request's deadline.
     #[error("the app did not respond in time")]
     Timeout,
