@@ -116,7 +116,7 @@ pub struct Instance {
     deadlines: HashMap<u32, Instant>,
     /// The next check for requests past their deadline, while any are in flight.
     sweep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Request-body resources of finished requests, closed on the next turn of the loop.
+    /// Request-body resources of finished requests, closed on the next poll of the loop.
     finished_bodies: Rc<RefCell<Vec<ResourceId>>>,
     console: ConsoleSink,
 }
@@ -269,7 +269,6 @@ impl Instance {
         let mut closed = false;
         let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
-            self.close_finished_bodies();
             let event = poll_fn(|cx| self.poll_turn(cx, jobs, &mut closed, &mut grace)).await;
             match event {
                 Turn::Job(job) => self.start_request(job),
@@ -297,6 +296,7 @@ impl Instance {
         if let Some(breach) = self.condemned.or_else(|| self.watched.breach()) {
             return Poll::Ready(Turn::Breached(breach));
         }
+        self.close_finished_bodies();
         if !*closed {
             match jobs.poll_recv(cx) {
                 Poll::Ready(Some(job)) => return Poll::Ready(Turn::Job(job)),
