@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use deno_core::convert::ByteString;
 use deno_core::{op2, Extension, JsBuffer, OpState, Resource, ResourceId};
@@ -59,25 +60,35 @@ pub type Responder = Box<dyn FnOnce(Outcome)>;
 #[derive(Default)]
 pub struct InFlight {
     next_id: u32,
-    responders: HashMap<u32, Responder>,
+    /// Each request's responder and the deadline for its response.
+    responders: HashMap<u32, (Responder, Instant)>,
 }
 
 impl InFlight {
     /// Registers a responder and returns the id the JS side answers with.
-    pub fn insert(&mut self, responder: Responder) -> u32 {
+    pub fn insert(&mut self, responder: Responder, deadline: Instant) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
-        self.responders.insert(self.next_id, responder);
+        self.responders.insert(self.next_id, (responder, deadline));
         self.next_id
     }
 
     /// Removes a request without answering it (its responder is dropped).
     pub fn remove(&mut self, id: u32) -> Option<Responder> {
-        self.responders.remove(&id)
+        self.responders.remove(&id).map(|(responder, _)| responder)
     }
 
-    /// Whether request `id` is still in flight.
-    pub fn contains(&self, id: u32) -> bool {
-        self.responders.contains_key(&id)
+    /// Removes and returns the responders of every request whose deadline is not after `now`.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<Responder> {
+        let expired: Vec<u32> = self
+            .responders
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| self.remove(id))
+            .collect()
     }
 
     /// The ids of every request in flight.

@@ -7,7 +7,6 @@
 //! current one, and isolates to be exited in reverse order of entry).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -112,8 +111,6 @@ pub struct Instance {
     watched: Arc<Watched>,
     /// Set once the isolate broke a limit; it then serves nothing more.
     condemned: Option<Breach>,
-    /// When each request in flight must have its response, by request id.
-    deadlines: HashMap<u32, Instant>,
     /// The next check for requests past their deadline, while any are in flight.
     sweep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Request-body resources of finished requests, closed on the next poll of the loop.
@@ -173,7 +170,6 @@ impl Instance {
             in_flight,
             watched,
             condemned: None,
-            deadlines: HashMap::new(),
             sweep: None,
             finished_bodies: Rc::default(),
             console,
@@ -344,7 +340,6 @@ impl Instance {
     fn poll_deadlines(&mut self, cx: &mut Context<'_>) {
         if self.in_flight.borrow().is_empty() {
             // The timer stays armed: re-arming it on every request is what this avoids.
-            self.deadlines.clear();
             return;
         }
         let sweep = self
@@ -354,18 +349,7 @@ impl Instance {
             return;
         }
         self.sweep = None;
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        {
-            let mut in_flight = self.in_flight.borrow_mut();
-            self.deadlines.retain(|id, deadline| {
-                if *deadline > now {
-                    return in_flight.contains(*id);
-                }
-                expired.extend(in_flight.remove(*id));
-                false
-            });
-        }
+        let expired = self.in_flight.borrow_mut().take_expired(Instant::now());
         for responder in expired {
             responder(Outcome::Failed {
                 kind: FailureKind::Timeout,
@@ -433,8 +417,7 @@ impl Instance {
             body_rid,
             self.finished_bodies.clone(),
         );
-        let id = self.in_flight.borrow_mut().insert(responder);
-        self.deadlines.insert(id, deadline);
+        let id = self.in_flight.borrow_mut().insert(responder, deadline);
         let raw = self.raw;
         let _entered = EnterGuard::new(raw);
         let (Some(host), Some(runtime)) = (self.host.as_ref(), self.runtime.as_mut()) else {
@@ -537,7 +520,7 @@ fn request_args<'s>(
 ) -> [v8::Local<'s, v8::Value>; 5] {
     let id = v8::Integer::new_from_unsigned(scope, id).into();
     let method = one_byte(scope, parts.method.as_str().as_bytes());
-    let url = one_byte(scope, parts.uri.to_string().as_bytes());
+    let url = one_byte(scope, absolute_url(&parts.uri).as_bytes());
     let mut flat = Vec::with_capacity(parts.headers.len() * 2);
     for (name, value) in &parts.headers {
         flat.push(one_byte(scope, name.as_str().as_bytes()));
@@ -549,6 +532,19 @@ fn request_args<'s>(
         None => v8::null(scope).into(),
     };
     [id, method, url, headers, rid]
+}
+
+/// `scheme://authority/path?query` of an absolute URI, without the formatting machinery.
+fn absolute_url(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + path.len());
+    url.push_str(scheme);
+    url.push_str("://");
+    url.push_str(authority);
+    url.push_str(path);
+    url
 }
 
 /// A JS string of bytes read as Latin-1 (how the Fetch standard maps header bytes).
