@@ -91,9 +91,12 @@ impl InFlight {
             .collect()
     }
 
-    /// The ids of every request in flight.
-    pub fn ids(&self) -> Vec<u32> {
-        self.responders.keys().copied().collect()
+    /// Removes and returns the responders of every request in flight.
+    pub fn take_all(&mut self) -> Vec<Responder> {
+        self.responders
+            .drain()
+            .map(|(_, (responder, _))| responder)
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -75,11 +75,11 @@ struct Entered<F> {
 impl<F: Future> Future for Entered<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let _entered = EnterGuard::new(self.raw);
-        let watched = self.watched.clone();
-        let _turn = watched.turn();
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = EnterGuard::new(this.raw);
+        let _turn = this.watched.turn();
+        this.inner.as_mut().poll(cx)
     }
 }
 
@@ -189,13 +189,17 @@ impl Instance {
         let main =
             loader::specifier_of(bundle.main()).map_err(|e| LoadError::new(e.to_string()))?;
         let watched = self.watched.clone();
-        let breached = |e: String| match watched.breach() {
-            Some(breach) => LoadError::new(format!(
-                "while loading, the app {}",
-                breach_text(breach, &watched)
-            )),
-            None => LoadError::new(e),
+        // A script stopped for breaking a limit fails with a generic "terminated" error; say
+        // which limit instead.
+        let breach_error = || {
+            watched.breach().map(|breach| {
+                LoadError::new(format!(
+                    "while loading, the app {}",
+                    breach_text(breach, &watched)
+                ))
+            })
         };
+        let breached = |e: String| breach_error().unwrap_or_else(|| LoadError::new(e));
         let runtime = self.runtime.as_mut().expect("the runtime lives until drop");
         let (init, set_handler, dispatch) = {
             let _entered = EnterGuard::new(raw);
@@ -235,8 +239,8 @@ impl Instance {
         )
         .await
         .map_err(|e| breached(e.to_string()))?;
-        if let Some(breach) = watched.breach() {
-            return Err(breached(breach_text(breach, &watched)));
+        if let Some(error) = breach_error() {
+            return Err(error);
         }
         {
             let _entered = EnterGuard::new(raw);
@@ -303,12 +307,10 @@ impl Instance {
         let raw = self.raw;
         let idle = {
             let _entered = EnterGuard::new(raw);
-            let watched = self.watched.clone();
-            let _turn = watched.turn();
-            let polled = self
-                .runtime()
-                .poll_event_loop(cx, PollEventLoopOptions::default());
-            if let Some(breach) = watched.breach() {
+            let runtime = self.runtime.as_mut().expect("the runtime lives until drop");
+            let _turn = self.watched.turn();
+            let polled = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
+            if let Some(breach) = self.watched.breach() {
                 return Poll::Ready(Turn::Breached(breach));
             }
             match polled {
@@ -380,13 +382,7 @@ impl Instance {
 
     /// Answers every request still in flight with an error.
     fn fail_in_flight(&mut self, kind: FailureKind, message: &str) {
-        let responders: Vec<_> = {
-            let mut in_flight = self.in_flight.borrow_mut();
-            let ids: Vec<u32> = in_flight.ids();
-            ids.into_iter()
-                .filter_map(|id| in_flight.remove(id))
-                .collect()
-        };
+        let responders = self.in_flight.borrow_mut().take_all();
         for responder in responders {
             responder(Outcome::Failed {
                 kind,
@@ -423,9 +419,8 @@ impl Instance {
         let (Some(host), Some(runtime)) = (self.host.as_ref(), self.runtime.as_mut()) else {
             return;
         };
-        let watched = self.watched.clone();
         let threw = {
-            let _turn = watched.turn();
+            let _turn = self.watched.turn();
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let tc, scope);
             let args = request_args(tc, id, &parts, body_rid);
@@ -436,7 +431,7 @@ impl Instance {
                 None => Some(exception_text(tc)),
             }
         };
-        if let Some(breach) = watched.breach() {
+        if let Some(breach) = self.watched.breach() {
             // The request that broke the limit fails with the others in flight.
             self.condemned = Some(breach);
             return;
