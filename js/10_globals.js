@@ -5,6 +5,7 @@
 import { core } from "ext:core/mod.js";
 import { op_outpost_log } from "ext:core/ops";
 import { loadExt } from "ext:outpost/00_infra.js";
+import { countedFetch } from "ext:outpost/05_request_context.js";
 
 export const webidl = loadExt("ext:deno_webidl/00_webidl.js");
 export const event = loadExt("ext:deno_web/02_event.js");
@@ -22,7 +23,6 @@ const fileReader = loadExt("ext:deno_web/10_filereader.js");
 const messagePort = loadExt("ext:deno_web/13_message_port.js");
 const compression = loadExt("ext:deno_web/14_compression.js");
 export const performance = loadExt("ext:deno_web/15_performance.js");
-const imageData = loadExt("ext:deno_web/16_image_data.js");
 const crypto = loadExt("ext:deno_crypto/00_crypto.js");
 const headers = loadExt("ext:deno_fetch/20_headers.js");
 const formData = loadExt("ext:deno_fetch/21_formdata.js");
@@ -36,8 +36,8 @@ const nonEnum = core.propNonEnumerable;
 const writable = core.propWritable;
 
 /**
- * Console output goes to the host, which prefixes it with the app's name.
- * Levels: 0 debug, 1 log/info, 2 warn, 3+ error.
+ * Console output goes to the host, which prefixes it with the app's name. Levels are
+ * deno_web's Console levels, which the host names (`LOG_LEVELS` in extensions.rs).
  * @param {string} msg
  * @param {number} level
  */
@@ -89,7 +89,6 @@ core.defineGlobalProperties(globalThis, {
   Blob: nonEnum(file.Blob),
   File: nonEnum(file.File),
   FileReader: nonEnum(fileReader.FileReader),
-  ImageData: nonEnum(imageData.ImageData),
   // structured clone and messaging
   structuredClone: writable(messagePort.structuredClone),
   MessageChannel: nonEnum(messagePort.MessageChannel),
@@ -115,7 +114,7 @@ core.defineGlobalProperties(globalThis, {
   FormData: nonEnum(formData.FormData),
   Request: nonEnum(request.Request),
   Response: nonEnum(response.Response),
-  fetch: writable(fetchMod.fetch),
+  fetch: writable(countedFetch(fetchMod.fetch)),
   // console
   console: nonEnum(new consoleMod.Console(print)),
   self: core.propGetterOnly(() => globalThis),

@@ -11,10 +11,13 @@ import {
   op_outpost_respond_bytes,
   op_outpost_respond_stream,
   op_outpost_respond_text,
+  op_outpost_wait_until,
 } from "ext:core/ops";
 import { body, event, request, response, streams } from "ext:outpost/10_globals.js";
+import { runInRequest, setSubrequestLimit } from "ext:outpost/05_request_context.js";
 
 const {
+  ArrayPrototypeIndexOf,
   ArrayPrototypePush,
   Error,
   FunctionPrototypeCall,
@@ -48,9 +51,11 @@ const { Event, EventTarget, listenerCount } = event;
 const { JSONParse } = primordials;
 const dispatchEvent = EventTarget.prototype.dispatchEvent;
 
-/** Failure kinds, as `op_outpost_fail` understands them. */
-const FAIL_EXCEPTION = 0;
-const FAIL_NOT_A_RESPONSE = 1;
+/** Failure kinds, as `op_outpost_fail` understands them (set by `configure`). */
+let FAIL_EXCEPTION = 0;
+let FAIL_NOT_A_RESPONSE = 0;
+/** The console level of errors (set by `configure`). */
+let LEVEL_ERROR = 0;
 
 const MODE_NONE = 0;
 const MODE_MODULE = 1;
@@ -63,11 +68,18 @@ let handler = null;
 let env = {};
 
 /**
- * Sets the bindings every request sees as `env`.
- * @param {string} varsJson
+ * Takes the isolate's configuration from the host: the bindings every request sees as
+ * `env`, the subrequest limit, and the numbers the host uses for failure kinds and console
+ * levels (the host defines them; they are not written here).
+ * @param {string} configJson
  */
-export function setEnv(varsJson) {
-  env = JSONParse(varsJson);
+export function configure(configJson) {
+  const config = JSONParse(configJson);
+  env = config.vars;
+  setSubrequestLimit(config.subrequests);
+  FAIL_EXCEPTION = ArrayPrototypeIndexOf(config.failureKinds, "exception");
+  FAIL_NOT_A_RESPONSE = ArrayPrototypeIndexOf(config.failureKinds, "notAResponse");
+  LEVEL_ERROR = ArrayPrototypeIndexOf(config.logLevels, "error");
 }
 
 /**
@@ -139,8 +151,11 @@ function fail(id, error) {
  * @param {string} text
  */
 function logError(text) {
-  op_outpost_log(3, text + "\n");
+  op_outpost_log(LEVEL_ERROR, text + "\n");
 }
+
+/** `ctx.waitUntil` promises not yet settled in this isolate (the host is told each change). */
+let waitUntilPending = 0;
 
 /** The per-request `ctx` of module workers. */
 class ExecutionContext {
@@ -149,9 +164,17 @@ class ExecutionContext {
    * @param {any} promise
    */
   waitUntil(promise) {
-    PromisePrototypeThen(PromiseResolve(promise), undefined, (error) => {
-      logError(`Uncaught (in waitUntil) ${describeError(error)}`);
-    });
+    op_outpost_wait_until(++waitUntilPending);
+    PromisePrototypeThen(
+      PromiseResolve(promise),
+      () => {
+        op_outpost_wait_until(--waitUntilPending);
+      },
+      (error) => {
+        op_outpost_wait_until(--waitUntilPending);
+        logError(`Uncaught (in waitUntil) ${describeError(error)}`);
+      },
+    );
   }
 
   /** Accepted for compatibility; Outpost has no origin to fall back to. */
@@ -273,6 +296,17 @@ class IncomingInnerRequest {
  * @param {number | null} bodyRid a resource streaming the request body, or null
  */
 export function dispatch(id, method, url, headers, bodyRid) {
+  runInRequest(() => handle(id, method, url, headers, bodyRid));
+}
+
+/**
+ * @param {number} id
+ * @param {string} method
+ * @param {string} url
+ * @param {string[]} headers
+ * @param {number | null} bodyRid
+ */
+function handle(id, method, url, headers, bodyRid) {
   let result;
   try {
     const reqBody = bodyRid === null ? null : new InnerBody(readableStreamForRid(bodyRid));

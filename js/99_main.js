@@ -5,10 +5,10 @@
 import { core } from "ext:core/mod.js";
 import { performance } from "ext:outpost/10_globals.js";
 import {
+  configure,
   dispatch,
   onUnhandledRejection,
   reportException,
-  setEnv,
   setHandler,
 } from "ext:outpost/20_dispatch.js";
 
@@ -17,11 +17,11 @@ core.setReportExceptionCallback(reportException);
 
 /**
  * Called once per isolate, before the tenant's modules load.
- * @param {string} varsJson the app's `env` bindings as JSON
+ * @param {string} configJson the isolate's configuration (see `configure`)
  */
-function initInstance(varsJson) {
+function initInstance(configJson) {
   performance.setTimeOrigin();
-  setEnv(varsJson);
+  configure(configJson);
   delete globalThis.__outpost_host;
   delete globalThis.Deno;
   delete globalThis.__bootstrap;

@@ -242,7 +242,7 @@ async fn oversized_bodies_get_413() {
 #[tokio::test]
 async fn slow_handlers_get_504_after_the_response_timeout() {
     let dir = app("slow", HANDLER);
-    let node = Node::start(dir.path(), &["--response-timeout", "1"]);
+    let node = Node::start(dir.path(), &["--timeout-ms", "1000"]);
     let res = http1().get(node.url("/slow")).send().await.unwrap();
     assert_eq!(res.status(), 504);
     assert_eq!(res.headers()["x-outpost-error"], "timeout");

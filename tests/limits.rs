@@ -36,7 +36,7 @@ export default {
 #[tokio::test]
 async fn an_infinite_loop_is_stopped_and_the_isolate_replaced() {
     let dir = app("looper", HANDLER);
-    let mut node = Node::start(dir.path(), &["--cpu-limit-ms", "200"]);
+    let mut node = Node::start(dir.path(), &["--cpu-ms", "200"]);
     assert_eq!(get(&node, "/").await, (200, "fine 1".to_string()));
     for path in ["/loop", "/loop-later"] {
         let start = Instant::now();
@@ -59,7 +59,7 @@ async fn an_infinite_loop_is_stopped_and_the_isolate_replaced() {
 #[tokio::test]
 async fn requests_sharing_the_isolate_fail_with_it_and_later_ones_succeed() {
     let dir = app("looper", HANDLER);
-    let node = Node::start(dir.path(), &["--cpu-limit-ms", "200"]);
+    let node = Node::start(dir.path(), &["--cpu-ms", "200"]);
     let waiting = tokio::spawn({
         let url = node.url("/wait");
         async move { http1().get(url).send().await.unwrap().status().as_u16() }
@@ -78,7 +78,7 @@ async fn requests_sharing_the_isolate_fail_with_it_and_later_ones_succeed() {
 #[tokio::test]
 async fn a_heap_bomb_is_stopped_without_killing_the_node() {
     let dir = app("bomber", HANDLER);
-    let mut node = Node::start(dir.path(), &["--heap-limit-mb", "64"]);
+    let mut node = Node::start(dir.path(), &["--memory-mb", "64"]);
     let res = http1().get(node.url("/heap")).send().await.unwrap();
     assert_eq!(res.status(), 503);
     let body = res.text().await.unwrap();
@@ -96,7 +96,7 @@ async fn a_loop_at_module_top_level_is_a_load_error() {
         "stuck",
         "for (;;) {}\nexport default { fetch() { return new Response('x'); } };\n",
     );
-    let mut node = Node::start(dir.path(), &["--cpu-limit-ms", "200"]);
+    let mut node = Node::start(dir.path(), &["--cpu-ms", "200"]);
     let log = node.stderr_from("cannot load the app", Duration::from_secs(10));
     assert!(log.contains("CPU limit"), "{log}");
     let (status, body) = get(&node, "/").await;

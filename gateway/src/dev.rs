@@ -1,131 +1,314 @@
-//! `outpost dev`: one app from disk, served on a local listener, reloaded when its files
-//! change. A reload that fails (a syntax error, a bad manifest) is reported and the previous
-//! version keeps serving.
+//! `outpost dev`: apps from disk, served on a local listener, reloaded when their files
+//! change. A reload that fails (a syntax error, a bad manifest, a route another app claims)
+//! is reported and the app's previous version keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use outpost_gateway::{serve, Routes};
-use outpost_isolate::IsolateEngine;
-use outpost_pool::{Pool, PoolConfig};
+use outpost_bundle::{Limits, MANIFEST_FILE};
+use outpost_gateway::admin::serve_admin;
+use outpost_gateway::{serve, AppEntry, RouteTable, Routes, ServeConfig, Target};
+use outpost_isolate::{Egress, IsolateEngine};
+use outpost_pool::{Deployment, Pool};
 use tokio::net::TcpListener;
 
 use crate::DevArgs;
 
-/// How long after a change the app is reread, so that a burst of writes is read once.
+/// How long after a change the apps are reread, so that a burst of writes is read once.
 const SETTLE: Duration = Duration::from_millis(30);
 
 pub fn main(args: DevArgs) -> anyhow::Result<()> {
     // V8's platform must be initialized on the main thread before worker threads start.
-    let engine = Arc::new(IsolateEngine::new(args.limits()));
+    let engine_config = args.node.engine(args.egress);
+    let egress = engine_config.egress;
+    let engine = Arc::new(IsolateEngine::new(engine_config));
     // This thread only accepts connections, watches files and reloads; connections are
     // served on the pool's worker threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args, engine))
+    runtime.block_on(run(args, engine, egress))
 }
 
-async fn run(args: DevArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
-    let path = std::fs::canonicalize(&args.path)
-        .with_context(|| format!("{}: no such app", args.path.display()))?;
-    let config = PoolConfig {
-        workers: args.workers,
-        ..Default::default()
-    };
-    let pool = Arc::new(Pool::new(engine, config).context("starting worker threads")?);
+async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyhow::Result<()> {
+    let sources = discover(&args.paths)?;
+    let pool = Arc::new(Pool::new(engine, args.node.pool()).context("starting worker threads")?);
     let routes = Arc::new(Routes::default());
-    let app = App {
-        path: path.clone(),
-        pool: pool.clone(),
-        routes: routes.clone(),
-    };
-    app.reload().await;
-
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if egress == Egress::PublicAndLoopback {
+        println!(
+            "outpost dev: apps may fetch loopback addresses (127.0.0.0/8, ::1); other private \
+             addresses are refused (--egress public|loopback|any)"
+        );
+    }
+    let mut apps = Apps {
+        sources,
+        pool: pool.clone(),
+        routes: routes.clone(),
+        node_limits: args.node.limits(),
+        port: addr.port(),
+    };
+    apps.reload().await;
+    let admin = match args.admin {
+        Some(admin_addr) => {
+            let admin = TcpListener::bind(admin_addr)
+                .await
+                .with_context(|| format!("listening on {admin_addr} (admin)"))?;
+            println!("outpost dev: admin on http://{}/", admin.local_addr()?);
+            Some(tokio::spawn(serve_admin(admin, pool.clone())))
+        }
+        None => None,
+    };
     println!("outpost dev: listening on http://{addr}/");
 
-    let watch_root = if path.is_dir() {
-        path.clone()
-    } else {
-        parent_of(&path)
-    };
-    let (_watcher, mut changes) = outpost_gateway::watch::watch(&watch_root)
-        .with_context(|| format!("watching {}", watch_root.display()))?;
+    let watched: Vec<PathBuf> = apps.sources.iter().map(|s| s.watch_root()).collect();
+    let (_watcher, mut changes) =
+        outpost_gateway::watch::watch(&watched).context("watching the apps' files")?;
     let reloads = tokio::spawn(async move {
         while changes.recv().await.is_some() {
             tokio::time::sleep(SETTLE).await;
             while changes.try_recv().is_ok() {}
-            app.reload().await;
+            apps.reload().await;
         }
     });
 
+    let config = ServeConfig {
+        error_detail: args.error_detail,
+    };
     tokio::select! {
-        () = serve(listener, routes, args.admission(), pool) => {}
+        () = serve(listener, routes, config, pool) => {}
         _ = tokio::signal::ctrl_c() => {
             println!("outpost dev: stopping");
         }
     }
     reloads.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     // Instances are dropped with the process; their threads hold no state worth flushing.
     std::process::exit(0)
 }
 
-fn parent_of(path: &Path) -> PathBuf {
-    path.parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-struct App {
+/// One app on disk and what of it serves now.
+struct Source {
     path: PathBuf,
-    pool: Arc<Pool>,
-    routes: Arc<Routes>,
+    /// The version serving now.
+    current: Option<Deployment>,
+    /// Why the app does not serve, while no version of it loaded.
+    problem: Option<String>,
 }
 
-impl App {
-    /// Reads the app again and activates it if it changed and loads; otherwise reports why
-    /// and leaves the serving version alone.
-    async fn reload(&self) {
-        let current = self.routes.current();
-        let bundle = match outpost_bundle::load_app(&self.path) {
-            Ok(bundle) => bundle,
-            Err(e) => return self.keep(current.as_deref(), &e.to_string()),
-        };
-        if current.as_ref().is_some_and(|d| d.bundle().id == bundle.id) {
-            return;
-        }
-        let label = bundle.label();
-        match self.pool.deploy(Arc::new(bundle)).await {
-            Ok(deployment) => {
-                let verb = if current.is_some() {
-                    "reloaded"
-                } else {
-                    "loaded"
-                };
-                self.routes.activate(deployment);
-                println!("outpost dev: {verb} {label}");
-            }
-            Err(e) => self.keep(current.as_deref(), &e.message),
+impl Source {
+    fn new(path: PathBuf) -> Source {
+        Source {
+            path,
+            current: None,
+            problem: None,
         }
     }
 
-    fn keep(&self, current: Option<&outpost_pool::Deployment>, error: &str) {
-        match current {
-            Some(d) => eprintln!(
-                "outpost dev: not reloaded: {error}\noutpost dev: still serving {}",
-                d.bundle().label()
-            ),
-            None => {
-                eprintln!("outpost dev: cannot load the app: {error}");
-                self.routes.set_problem(error.to_string());
+    fn watch_root(&self) -> PathBuf {
+        if self.path.is_dir() {
+            self.path.clone()
+        } else {
+            self.path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        }
+    }
+
+    /// The app's name while no version of it serves: what its directory or file is called.
+    fn fallback_name(&self) -> String {
+        let stem = self
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("app");
+        outpost_bundle::Manifest::for_single_file(stem, "x.js").name
+    }
+}
+
+/// Turns the command line's paths into apps: each path is an app, unless it is a directory
+/// without an outpost.toml, whose subdirectories with one are the apps then.
+fn discover(paths: &[PathBuf]) -> anyhow::Result<Vec<Source>> {
+    let mut sources = Vec::new();
+    for path in paths {
+        let path = std::fs::canonicalize(path)
+            .with_context(|| format!("{}: no such app", path.display()))?;
+        if path.is_dir() && !path.join(MANIFEST_FILE).exists() {
+            let mut children: Vec<PathBuf> = std::fs::read_dir(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|child| child.join(MANIFEST_FILE).is_file())
+                .collect();
+            if !children.is_empty() {
+                children.sort();
+                sources.extend(children.into_iter().map(Source::new));
+                continue;
             }
+        }
+        sources.push(Source::new(path));
+    }
+    Ok(sources)
+}
+
+struct Apps {
+    sources: Vec<Source>,
+    pool: Arc<Pool>,
+    routes: Arc<Routes>,
+    node_limits: Limits,
+    port: u16,
+}
+
+impl Apps {
+    /// Reads every app again, loads those that changed, and swaps the route table once. An
+    /// app whose new version does not load (or claims another app's route) keeps its
+    /// previous version serving.
+    async fn reload(&mut self) {
+        let mut candidates: Vec<Option<Deployment>> = Vec::with_capacity(self.sources.len());
+        for source in &mut self.sources {
+            candidates.push(candidate(source, &self.pool, &self.node_limits).await);
+        }
+        let table = loop {
+            match RouteTable::new(self.entries(&candidates)) {
+                Ok(table) => break table,
+                Err(duplicate) => {
+                    let position = |name: &str| {
+                        (0..self.sources.len()).find(|&i| self.name_of(i, &candidates) == name)
+                    };
+                    let (Some(first), Some(second)) =
+                        (position(&duplicate.first), position(&duplicate.second))
+                    else {
+                        break RouteTable::default();
+                    };
+                    let message = duplicate.to_string();
+                    match [second, first]
+                        .into_iter()
+                        .find(|&i| candidates[i].is_some())
+                    {
+                        Some(culprit) => {
+                            candidates[culprit] = None;
+                            keep(&mut self.sources[culprit], &message);
+                        }
+                        None => {
+                            let source = &mut self.sources[second];
+                            source.current = None;
+                            keep(source, &message);
+                        }
+                    }
+                }
+            }
+        };
+        self.routes.swap(table);
+        for (source, candidate) in self.sources.iter_mut().zip(candidates) {
+            let Some(deployment) = candidate else {
+                continue;
+            };
+            let manifest = &deployment.bundle().manifest;
+            let mut at = vec![format!("http://{}.localhost:{}/", manifest.name, self.port)];
+            at.extend(manifest.routes.iter().cloned());
+            let verb = if source.current.is_some() {
+                "reloaded"
+            } else {
+                "loaded"
+            };
+            println!(
+                "outpost dev: {verb} {} at {}",
+                deployment.bundle().label(),
+                at.join(", ")
+            );
+            source.current = Some(deployment);
+            source.problem = None;
+        }
+    }
+
+    /// The app at `index` as the next table would have it.
+    fn serving(&self, index: usize, candidates: &[Option<Deployment>]) -> Option<Deployment> {
+        candidates[index]
+            .clone()
+            .or_else(|| self.sources[index].current.clone())
+    }
+
+    fn name_of(&self, index: usize, candidates: &[Option<Deployment>]) -> String {
+        match self.serving(index, candidates) {
+            Some(d) => d.bundle().manifest.name.clone(),
+            None => self.sources[index].fallback_name(),
+        }
+    }
+
+    fn entries(&self, candidates: &[Option<Deployment>]) -> Vec<AppEntry> {
+        (0..self.sources.len())
+            .filter_map(|index| {
+                let name = self.name_of(index, candidates);
+                match self.serving(index, candidates) {
+                    Some(deployment) => Some(AppEntry {
+                        name,
+                        routes: deployment.bundle().manifest.parsed_routes(),
+                        target: Target::Serving(deployment),
+                    }),
+                    None => self.sources[index]
+                        .problem
+                        .as_ref()
+                        .map(|problem| AppEntry {
+                            name,
+                            routes: Vec::new(),
+                            target: Target::Broken(problem.as_str().into()),
+                        }),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Loads one app again; returns its new version if it changed and loads.
+async fn candidate(source: &mut Source, pool: &Pool, node_limits: &Limits) -> Option<Deployment> {
+    let bundle = match outpost_bundle::load_app(&source.path) {
+        Ok(bundle) => bundle,
+        Err(e) => {
+            keep(source, &e.to_string());
+            return None;
+        }
+    };
+    if source
+        .current
+        .as_ref()
+        .is_some_and(|d| d.bundle().id == bundle.id)
+    {
+        return None;
+    }
+    let (limits, notes) = node_limits.for_app(&bundle.manifest.limits);
+    for note in notes {
+        eprintln!("outpost dev: {}: {note}", bundle.manifest.name);
+    }
+    match pool.deploy(Arc::new(bundle), limits).await {
+        Ok(deployment) => Some(deployment),
+        Err(e) => {
+            keep(source, &e.message);
+            None
+        }
+    }
+}
+
+/// Reports why an app was not (re)loaded and what serves instead.
+fn keep(source: &mut Source, error: &str) {
+    match &source.current {
+        Some(d) => eprintln!(
+            "outpost dev: not reloaded: {error}\noutpost dev: still serving {}",
+            d.bundle().label()
+        ),
+        None => {
+            eprintln!(
+                "outpost dev: cannot load the app {}: {error}",
+                source.path.display()
+            );
+            source.problem = Some(error.to_string());
         }
     }
 }

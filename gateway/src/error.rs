@@ -23,6 +23,8 @@ pub enum Source {
 pub enum Kind {
     BadRequest,
     BodyTooLarge,
+    /// No app answers for the request's host and path.
+    NoRoute,
     NoApp,
     Overloaded,
     Timeout,
@@ -46,7 +48,7 @@ pub struct GatewayError {
 impl GatewayError {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
         let (fault, retryable) = match kind {
-            Kind::BadRequest | Kind::BodyTooLarge => (Source::Client, false),
+            Kind::BadRequest | Kind::BodyTooLarge | Kind::NoRoute => (Source::Client, false),
             Kind::NoApp => (Source::Tenant, true),
             Kind::Overloaded => (Source::Limit, true),
             Kind::Timeout | Kind::LimitExceeded => (Source::Limit, false),
@@ -66,6 +68,7 @@ impl GatewayError {
         match self.kind {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::NoRoute => StatusCode::NOT_FOUND,
             Kind::NoApp | Kind::Overloaded | Kind::LimitExceeded => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Exception | Kind::BadResponse | Kind::InstanceGone => {
@@ -112,6 +115,7 @@ impl Kind {
         match self {
             Kind::BadRequest => "bad-request",
             Kind::BodyTooLarge => "body-too-large",
+            Kind::NoRoute => "no-route",
             Kind::NoApp => "no-app",
             Kind::Overloaded => "overloaded",
             Kind::Timeout => "timeout",
@@ -138,6 +142,10 @@ impl From<DispatchError> for GatewayError {
                 "The app did not start its response within the node's response timeout.",
             ),
             DispatchError::InstanceGone(_) => GatewayError::new(Kind::InstanceGone, e.to_string()),
+            DispatchError::LoadFailed(_) => GatewayError::new(
+                Kind::NoApp,
+                "The app cannot be loaded; the node's log says why.",
+            ),
         }
     }
 }

@@ -1,10 +1,13 @@
-//! Outpost's network side: the HTTP listener and its admission limits, the route to the
-//! current deployment, the mapping of every failure to a status, and the file watcher of
-//! `outpost dev`. The `outpost` binary (src/main.rs) wires these to the pool and isolates.
+//! Outpost's network side: the HTTP listener and its admission limits, the route table from
+//! host and path to an app, the mapping of every failure to a status, the admin listener,
+//! and the file watcher of `outpost dev`. The `outpost` binary (src/main.rs) wires these to the pool and isolates.
 
+pub mod admin;
 pub mod error;
+pub mod routes;
 pub mod server;
 pub mod watch;
 
 pub use error::{GatewayError, Kind, Source};
-pub use server::{serve, Admission, Routes};
+pub use routes::{AppEntry, DuplicateRoute, RouteTable, Routes, Target};
+pub use server::{serve, ErrorDetail, ServeConfig};

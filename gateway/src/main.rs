@@ -9,6 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use outpost_bundle::Limits;
+use outpost_gateway::ErrorDetail;
+use outpost_isolate::{Egress, EngineConfig, ResponseOptions};
+use outpost_pool::PoolConfig;
 
 // Request handling allocates many small, short-lived buffers across threads; mimalloc serves
 // them faster than the system allocator (V8's own heap is unaffected).
@@ -25,7 +29,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve one app from disk as a local edge node, reloading it when its files change.
+    /// Serve apps from disk as a local edge node, reloading them when their files change.
     Dev(DevArgs),
     /// Validate an app directory or file and print its resolved manifest.
     Check(CheckArgs),
@@ -33,42 +37,123 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// The app: a directory with outpost.toml, or a single .js/.mjs file.
+    /// Apps to serve: directories with an outpost.toml, single .js/.mjs files, or
+    /// directories whose subdirectories are apps.
     #[arg(default_value = ".")]
-    pub path: PathBuf,
+    pub paths: Vec<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
-    /// Worker threads, each serving connections and running one isolate of the app.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = 100 << 20)]
-    pub max_body_bytes: usize,
-    /// Seconds an app may take to start its response before the client gets 504.
-    #[arg(long, default_value_t = 60)]
-    pub response_timeout: u64,
-    /// Milliseconds of JavaScript an isolate may run without returning to its event loop
-    /// (an infinite loop is stopped there; the client gets 503 and the isolate is replaced).
-    #[arg(long, default_value_t = 2000)]
-    pub cpu_limit_ms: u64,
-    /// MiB of V8 heap an isolate may use (past it: 503 and the isolate is replaced).
-    #[arg(long, default_value_t = 128)]
-    pub heap_limit_mb: usize,
+    /// Address of the admin listener (/healthz, /isolates); none unless given.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Where tenants' outbound fetch may go: `public` addresses only, public and
+    /// `loopback`, or `any`.
+    #[arg(long, value_enum, default_value = "loopback")]
+    pub egress: EgressArg,
+    /// What a client sees of an app's load error: `full` (file:line) or `short`.
+    #[arg(long, value_enum, default_value = "full")]
+    pub error_detail: ErrorDetail,
 }
 
-impl DevArgs {
-    fn limits(&self) -> outpost_isolate::Limits {
-        outpost_isolate::Limits {
-            cpu_per_turn: Duration::from_millis(self.cpu_limit_ms.max(1)),
-            heap_bytes: self.heap_limit_mb.max(8) << 20,
+/// Settings of a node that serves apps (shared by the roles that run isolates).
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Worker threads; each serves connections and runs isolates of any app.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Most isolates alive at once on the node; idle ones are evicted (least recently used
+    /// first) to make room.
+    #[arg(long, default_value_t = PoolConfig::default().max_isolates)]
+    pub max_isolates: usize,
+    /// MiB of memory all isolates may hold together before idle ones are evicted.
+    #[arg(long, default_value_t = PoolConfig::default().max_memory_bytes >> 20)]
+    pub max_memory_mb: u64,
+    /// Seconds an isolate may sit idle before it is evicted.
+    #[arg(long, default_value_t = PoolConfig::default().idle_timeout.as_secs())]
+    pub idle_timeout_secs: u64,
+    /// Ready runtimes each worker keeps for cold starts.
+    #[arg(long, default_value_t = EngineConfig::default().spares_per_worker)]
+    pub spares: usize,
+    /// Add `Server-Timing: cpu;dur=…, wall;dur=…` (and `cold`) to every response.
+    #[arg(long, value_enum, default_value = "on")]
+    pub server_timing: Switch,
+    /// Limit: CPU milliseconds per request (apps may lower it in [limits] cpu_ms).
+    #[arg(long, default_value_t = Limits::default().cpu.as_millis() as u64)]
+    pub cpu_ms: u64,
+    /// Limit: MiB of memory per isolate (V8 heap plus ArrayBuffers and Wasm memory).
+    #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
+    pub memory_mb: u64,
+    /// Limit: milliseconds from a request's arrival to the response head (then 504).
+    #[arg(long, default_value_t = Limits::default().timeout.as_millis() as u64)]
+    pub timeout_ms: u64,
+    /// Limit: milliseconds a streamed response body may go without a chunk.
+    #[arg(long, default_value_t = Limits::default().stream_idle.as_millis() as u64)]
+    pub stream_idle_ms: u64,
+    /// Limit: outbound fetch() calls per request.
+    #[arg(long, default_value_t = Limits::default().subrequests)]
+    pub subrequests: u32,
+    /// Limit: largest request body in bytes (then 413).
+    #[arg(long, default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: u64,
+    /// Limit: requests one isolate works on at once.
+    #[arg(long, default_value_t = Limits::default().concurrency)]
+    pub concurrency: u32,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// `--egress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EgressArg {
+    Public,
+    Loopback,
+    Any,
+}
+
+impl NodeArgs {
+    /// The node's limits: every app's, unless it asks for less.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            cpu: Duration::from_millis(self.cpu_ms.max(1)),
+            memory_bytes: self.memory_mb.max(outpost_bundle::MIN_MEMORY_MB) << 20,
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            stream_idle: Duration::from_millis(self.stream_idle_ms.max(1)),
+            subrequests: self.subrequests,
+            max_body_bytes: self.max_body_bytes,
+            concurrency: self.concurrency.max(1),
         }
     }
 
-    fn admission(&self) -> outpost_gateway::Admission {
-        outpost_gateway::Admission {
-            max_body_bytes: self.max_body_bytes,
-            response_timeout: Duration::from_secs(self.response_timeout.max(1)),
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            workers: self.workers.max(1),
+            max_isolates: self.max_isolates.max(1),
+            max_memory_bytes: self.max_memory_mb << 20,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            ..Default::default()
+        }
+    }
+
+    pub fn engine(&self, egress: EgressArg) -> EngineConfig {
+        EngineConfig {
+            limits: self.limits(),
+            egress: match egress {
+                EgressArg::Public => Egress::Public,
+                EgressArg::Loopback => Egress::PublicAndLoopback,
+                EgressArg::Any => Egress::Any,
+            },
+            response: ResponseOptions {
+                server_timing: self.server_timing == Switch::On,
+            },
+            spares_per_worker: self.spares,
         }
     }
 }

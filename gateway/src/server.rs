@@ -1,73 +1,47 @@
-//! The HTTP listener: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) through hyper,
-//! admission checks, and dispatch of each request to the app's deployment.
+//! The HTTP listener: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) through hyper, the
+//! route to an app, admission checks against its limits, and dispatch of each request to
+//! the app's deployment.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use http::{header, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use outpost_pool::{Body, Deployment, Pool, Task};
+use outpost_pool::{Body, DispatchError, Pool, Task};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{GatewayError, Kind};
+use crate::routes::{Routes, Target};
 
-/// Limits applied to every request before it reaches an app.
+/// How the node treats requests before they reach an app.
 #[derive(Debug, Clone)]
-pub struct Admission {
-    /// Largest request body accepted, in bytes; larger ones get 413.
-    pub max_body_bytes: usize,
-    /// How long an app may take to produce response headers; then 504.
-    pub response_timeout: Duration,
+pub struct ServeConfig {
+    /// What a client is told when an app cannot be loaded.
+    pub error_detail: ErrorDetail,
 }
 
-impl Default for Admission {
+impl Default for ServeConfig {
     fn default() -> Self {
-        Admission {
-            max_body_bytes: 100 << 20,
-            response_timeout: Duration::from_secs(60),
+        ServeConfig {
+            error_detail: ErrorDetail::Short,
         }
     }
 }
 
-/// What the listener serves: the current deployment (swapped atomically on reload), or the
-/// reason there is none.
-#[derive(Default)]
-pub struct Routes {
-    current: ArcSwapOption<Deployment>,
-    problem: ArcSwapOption<String>,
-}
-
-impl Routes {
-    /// Serves `deployment` from the next request on.
-    pub fn activate(&self, deployment: Deployment) {
-        self.current.store(Some(Arc::new(deployment)));
-        self.problem.store(None);
-    }
-
-    /// Records why nothing (new) could be activated; shown while no deployment serves.
-    pub fn set_problem(&self, problem: String) {
-        self.problem.store(Some(Arc::new(problem)));
-    }
-
-    /// The deployment serving now.
-    pub fn current(&self) -> Option<Arc<Deployment>> {
-        self.current.load_full()
-    }
-
-    fn missing(&self) -> GatewayError {
-        let reason = self
-            .problem
-            .load_full()
-            .map(|p| format!("No app is loaded: {p}"))
-            .unwrap_or_else(|| "No app is loaded.".to_string());
-        GatewayError::new(Kind::NoApp, reason)
-    }
+/// How much of an app's load error a client sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ErrorDetail {
+    /// The whole error, file:line included (for `outpost dev`).
+    Full,
+    /// A short reason; the error itself goes to the node's log.
+    Short,
 }
 
 /// Accepts connections on `listener` until the task is dropped. Each connection is served on
@@ -76,10 +50,10 @@ impl Routes {
 pub async fn serve(
     listener: TcpListener,
     routes: Arc<Routes>,
-    admission: Admission,
+    config: ServeConfig,
     pool: Arc<Pool>,
 ) {
-    let admission = Arc::new(admission);
+    let config = Arc::new(config);
     let local = listener.local_addr().ok();
     let mut next_worker = 0usize;
     loop {
@@ -97,9 +71,9 @@ pub async fn serve(
             }
         };
         let routes = routes.clone();
-        let admission = admission.clone();
+        let config = config.clone();
         let task: Task =
-            Box::new(move || Box::pin(serve_connection(stream, routes, admission, local)));
+            Box::new(move || Box::pin(serve_connection(stream, routes, config, local)));
         next_worker = next_worker.wrapping_add(1);
         if pool.spawn_on(next_worker, task).await.is_err() {
             tracing::error!("no worker thread takes connections any more");
@@ -112,7 +86,7 @@ pub async fn serve(
 async fn serve_connection(
     stream: std::net::TcpStream,
     routes: Arc<Routes>,
-    admission: Arc<Admission>,
+    config: Arc<ServeConfig>,
     local: Option<SocketAddr>,
 ) {
     let stream = match TcpStream::from_std(stream) {
@@ -125,10 +99,8 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |request| {
         let routes = routes.clone();
-        let admission = admission.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(handle(request, &routes, &admission, local).await)
-        }
+        let config = config.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(request, &routes, &config, local).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder
@@ -142,10 +114,10 @@ async fn serve_connection(
 async fn handle(
     request: Request<Incoming>,
     routes: &Routes,
-    admission: &Admission,
+    config: &ServeConfig,
     local: Option<SocketAddr>,
 ) -> Response<Body> {
-    match route(request, routes, admission, local).await {
+    match route(request, routes, config, local).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -154,37 +126,72 @@ async fn handle(
 async fn route(
     request: Request<Incoming>,
     routes: &Routes,
-    admission: &Admission,
+    config: &ServeConfig,
     local: Option<SocketAddr>,
 ) -> Result<Response<Body>, GatewayError> {
-    let request = admit(request, admission, local)?;
-    let deployment = routes.current().ok_or_else(|| routes.missing())?;
-    let deadline = Instant::now() + admission.response_timeout;
-    Ok(deployment.dispatch(request, deadline).await?)
+    let (mut parts, body) = request.into_parts();
+    parts.uri = absolute_uri(&parts, local)?;
+    let table = routes.current();
+    let host = parts.uri.authority().map_or("", |a| a.as_str());
+    let app = table
+        .lookup(host, parts.uri.path())
+        .ok_or_else(|| GatewayError::new(Kind::NoRoute, "No app is deployed for this host."))?;
+    let deployment = match &app.target {
+        Target::Serving(deployment) => deployment,
+        Target::Broken(reason) => return Err(load_failed(config, &app.name, reason)),
+    };
+    let limits = deployment.limits();
+    let overflow = Arc::new(AtomicBool::new(false));
+    let request = admit(parts, body, limits.max_body_bytes, &overflow)?;
+    let deadline = Instant::now() + limits.timeout;
+    let result = deployment.dispatch(request, deadline).await;
+    if overflow.load(Ordering::Acquire) {
+        // The app failed (or answered) while its body was cut off at the limit.
+        return Err(too_large(limits.max_body_bytes));
+    }
+    match result {
+        Ok(response) => Ok(response),
+        Err(DispatchError::LoadFailed(reason)) => Err(load_failed(config, &app.name, &reason)),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Checks a request against the admission limits and gives it an absolute URL.
+/// 503 for an app that cannot be loaded, with as much detail as the node shows clients.
+fn load_failed(config: &ServeConfig, app: &str, reason: &str) -> GatewayError {
+    tracing::warn!(app, "the app cannot be loaded: {reason}");
+    let message = match config.error_detail {
+        ErrorDetail::Full => format!("The app cannot be loaded: {reason}"),
+        ErrorDetail::Short => "The app cannot be loaded; the node's log says why.".to_string(),
+    };
+    GatewayError::new(Kind::NoApp, message)
+}
+
+/// Checks a request against the app's body limit. A body that turns out larger than it
+/// claims (or chunked past the limit) ends with an error where the limit is passed, and
+/// `overflow` is set so the client gets 413 whatever the app did.
 fn admit(
-    request: Request<Incoming>,
-    admission: &Admission,
-    local: Option<SocketAddr>,
+    parts: http::request::Parts,
+    body: Incoming,
+    max_body_bytes: u64,
+    overflow: &Arc<AtomicBool>,
 ) -> Result<Request<Body>, GatewayError> {
-    let (mut parts, body) = request.into_parts();
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()
             .ok()
             .and_then(|l| l.parse().ok())
             .ok_or_else(|| GatewayError::new(Kind::BadRequest, "Invalid Content-Length."))?;
-        if length > admission.max_body_bytes as u64 {
-            return Err(too_large(admission));
+        if length > max_body_bytes {
+            return Err(too_large(max_body_bytes));
         }
     }
-    parts.uri = absolute_uri(&parts, local)?;
-    let body = Limited::new(body, admission.max_body_bytes)
-        .map_err(|e| -> outpost_pool::BoxError {
+    let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
+    let overflow = overflow.clone();
+    let body = Limited::new(body, limit)
+        .map_err(move |e| -> outpost_pool::BoxError {
             if e.is::<http_body_util::LengthLimitError>() {
-                "the request body is larger than the node accepts".into()
+                overflow.store(true, Ordering::Release);
+                "the request body is larger than the app accepts".into()
             } else {
                 e
             }
@@ -193,13 +200,10 @@ fn admit(
     Ok(Request::from_parts(parts, body))
 }
 
-fn too_large(admission: &Admission) -> GatewayError {
+fn too_large(max_body_bytes: u64) -> GatewayError {
     GatewayError::new(
         Kind::BodyTooLarge,
-        format!(
-            "The request body is larger than {} bytes.",
-            admission.max_body_bytes
-        ),
+        format!("The request body is larger than {max_body_bytes} bytes."),
     )
 }
 

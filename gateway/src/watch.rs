@@ -1,14 +1,16 @@
-//! File watching for `outpost dev`: a change anywhere under the app becomes one signal on a
-//! channel of capacity one, so bursts of events (an editor's save) coalesce.
+//! File watching for `outpost dev`: a change anywhere under the watched paths becomes one
+//! signal on a channel of capacity one, so bursts of events (an editor's save) coalesce.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-/// Watches `path` (recursively) and signals on the returned channel after changes. Keep the
-/// watcher alive as long as signals are wanted.
-pub fn watch(path: &Path) -> notify::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+/// Watches every path in `paths` (recursively) and signals on the returned channel after
+/// changes. Keep the watcher alive as long as signals are wanted.
+pub fn watch(
+    paths: &[PathBuf],
+) -> notify::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
     let (tx, rx) = mpsc::channel(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match event {
@@ -23,6 +25,8 @@ pub fn watch(path: &Path) -> notify::Result<(notify::RecommendedWatcher, mpsc::R
             let _ = tx.try_send(());
         }
     })?;
-    watcher.watch(path, RecursiveMode::Recursive)?;
+    for path in paths {
+        watcher.watch(path, RecursiveMode::Recursive)?;
+    }
     Ok((watcher, rx))
 }

@@ -2,7 +2,9 @@
 //! SHA-256 digest. A [`Bundle`] is pure data: it is read from an app directory here, and
 //! executed by the isolate crate.
 
+mod limits;
 mod manifest;
+mod route;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use limits::{AppLimits, Limits, MIN_MEMORY_MB};
 pub use manifest::{Manifest, DEFAULT_MAIN, MANIFEST_FILE};
+pub use route::{Route, Specificity};
 
 /// Most modules one bundle may hold.
 pub const MAX_MODULES: usize = 1_000;

@@ -5,15 +5,22 @@
 //! main = "src/index.js"          # the module whose default export handles requests
 //! compatibility_date = "2026-11-01"
 //!
+//! routes = ["api.example.com/*", "example.com/v1/*"]   # besides NAME.localhost
+//!
 //! [vars]                         # plain bindings, visible to the handler as `env.NAME`
 //! GREETING = "hello"
 //! LIMITS = { max = 3 }           # tables and arrays arrive as JSON objects and arrays
+//!
+//! [limits]                       # each at most the node's value; see `Limits`
+//! cpu_ms = 50
 //! ```
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::AppLimits;
+use crate::route::Route;
 use crate::BundleError;
 
 /// The file name of an app's manifest inside its directory.
@@ -41,6 +48,15 @@ pub struct Manifest {
     /// node's environment ever reaches `env`.
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// Where the app answers, as `HOST/PATH` patterns (`api.example.com/*`,
+    /// `example.com/v1/*`, `*.example.com/*`, `example.com/health`); the most specific
+    /// matching route of all apps on a node wins. Every app also answers on
+    /// `NAME.localhost`, and a node with one app and no routes sends it every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// Resource limits for this app; each may lower the node's limit, never raise it.
+    #[serde(default, skip_serializing_if = "AppLimits::is_empty")]
+    pub limits: AppLimits,
 }
 
 fn default_main() -> String {
@@ -63,6 +79,8 @@ impl Manifest {
             main: main.to_string(),
             compatibility_date: None,
             vars: BTreeMap::new(),
+            routes: Vec::new(),
+            limits: AppLimits::default(),
         }
     }
 
@@ -94,6 +112,17 @@ impl Manifest {
                 )));
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for pattern in &self.routes {
+            let route = Route::parse(pattern)
+                .map_err(|why| BundleError::Manifest(format!("routes: {pattern:?}: {why}")))?;
+            if !seen.insert(route.to_string()) {
+                return Err(BundleError::Manifest(format!(
+                    "routes: {pattern:?} is listed twice"
+                )));
+            }
+        }
+        self.limits.validate().map_err(BundleError::Manifest)?;
         for key in self.vars.keys() {
             let valid = !key.is_empty()
                 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -105,6 +134,16 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+impl Manifest {
+    /// The app's routes, parsed (validation has already accepted each).
+    pub fn parsed_routes(&self) -> Vec<Route> {
+        self.routes
+            .iter()
+            .filter_map(|p| Route::parse(p).ok())
+            .collect()
     }
 }
 
@@ -165,6 +204,33 @@ mod tests {
         assert!(Manifest::from_toml("name = \"a\"\ncompatibility_date = \"yesterday\"").is_err());
         assert!(Manifest::from_toml("name = \"a\"\nmain = \"../escape.js\"").is_err());
         assert!(Manifest::from_toml("name = \"a\"\n[vars]\n\"1x\" = \"v\"").is_err());
+    }
+
+    #[test]
+    fn parses_routes_and_limits() {
+        let m = Manifest::from_toml(
+            "name = \"a\"\nroutes = [\"api.example.com/*\"]\n[limits]\ncpu_ms = 50\nmemory_mb = 64",
+        )
+        .unwrap();
+        assert_eq!(m.parsed_routes()[0].to_string(), "api.example.com/*");
+        assert_eq!(m.limits.cpu_ms, Some(50));
+        assert_eq!(m.limits.memory_mb, Some(64));
+    }
+
+    #[test]
+    fn explains_bad_routes_and_limits() {
+        let err = Manifest::from_toml("name = \"a\"\nroutes = [\"https://x.com/*\"]").unwrap_err();
+        assert!(
+            err.to_string().contains("routes: \"https://x.com/*\""),
+            "{err}"
+        );
+        let err =
+            Manifest::from_toml("name = \"a\"\nroutes = [\"x.com/*\", \"X.com/*\"]").unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+        let err = Manifest::from_toml("name = \"a\"\n[limits]\ncpu_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("limits.cpu_ms"), "{err}");
+        let err = Manifest::from_toml("name = \"a\"\n[limits]\ncpu = 5").unwrap_err();
+        assert!(err.to_string().contains("cpu"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use deno_core::{AsyncRefCell, AsyncResult, BufView, CancelFuture, CancelHandle, RcRef, Resource};
@@ -121,23 +122,58 @@ impl http_body::Body for ChannelBody {
 /// Starts pumping a JS response stream (a deno_web `ReadableStreamResource`) into a body the
 /// HTTP server can send from any thread. When the client goes away the stream is closed,
 /// which cancels it on the JS side. `done` runs on this thread once the stream ended.
-pub fn stream_response(resource: Rc<dyn Resource>, done: impl FnOnce() + 'static) -> Body {
+///
+/// The stream fails (the client sees the response cut off: HTTP/1.1 closes the connection,
+/// HTTP/2 resets the stream) when `isolate_gone` is cancelled (the isolate that feeds it was
+/// stopped) or when it produces nothing for `idle`.
+pub fn stream_response(
+    resource: Rc<dyn Resource>,
+    done: impl Sized + 'static,
+    isolate_gone: Rc<CancelHandle>,
+    idle: Duration,
+) -> Body {
     let (tx, rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
     tokio::task::spawn_local(async move {
-        pump(resource, tx).await;
-        done();
+        pump(resource, tx, isolate_gone, idle).await;
+        drop(done);
     });
     ChannelBody { rx }.boxed_unsync()
 }
 
-async fn pump(resource: Rc<dyn Resource>, tx: mpsc::Sender<Result<Bytes, BoxError>>) {
+async fn pump(
+    resource: Rc<dyn Resource>,
+    tx: mpsc::Sender<Result<Bytes, BoxError>>,
+    isolate_gone: Rc<CancelHandle>,
+    idle: Duration,
+) {
     loop {
+        let next = resource.clone().read(CHUNK).or_cancel(isolate_gone.clone());
         let read = tokio::select! {
             _ = tx.closed() => {
                 resource.close();
                 return;
             }
-            read = resource.clone().read(CHUNK) => read,
+            read = tokio::time::timeout(idle, next) => read,
+        };
+        let read = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(_cancelled)) => {
+                let _ = tx
+                    .send(Err("the isolate producing the response was stopped".into()))
+                    .await;
+                return;
+            }
+            Err(_elapsed) => {
+                let _ = tx
+                    .send(Err(format!(
+                        "the response stream produced nothing for {} ms",
+                        idle.as_millis()
+                    )
+                    .into()))
+                    .await;
+                resource.close();
+                return;
+            }
         };
         match read {
             Ok(chunk) if chunk.is_empty() => {

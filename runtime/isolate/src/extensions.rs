@@ -9,14 +9,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deno_core::convert::ByteString;
 use deno_core::{op2, Extension, JsBuffer, OpState, Resource, ResourceId};
 use deno_error::JsErrorBox;
-use deno_permissions::{
-    Permissions, PermissionsContainer, PermissionsOptions, RuntimePermissionDescriptorParser,
-};
+use deno_permissions::PermissionsContainer;
 
 /// What a finished request hands back to the host.
 pub enum Outcome {
@@ -39,8 +37,9 @@ pub enum OutBody {
     Stream(Rc<dyn Resource>),
 }
 
-/// How a request failed inside the isolate (the numbers are the ones `js/20_dispatch.js`
-/// passes to `op_outpost_fail`).
+/// How a request failed inside the isolate. The JS side names the kinds it reports with
+/// [`FailureKind::from_js`]'s numbers, which `js/20_dispatch.js` takes from
+/// [`FAILURE_KINDS`] (handed to it at start), so they are written once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// The handler threw or its promise rejected.
@@ -53,36 +52,101 @@ pub enum FailureKind {
     LimitExceeded,
 }
 
-/// Where the response to one in-flight request goes.
-pub type Responder = Box<dyn FnOnce(Outcome)>;
+/// The failure kinds JS reports, by the number it passes to `op_outpost_fail`.
+pub const FAILURE_KINDS: [(&str, FailureKind); 2] = [
+    ("exception", FailureKind::Exception),
+    ("notAResponse", FailureKind::NotAResponse),
+];
 
-/// Requests the isolate is handling, by the id the host gave them.
+impl FailureKind {
+    /// The kind JS reported as `n` (an index into [`FAILURE_KINDS`]).
+    pub fn from_js(n: u32) -> FailureKind {
+        FAILURE_KINDS
+            .get(n as usize)
+            .map_or(FailureKind::Exception, |(_, kind)| *kind)
+    }
+}
+
+/// Console levels, by the number JS passes to `op_outpost_log` (an index into this list,
+/// handed to `js/` at start).
+pub const LOG_LEVELS: [&str; 4] = ["debug", "log", "warn", "error"];
+
+/// What the host measured of one request when its response started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// CPU time charged to the request.
+    pub cpu: Duration,
+    /// Wall time since the isolate received it.
+    pub wall: Duration,
+    /// Whether it was its isolate's first request.
+    pub cold: bool,
+}
+
+/// Where the response to one in-flight request goes.
+pub type Responder = Box<dyn FnOnce(Outcome, Timing)>;
+
+struct Entry {
+    responder: Responder,
+    /// When the response must have started.
+    deadline: Instant,
+    /// `InFlight::cpu_per_request` when the request arrived.
+    cpu_mark: u64,
+    arrived: Instant,
+    cold: bool,
+}
+
+/// Requests the isolate is handling, by the id the host gave them, and the CPU they were
+/// charged.
+///
+/// Each turn of JavaScript is charged in equal shares to the requests in flight when it
+/// began; `cpu_per_request` sums those shares, so a request's charge is the growth of the sum
+/// since it arrived.
 #[derive(Default)]
 pub struct InFlight {
     next_id: u32,
-    /// Each request's responder and the deadline for its response.
-    responders: HashMap<u32, (Responder, Instant)>,
+    entries: HashMap<u32, Entry>,
+    /// Nanoseconds charged to each request in flight, summed over every turn so far.
+    cpu_per_request: u64,
+    /// The turn running now: when it began and how many requests share it.
+    turn: Option<(Instant, u64)>,
 }
 
 impl InFlight {
     /// Registers a responder and returns the id the JS side answers with.
-    pub fn insert(&mut self, responder: Responder, deadline: Instant) -> u32 {
+    pub fn insert(&mut self, responder: Responder, deadline: Instant, cold: bool) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
-        self.responders.insert(self.next_id, (responder, deadline));
+        let entry = Entry {
+            responder,
+            deadline,
+            cpu_mark: self.cpu_per_request,
+            arrived: Instant::now(),
+            cold,
+        };
+        self.entries.insert(self.next_id, entry);
         self.next_id
     }
 
-    /// Removes a request without answering it (its responder is dropped).
-    pub fn remove(&mut self, id: u32) -> Option<Responder> {
-        self.responders.remove(&id).map(|(responder, _)| responder)
+    /// Removes a request and returns its responder with what it was charged so far (the turn
+    /// running now included).
+    pub fn remove(&mut self, id: u32) -> Option<(Responder, Timing)> {
+        let entry = self.entries.remove(&id)?;
+        let running = self.turn.map_or(0, |(start, shares)| {
+            start.elapsed().as_nanos() as u64 / shares.max(1)
+        });
+        let timing = Timing {
+            cpu: Duration::from_nanos(self.cpu_per_request - entry.cpu_mark + running),
+            wall: entry.arrived.elapsed(),
+            cold: entry.cold,
+        };
+        Some((entry.responder, timing))
     }
 
-    /// Removes and returns the responders of every request whose deadline is not after `now`.
-    pub fn take_expired(&mut self, now: Instant) -> Vec<Responder> {
+    /// Removes and returns every request whose deadline is not after `now`.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<(Responder, Timing)> {
         let expired: Vec<u32> = self
-            .responders
+            .entries
             .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
+            .filter(|(_, entry)| entry.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
         expired
@@ -91,20 +155,38 @@ impl InFlight {
             .collect()
     }
 
-    /// Removes and returns the responders of every request in flight.
-    pub fn take_all(&mut self) -> Vec<Responder> {
-        self.responders
-            .drain()
-            .map(|(_, (responder, _))| responder)
-            .collect()
+    /// Removes and returns every request in flight.
+    pub fn take_all(&mut self) -> Vec<(Responder, Timing)> {
+        let ids: Vec<u32> = self.entries.keys().copied().collect();
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.responders.is_empty()
+        self.entries.is_empty()
+    }
+
+    /// Starts a turn: returns the CPU it may use, what the most charged request in flight
+    /// has left of `limit` (all of `limit` when none is in flight).
+    pub fn begin_turn(&mut self, limit: Duration) -> Duration {
+        self.turn = Some((Instant::now(), self.entries.len() as u64));
+        let oldest = self.entries.values().map(|e| e.cpu_mark).min();
+        match oldest {
+            Some(mark) => limit.saturating_sub(Duration::from_nanos(self.cpu_per_request - mark)),
+            None => limit,
+        }
+    }
+
+    /// Ends the turn begun last, charging `cpu` to the requests that shared it.
+    pub fn end_turn(&mut self, cpu: Duration) {
+        if let Some((_, shares)) = self.turn.take() {
+            if let Some(share) = (cpu.as_nanos() as u64).checked_div(shares) {
+                self.cpu_per_request += share;
+            }
+        }
     }
 }
 
-/// Console output of the tenant: level (0 debug, 1 info/log, 2 warn, 3 error) and text.
+/// Console output of the tenant: level (an index into [`LOG_LEVELS`]) and text.
 pub type ConsoleSink = Rc<dyn Fn(u32, &str)>;
 
 /// Everything an isolate holds for one tenant, put into its `OpState`.
@@ -112,23 +194,22 @@ pub struct TenantState {
     pub permissions: PermissionsContainer,
     pub console: ConsoleSink,
     pub in_flight: Rc<RefCell<InFlight>>,
+    /// Told how many `ctx.waitUntil` promises are pending whenever that changes.
+    pub wait_until: WaitUntilSink,
 }
 
-/// Network access for `fetch` (any host), and nothing else: no file, environment, process
-/// or FFI access. `fetch("file:...")` is refused because reads are not allowed.
-pub fn tenant_permissions() -> Result<PermissionsContainer, String> {
-    let parser = Arc::new(RuntimePermissionDescriptorParser::new(
-        sys_traits::impls::RealSys,
-    ));
-    let options = PermissionsOptions {
-        allow_net: Some(vec![]),
-        prompt: false,
-        ..Default::default()
-    };
-    let permissions =
-        Permissions::from_options(parser.as_ref(), &options).map_err(|e| e.to_string())?;
-    Ok(PermissionsContainer::new(parser, permissions))
+impl TenantState {
+    /// Puts the tenant's state where the ops find it.
+    pub fn install(self, state: &mut OpState) {
+        state.put::<PermissionsContainer>(self.permissions);
+        state.put::<ConsoleSink>(self.console);
+        state.put::<Rc<RefCell<InFlight>>>(self.in_flight);
+        state.put::<WaitUntilSink>(self.wait_until);
+    }
 }
+
+/// Receives the number of pending `ctx.waitUntil` promises.
+pub type WaitUntilSink = Rc<dyn Fn(u32)>;
 
 /// The extensions, in snapshot order. Passing a different list at run time than at snapshot
 /// time is refused (or worse) by deno_core, so this is the only place the list is written.
@@ -165,6 +246,7 @@ deno_core::extension!(
     deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
     ops = [
         op_outpost_log,
+        op_outpost_wait_until,
         op_outpost_respond_text,
         op_outpost_respond_bytes,
         op_outpost_respond_stream,
@@ -174,6 +256,7 @@ deno_core::extension!(
     esm = [
         dir "../../js",
         "00_infra.js",
+        "05_request_context.js",
         "10_globals.js",
         "20_dispatch.js",
         "99_main.js",
@@ -181,9 +264,7 @@ deno_core::extension!(
     options = { tenant: Option<TenantState> },
     state = |state, options| {
         if let Some(tenant) = options.tenant {
-            state.put::<PermissionsContainer>(tenant.permissions);
-            state.put::<ConsoleSink>(tenant.console);
-            state.put::<Rc<RefCell<InFlight>>>(tenant.in_flight);
+            tenant.install(state);
         }
     },
 );
@@ -195,12 +276,20 @@ fn op_outpost_log(state: &mut OpState, #[smi] level: u32, #[string] text: &str) 
     }
 }
 
+/// `ctx.waitUntil` promises pending in the isolate, as JS counts them.
+#[op2(fast)]
+fn op_outpost_wait_until(state: &mut OpState, #[smi] pending: u32) {
+    if let Some(sink) = state.try_borrow::<WaitUntilSink>() {
+        sink(pending);
+    }
+}
+
 fn respond(state: &mut OpState, id: u32, outcome: Outcome) {
-    let responder = state
+    let removed = state
         .try_borrow::<Rc<RefCell<InFlight>>>()
         .and_then(|in_flight| in_flight.borrow_mut().remove(id));
-    if let Some(responder) = responder {
-        responder(outcome);
+    if let Some((responder, timing)) = removed {
+        responder(outcome, timing);
     }
 }
 
@@ -287,10 +376,6 @@ fn op_outpost_fail(
     #[smi] kind: u32,
     #[string] message: String,
 ) {
-    let kind = if kind == 1 {
-        FailureKind::NotAResponse
-    } else {
-        FailureKind::Exception
-    };
+    let kind = FailureKind::from_js(kind);
     respond(state, id, Outcome::Failed { kind, message });
 }

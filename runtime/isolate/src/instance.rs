@@ -1,31 +1,31 @@
-//! One isolate running one bundle: created from the startup snapshot, its modules loaded
-//! from the bundle, then serving requests from a queue, many at a time, until the queue
-//! closes.
-//!
-//! Several instances share a worker thread, so an instance's isolate is never left entered:
-//! every use is bracketed by [`Entered`] (V8 requires the isolate in use to be the thread's
-//! current one, and isolates to be exited in reverse order of entry).
+//! One isolate running one app version: a [`Blank`] runtime given the app's state and
+//! modules, then serving requests from a queue, many at a time, until the queue closes or
+//! the pool evicts it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use deno_core::{v8, JsRuntime, PollEventLoopOptions, ResourceId, RuntimeOptions};
+use deno_core::{v8, CancelHandle, JsRuntime, PollEventLoopOptions, ResourceId};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Empty, Full};
-use outpost_bundle::Bundle;
-use outpost_pool::{Body, DispatchError, Job, LoadError};
-use tokio::sync::{mpsc, oneshot};
+use outpost_bundle::{Bundle, Limits};
+use outpost_pool::{InstanceHandle, Job, LoadError};
+use tokio::sync::mpsc;
 
-use crate::body::{stream_response, RequestBodyResource};
-use crate::extensions::{self, ConsoleSink, FailureKind, InFlight, OutBody, Outcome, TenantState};
-use crate::limits::{Breach, Limits, Watched};
-use crate::loader::{self, BundleLoader};
+use crate::blank::Blank;
+use crate::body::RequestBodyResource;
+use crate::egress::{self, Egress};
+use crate::enter::{entered, EnterGuard};
+use crate::exchange::{self, Finish, ResponseOptions};
+use crate::extensions::{
+    ConsoleSink, FailureKind, InFlight, Outcome, TenantState, WaitUntilSink, FAILURE_KINDS,
+    LOG_LEVELS,
+};
+use crate::limits::{self, Breach, WatchdogDown, Watched};
 
 /// How long an instance whose queue closed may keep running `waitUntil` work and timers.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
@@ -36,76 +36,38 @@ const NEVER_SETTLES: &str = "the fetch handler's promise will never settle: noth
      returns or resolves a Response";
 
 /// How a timed-out request is reported on the terminal.
-const TIMED_OUT: &str = "a request timed out: the fetch handler did not start its response within \
-     the node's response timeout";
+const TIMED_OUT: &str = "a request timed out: the fetch handler did not start its response \
+     within the app's timeout";
 
 /// How often requests in flight are checked against their deadlines.
 const SWEEP: Duration = Duration::from_millis(100);
 
-/// The startup snapshot made by build.rs.
-static SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/SNAPSHOT.bin"));
-
-/// Enters an isolate for as long as it lives.
-struct EnterGuard(v8::UnsafeRawIsolatePtr);
-
-impl EnterGuard {
-    fn new(raw: v8::UnsafeRawIsolatePtr) -> Self {
-        // SAFETY: `raw` belongs to a runtime owned by the caller, alive on this thread for
-        // the guard's lifetime; entering is balanced by `exit` in `drop`.
-        unsafe { v8::Isolate::from_raw_isolate_ptr(raw).enter() };
-        EnterGuard(raw)
-    }
-}
-
-impl Drop for EnterGuard {
-    fn drop(&mut self) {
-        // SAFETY: balances the `enter` of `new`, on the same thread.
-        unsafe { v8::Isolate::from_raw_isolate_ptr(self.0).exit() };
-    }
-}
-
-/// A future polled with its isolate entered.
-/// A future polled with its isolate entered; each poll is a turn the CPU limit watches.
-struct Entered<F> {
-    raw: v8::UnsafeRawIsolatePtr,
-    watched: Arc<Watched>,
-    inner: Pin<Box<F>>,
-}
-
-impl<F: Future> Future for Entered<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let _entered = EnterGuard::new(this.raw);
-        let _turn = this.watched.turn();
-        this.inner.as_mut().poll(cx)
-    }
-}
-
-fn entered<F: Future>(
-    raw: v8::UnsafeRawIsolatePtr,
-    watched: &Arc<Watched>,
-    inner: F,
-) -> Entered<F> {
-    Entered {
-        raw,
-        watched: watched.clone(),
-        inner: Box::pin(inner),
-    }
-}
+/// How often the isolate's memory is measured and reported to the pool.
+const MEASURE: Duration = Duration::from_millis(500);
 
 /// The host's handles into `js/99_main.js`.
 struct Host {
     dispatch: v8::Global<v8::Function>,
 }
 
-/// An isolate with a bundle loaded, ready to serve.
+/// What an instance needs besides its runtime.
+pub struct Tenant {
+    pub bundle: Arc<Bundle>,
+    pub limits: Limits,
+    pub handle: Arc<InstanceHandle>,
+    pub console: ConsoleSink,
+    pub egress: Egress,
+    pub response: ResponseOptions,
+}
+
+/// An isolate with an app loaded, ready to serve.
 pub struct Instance {
     // Field order matters: `host` holds V8 handles that must go before the runtime.
     host: Option<Host>,
     runtime: Option<JsRuntime>,
     raw: v8::UnsafeRawIsolatePtr,
+    tenant: Tenant,
+    budget: Arc<crate::allocator::Budget>,
     in_flight: Rc<RefCell<InFlight>>,
     /// The watchdog's view of this isolate: CPU turns and limit breaches.
     watched: Arc<Watched>,
@@ -113,68 +75,83 @@ pub struct Instance {
     condemned: Option<Breach>,
     /// The next check for requests past their deadline, while any are in flight.
     sweep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The next measurement of memory.
+    measure: Pin<Box<tokio::time::Sleep>>,
     /// Request-body resources of finished requests, closed on the next poll of the loop.
     finished_bodies: Rc<RefCell<Vec<ResourceId>>>,
-    console: ConsoleSink,
+    /// Cancels every response stream this isolate feeds when it goes away.
+    streams: Rc<CancelHandle>,
+    /// The serve loop's waker while it waits for a request to finish (at its concurrency).
+    parked: Rc<Cell<Option<Waker>>>,
 }
 
 /// Why [`Instance::serve`] returned.
 pub enum ServeEnd {
-    /// The queue closed and the work left has finished (or ran out of grace).
+    /// The queue closed (or the pool evicted it) and the work left has finished (or ran out
+    /// of grace).
     Closed,
-    /// The event loop failed; the instance must not be used again.
+    /// It broke a limit or its event loop failed; it must not be used again.
     Failed(String),
 }
 
 impl Instance {
-    /// Creates an isolate from the snapshot and loads `bundle`'s main module. Must run
-    /// inside a tokio runtime (V8 posts delayed tasks to it).
-    pub async fn start(
-        bundle: Arc<Bundle>,
-        console: ConsoleSink,
-        limits: &Limits,
-    ) -> Result<Instance, LoadError> {
+    /// Gives `blank` to the tenant and loads its main module. Must run inside a tokio
+    /// runtime, on the thread that made `blank`.
+    pub async fn start(blank: Blank, tenant: Tenant) -> Result<Instance, LoadError> {
         let in_flight = Rc::new(RefCell::new(InFlight::default()));
-        let permissions = extensions::tenant_permissions().map_err(LoadError::new)?;
-        let tenant = TenantState {
+        let permissions = egress::tenant_permissions(tenant.egress).map_err(LoadError::new)?;
+        let handle = tenant.handle.clone();
+        let wait_until: WaitUntilSink = Rc::new(move |pending| handle.set_wait_until(pending));
+        let state = TenantState {
             permissions,
-            console: console.clone(),
+            console: tenant.console.clone(),
             in_flight: in_flight.clone(),
+            wait_until,
         };
-        let runtime = JsRuntime::try_new(RuntimeOptions {
-            extensions: extensions::extensions(Some(tenant)),
-            startup_snapshot: Some(SNAPSHOT),
-            module_loader: Some(Rc::new(BundleLoader::new(bundle.clone()))),
-            custom_module_evaluation_cb: Some(Box::new(loader::evaluate_custom_module)),
-            create_params: Some(v8::CreateParams::default().heap_limits(0, limits.heap_bytes)),
-            ..Default::default()
-        })
-        .map_err(|e| LoadError::new(format!("creating the isolate failed: {e}")))?;
-        let mut runtime = runtime;
-        // SAFETY: the runtime was just created on this thread and is owned here.
-        let raw = unsafe { runtime.v8_isolate().as_raw_isolate_ptr() };
-        let watched = Watched::register(runtime.v8_isolate().thread_safe_handle(), limits);
-        let on_heap_limit = watched.clone();
-        runtime.add_near_heap_limit_callback(move |current, _initial| {
-            on_heap_limit.breach_heap();
-            // V8 aborts the process unless the limit grows; the isolate is replaced anyway.
-            current + current / 2
-        });
-        // A new isolate is entered; leave it so that others on this thread can run.
-        // SAFETY: balances the enter done by isolate creation.
-        unsafe { runtime.v8_isolate().exit() };
+        limits::ensure_watchdog().map_err(|WatchdogDown| {
+            LoadError::new("the CPU-limit watchdog is not running; refusing to run tenant code")
+        })?;
+        blank.loader.assign(tenant.bundle.clone());
+        blank.budget.set_limit(tenant.limits.memory_bytes);
+        let budget = blank.budget.clone();
+        let raw = blank.raw();
+        let mut runtime = blank.into_runtime();
+        let watched = {
+            let _entered = EnterGuard::new(raw);
+            state.install(&mut runtime.op_state().borrow_mut());
+            runtime
+                .op_state()
+                .borrow_mut()
+                .put(deno_web::StartTime::default());
+            let watched = Watched::register(
+                runtime.v8_isolate().thread_safe_handle(),
+                tenant.limits.cpu,
+                tenant.limits.memory_bytes,
+            );
+            let on_heap_limit = watched.clone();
+            runtime.add_near_heap_limit_callback(move |current, _initial| {
+                on_heap_limit.breach_memory();
+                // V8 aborts the process unless the limit grows; the isolate is replaced.
+                current + current / 2
+            });
+            watched
+        };
         let mut instance = Instance {
             host: None,
             runtime: Some(runtime),
             raw,
+            tenant,
+            budget,
             in_flight,
             watched,
             condemned: None,
             sweep: None,
+            measure: Box::pin(tokio::time::sleep(MEASURE)),
             finished_bodies: Rc::default(),
-            console,
+            streams: Rc::new(CancelHandle::new()),
+            parked: Rc::default(),
         };
-        instance.load(&bundle).await?;
+        instance.load().await?;
         Ok(instance)
     }
 
@@ -182,12 +159,17 @@ impl Instance {
         self.runtime.as_mut().expect("the runtime lives until drop")
     }
 
-    async fn load(&mut self, bundle: &Bundle) -> Result<(), LoadError> {
+    async fn load(&mut self) -> Result<(), LoadError> {
         let raw = self.raw;
-        let vars = serde_json::to_string(&bundle.manifest.vars)
-            .map_err(|e| LoadError::new(e.to_string()))?;
-        let main =
-            loader::specifier_of(bundle.main()).map_err(|e| LoadError::new(e.to_string()))?;
+        let bundle = self.tenant.bundle.clone();
+        let config = serde_json::json!({
+            "vars": bundle.manifest.vars,
+            "subrequests": self.tenant.limits.subrequests,
+            "failureKinds": FAILURE_KINDS.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+            "logLevels": LOG_LEVELS,
+        })
+        .to_string();
+        let main = loader_specifier(bundle.main()).map_err(|e| LoadError::new(e.to_string()))?;
         let watched = self.watched.clone();
         // A script stopped for breaking a limit fails with a generic "terminated" error; say
         // which limit instead.
@@ -201,7 +183,7 @@ impl Instance {
         };
         let breached = |e: String| breach_error().unwrap_or_else(|| LoadError::new(e));
         let runtime = self.runtime.as_mut().expect("the runtime lives until drop");
-        let (init, set_handler, dispatch) = {
+        let (set_handler, dispatch) = {
             let _entered = EnterGuard::new(raw);
             let host = runtime
                 .execute_script("[outpost:host]", "globalThis.__outpost_host")
@@ -215,22 +197,23 @@ impl Instance {
             let dispatch = function(scope, host, "dispatch")?;
             v8::tc_scope!(let tc, scope);
             let undefined = v8::undefined(tc).into();
-            let vars =
-                v8::String::new(tc, &vars).ok_or_else(|| LoadError::new("vars too large"))?;
+            let config =
+                v8::String::new(tc, &config).ok_or_else(|| LoadError::new("vars too large"))?;
             let init_fn = v8::Local::new(tc, &init);
-            if init_fn.call(tc, undefined, &[vars.into()]).is_none() {
+            if init_fn.call(tc, undefined, &[config.into()]).is_none() {
                 return Err(LoadError::new(format!("bootstrap: {}", exception_text(tc))));
             }
-            (init, set_handler, dispatch)
+            (set_handler, dispatch)
         };
-        drop(init);
         let module_id = entered(raw, &watched, runtime.load_main_es_module(&main))
             .await
             .map_err(|e| breached(e.to_string()))?;
         let evaluation = {
             let _entered = EnterGuard::new(raw);
-            let _turn = watched.turn();
-            runtime.mod_evaluate(module_id)
+            let turn = watched.turn(watched.cpu_limit());
+            let evaluation = runtime.mod_evaluate(module_id);
+            turn.end();
+            evaluation
         };
         entered(
             raw,
@@ -242,29 +225,38 @@ impl Instance {
         if let Some(error) = breach_error() {
             return Err(error);
         }
-        {
+        let chosen = {
             let _entered = EnterGuard::new(raw);
             let namespace = runtime
                 .get_module_namespace(module_id)
                 .map_err(|e| LoadError::new(e.to_string()))?;
+            // Reading `default.fetch` runs tenant code (a getter, a Proxy): a turn.
+            let turn = watched.turn(watched.cpu_limit());
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let tc, scope);
             let namespace = v8::Local::new(tc, namespace);
             let set_handler = v8::Local::new(tc, &set_handler);
             let undefined = v8::undefined(tc).into();
-            let Some(problem) = set_handler.call(tc, undefined, &[namespace.into()]) else {
-                return Err(LoadError::new(exception_text(tc)));
+            let chosen = match set_handler.call(tc, undefined, &[namespace.into()]) {
+                None => Err(exception_text(tc)),
+                Some(problem) if !problem.is_null_or_undefined() => {
+                    Err(problem.to_rust_string_lossy(tc))
+                }
+                Some(_) => Ok(()),
             };
-            if !problem.is_null_or_undefined() {
-                return Err(LoadError::new(problem.to_rust_string_lossy(tc)));
-            }
+            turn.end();
+            chosen
+        };
+        if let Some(error) = breach_error() {
+            return Err(error);
         }
+        chosen.map_err(LoadError::new)?;
         self.host = Some(Host { dispatch });
         Ok(())
     }
 
-    /// Serves jobs until `jobs` closes and the remaining work finished, or the event loop
-    /// fails.
+    /// Serves jobs until `jobs` closes (or the pool evicts the instance) and the remaining
+    /// work finished, or a limit is broken or the event loop fails.
     pub async fn serve(&mut self, jobs: &mut mpsc::Receiver<Job>) -> ServeEnd {
         let mut closed = false;
         let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -298,18 +290,31 @@ impl Instance {
         }
         self.close_finished_bodies();
         if !*closed {
-            match jobs.poll_recv(cx) {
-                Poll::Ready(Some(job)) => return Poll::Ready(Turn::Job(job)),
-                Poll::Ready(None) => *closed = true,
-                Poll::Pending => {}
+            if self.tenant.handle.evict_requested(cx.waker()) {
+                // Whatever is queued still gets served; then the queue reads as closed.
+                jobs.close();
+            }
+            if self.tenant.handle.in_flight() < self.tenant.limits.concurrency {
+                match jobs.poll_recv(cx) {
+                    Poll::Ready(Some(job)) => return Poll::Ready(Turn::Job(job)),
+                    Poll::Ready(None) => *closed = true,
+                    Poll::Pending => {}
+                }
+            } else {
+                // At its concurrency: wait for a request to finish.
+                self.parked.set(Some(cx.waker().clone()));
             }
         }
         let raw = self.raw;
         let idle = {
             let _entered = EnterGuard::new(raw);
+            let limit = self.tenant.limits.cpu;
+            let budget = self.in_flight.borrow_mut().begin_turn(limit);
+            let turn = self.watched.turn(budget);
             let runtime = self.runtime.as_mut().expect("the runtime lives until drop");
-            let _turn = self.watched.turn();
             let polled = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
+            let cpu = turn.end();
+            self.in_flight.borrow_mut().end_turn(cpu);
             if let Some(breach) = self.watched.breach() {
                 return Poll::Ready(Turn::Breached(breach));
             }
@@ -324,8 +329,11 @@ impl Instance {
             self.fail_in_flight(FailureKind::NotAResponse, NEVER_SETTLES);
         }
         self.poll_deadlines(cx);
+        if let Some(breach) = self.poll_measure(cx) {
+            return Poll::Ready(Turn::Breached(breach));
+        }
         if *closed {
-            if idle && self.in_flight.borrow().is_empty() {
+            if idle && self.in_flight.borrow().is_empty() && self.tenant.handle.in_flight() == 0 {
                 return Poll::Ready(Turn::Done);
             }
             let sleep = grace.get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_GRACE)));
@@ -352,21 +360,57 @@ impl Instance {
         }
         self.sweep = None;
         let expired = self.in_flight.borrow_mut().take_expired(Instant::now());
-        for responder in expired {
-            responder(Outcome::Failed {
-                kind: FailureKind::Timeout,
-                message: TIMED_OUT.to_string(),
-            });
+        for (responder, timing) in expired {
+            responder(
+                Outcome::Failed {
+                    kind: FailureKind::Timeout,
+                    message: TIMED_OUT.to_string(),
+                },
+                timing,
+            );
         }
         // Arm the next sweep.
         cx.waker().wake_by_ref();
     }
 
+    /// Every `MEASURE`, reads the isolate's memory, reports it to the pool, and returns a
+    /// breach when it is past the limit (memory outside V8's heap limit: Wasm memories and
+    /// buffers made by ops).
+    fn poll_measure(&mut self, cx: &mut Context<'_>) -> Option<Breach> {
+        if self.measure.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        self.measure
+            .as_mut()
+            .reset(tokio::time::Instant::now() + MEASURE);
+        let _ = self.measure.as_mut().poll(cx);
+        let raw = self.raw;
+        let (heap, external) = {
+            let _entered = EnterGuard::new(raw);
+            let isolate = self.runtime().v8_isolate();
+            let stats = isolate.get_heap_statistics();
+            // Wasm memories and other memory V8 was told about.
+            let managed = isolate.adjust_amount_of_external_allocated_memory(0).max(0) as u64;
+            (
+                stats.used_heap_size() as u64,
+                stats.external_memory() as u64 + managed,
+            )
+        };
+        self.budget.set_heap(heap);
+        let total = heap + external.max(self.budget.used());
+        self.tenant.handle.set_memory(total);
+        if total > self.tenant.limits.memory_bytes {
+            self.watched.breach_memory();
+            return Some(Breach::Memory);
+        }
+        None
+    }
+
     fn close_finished_bodies(&mut self) {
-        let finished: Vec<ResourceId> = self.finished_bodies.borrow_mut().drain(..).collect();
-        if finished.is_empty() {
+        if self.finished_bodies.borrow().is_empty() {
             return;
         }
+        let finished: Vec<ResourceId> = self.finished_bodies.borrow_mut().drain(..).collect();
         let state = self.runtime().op_state();
         let resources: Vec<_> = {
             let mut state = state.borrow_mut();
@@ -383,11 +427,14 @@ impl Instance {
     /// Answers every request still in flight with an error.
     fn fail_in_flight(&mut self, kind: FailureKind, message: &str) {
         let responders = self.in_flight.borrow_mut().take_all();
-        for responder in responders {
-            responder(Outcome::Failed {
-                kind,
-                message: message.to_string(),
-            });
+        for (responder, timing) in responders {
+            responder(
+                Outcome::Failed {
+                    kind,
+                    message: message.to_string(),
+                },
+                timing,
+            );
         }
     }
 
@@ -407,23 +454,40 @@ impl Instance {
                     .add(resource),
             )
         };
-        let responder = responder(
-            job.reply,
-            self.console.clone(),
+        let handle = &self.tenant.handle;
+        let cold = handle.request_started();
+        let finish = Finish {
+            handle: handle.clone(),
+            parked: self.parked.clone(),
             body_rid,
-            self.finished_bodies.clone(),
+            finished_bodies: self.finished_bodies.clone(),
+        };
+        let responder = exchange::responder(
+            job.reply,
+            self.tenant.console.clone(),
+            finish,
+            self.tenant.response.clone(),
+            self.streams.clone(),
+            self.tenant.limits.stream_idle,
         );
-        let id = self.in_flight.borrow_mut().insert(responder, deadline);
+        let id = self
+            .in_flight
+            .borrow_mut()
+            .insert(responder, deadline, cold);
         let raw = self.raw;
         let _entered = EnterGuard::new(raw);
         let (Some(host), Some(runtime)) = (self.host.as_ref(), self.runtime.as_mut()) else {
             return;
         };
+        let budget = self
+            .in_flight
+            .borrow_mut()
+            .begin_turn(self.tenant.limits.cpu);
+        let turn = self.watched.turn(budget);
         let threw = {
-            let _turn = self.watched.turn();
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let tc, scope);
-            let args = request_args(tc, id, &parts, body_rid);
+            let args = exchange::request_args(tc, id, &parts, body_rid);
             let dispatch = v8::Local::new(tc, &host.dispatch);
             let undefined = v8::undefined(tc).into();
             match dispatch.call(tc, undefined, &args) {
@@ -431,17 +495,23 @@ impl Instance {
                 None => Some(exception_text(tc)),
             }
         };
+        let cpu = turn.end();
+        self.in_flight.borrow_mut().end_turn(cpu);
         if let Some(breach) = self.watched.breach() {
             // The request that broke the limit fails with the others in flight.
             self.condemned = Some(breach);
             return;
         }
         if let Some(message) = threw {
-            if let Some(responder) = self.in_flight.borrow_mut().remove(id) {
-                responder(Outcome::Failed {
-                    kind: FailureKind::Exception,
-                    message,
-                });
+            let removed = self.in_flight.borrow_mut().remove(id);
+            if let Some((responder, timing)) = removed {
+                responder(
+                    Outcome::Failed {
+                        kind: FailureKind::Exception,
+                        message,
+                    },
+                    timing,
+                );
             }
         }
     }
@@ -449,14 +519,16 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        // Response streams this isolate feeds end now, with an error to their clients.
+        self.streams.cancel();
         {
             let _entered = EnterGuard::new(self.raw);
             self.host = None;
         }
         if let Some(runtime) = self.runtime.take() {
             // Dropping a runtime exits its isolate once; enter it once more to balance.
-            // SAFETY: the isolate belongs to `runtime`, alive and on this thread.
-            unsafe { v8::Isolate::from_raw_isolate_ptr(self.raw).enter() };
+            let guard = EnterGuard::new(self.raw);
+            std::mem::forget(guard);
             drop(runtime);
         }
     }
@@ -471,14 +543,21 @@ enum Turn {
     Breached(Breach),
 }
 
+fn loader_specifier(path: &str) -> Result<deno_core::ModuleSpecifier, deno_error::JsErrorBox> {
+    crate::loader::specifier_of(path)
+}
+
 /// What a breach of a limit is called in errors and logs.
 fn breach_text(breach: Breach, watched: &Watched) -> String {
     match breach {
         Breach::Cpu => format!(
-            "exceeded its CPU limit: JavaScript ran for more than {} ms without returning to the event loop",
+            "exceeded its CPU limit of {} ms",
             watched.cpu_limit().as_millis()
         ),
-        Breach::Heap => format!("exceeded its memory limit of {} MiB", watched.heap_limit() >> 20),
+        Breach::Memory => format!(
+            "exceeded its memory limit of {} MiB",
+            watched.memory_limit() >> 20
+        ),
     }
 }
 
@@ -504,122 +583,4 @@ fn exception_text(tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>) -> 
         Some(e) => deno_core::error::JsError::from_v8_exception(tc, e).to_string(),
         None => "unknown exception".into(),
     }
-}
-
-/// The arguments of `dispatch(id, method, url, headers, bodyRid)`.
-fn request_args<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    id: u32,
-    parts: &http::request::Parts,
-    body_rid: Option<ResourceId>,
-) -> [v8::Local<'s, v8::Value>; 5] {
-    let id = v8::Integer::new_from_unsigned(scope, id).into();
-    let method = one_byte(scope, parts.method.as_str().as_bytes());
-    let url = one_byte(scope, absolute_url(&parts.uri).as_bytes());
-    let mut flat = Vec::with_capacity(parts.headers.len() * 2);
-    for (name, value) in &parts.headers {
-        flat.push(one_byte(scope, name.as_str().as_bytes()));
-        flat.push(one_byte(scope, value.as_bytes()));
-    }
-    let headers = v8::Array::new_with_elements(scope, &flat).into();
-    let rid = match body_rid {
-        Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
-        None => v8::null(scope).into(),
-    };
-    [id, method, url, headers, rid]
-}
-
-/// `scheme://authority/path?query` of an absolute URI, without the formatting machinery.
-fn absolute_url(uri: &http::Uri) -> String {
-    let scheme = uri.scheme_str().unwrap_or("http");
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + path.len());
-    url.push_str(scheme);
-    url.push_str("://");
-    url.push_str(authority);
-    url.push_str(path);
-    url
-}
-
-/// A JS string of bytes read as Latin-1 (how the Fetch standard maps header bytes).
-fn one_byte<'s>(scope: &mut v8::PinScope<'s, '_>, bytes: &[u8]) -> v8::Local<'s, v8::Value> {
-    v8::String::new_from_one_byte(scope, bytes, v8::NewStringType::Normal)
-        .map(Into::into)
-        .unwrap_or_else(|| v8::String::empty(scope).into())
-}
-
-/// What to do with the outcome of one request: build the HTTP response (starting a stream
-/// pump if needed) and send it back to the dispatcher.
-fn responder(
-    reply: oneshot::Sender<Result<http::Response<Body>, DispatchError>>,
-    console: ConsoleSink,
-    body_rid: Option<ResourceId>,
-    finished_bodies: Rc<RefCell<Vec<ResourceId>>>,
-) -> extensions::Responder {
-    Box::new(move |outcome| {
-        let finish = move || {
-            if let Some(rid) = body_rid {
-                finished_bodies.borrow_mut().push(rid);
-            }
-        };
-        let result = match outcome {
-            Outcome::Response {
-                status,
-                headers,
-                body,
-            } => {
-                let body = match body {
-                    OutBody::Empty => {
-                        finish();
-                        Empty::new().map_err(|never| match never {}).boxed_unsync()
-                    }
-                    OutBody::Bytes(bytes) => {
-                        finish();
-                        Full::new(Bytes::from(bytes))
-                            .map_err(|never| match never {})
-                            .boxed_unsync()
-                    }
-                    OutBody::Stream(resource) => stream_response(resource, finish),
-                };
-                Ok(build_response(status, headers, body))
-            }
-            Outcome::Failed { kind, message } => {
-                finish();
-                console(3, &format!("{message}\n"));
-                Err(match kind {
-                    FailureKind::Exception => DispatchError::Exception(message),
-                    FailureKind::NotAResponse => DispatchError::BadResponse(message),
-                    FailureKind::Timeout => DispatchError::Timeout,
-                    FailureKind::LimitExceeded => DispatchError::LimitExceeded(message),
-                })
-            }
-        };
-        let _ = reply.send(result);
-    })
-}
-
-fn build_response(
-    status: u16,
-    headers: Vec<(
-        deno_core::convert::ByteString,
-        deno_core::convert::ByteString,
-    )>,
-    body: Body,
-) -> http::Response<Body> {
-    let mut response = http::Response::new(body);
-    *response.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let map = response.headers_mut();
-    map.reserve(headers.len());
-    for (name, value) in headers {
-        let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(&name),
-            http::HeaderValue::from_bytes(&value),
-        ) else {
-            continue;
-        };
-        map.append(name, value);
-    }
-    response
 }

@@ -1,68 +1,145 @@
 //! Outpost's isolates: V8 (through deno_core) with the Web APIs of Deno's extension crates,
-//! running Workers-style handlers from a [`Bundle`]. This is the only crate that links V8.
+//! running Workers-style handlers from a [`Bundle`](outpost_bundle::Bundle). This is the only
+//! crate that links V8.
 //!
-//! [`IsolateEngine`] implements the pool's [`Engine`]: each instance is one isolate, created
-//! from a startup snapshot (made by `build.rs` from `js/`), serving its deployment's requests
-//! concurrently on one worker thread.
+//! [`IsolateEngine`] implements the pool's [`Engine`]: each instance is one isolate, taken
+//! from its worker's stock of ready runtimes (made from a startup snapshot built by
+//! `build.rs` from `js/`), serving its app's requests concurrently on one worker thread,
+//! within the app's limits.
 
+mod allocator;
+mod blank;
 mod body;
+mod console;
+mod egress;
+mod enter;
+mod exchange;
 mod extensions;
 mod instance;
 mod limits;
 mod loader;
 
-use std::io::Write;
-use std::rc::Rc;
-use std::sync::{Arc, Once};
+use std::sync::Once;
+use std::time::{Duration, Instant};
 
-use outpost_bundle::Bundle;
-use outpost_pool::{Engine, Job, LoadError, LocalFuture};
+use outpost_bundle::Limits;
+use outpost_pool::{Engine, InstanceSpec, Job, LoadError, LocalFuture};
 use tokio::sync::mpsc;
 
+pub use console::{dropped_lines, terminal_console};
+pub use egress::Egress;
+pub use exchange::ResponseOptions;
 pub use extensions::ConsoleSink;
-pub use instance::{Instance, ServeEnd};
-pub use limits::Limits;
+pub use instance::{Instance, ServeEnd, Tenant};
 
-/// Runs bundles in V8 isolates, each within [`Limits`].
+use blank::Stock;
+
+/// How the engine runs every isolate.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The node's limits: apps may lower them. Ready runtimes are made with its memory limit.
+    pub limits: Limits,
+    /// Where tenants' outbound `fetch` may go.
+    pub egress: Egress,
+    /// What the node adds to responses.
+    pub response: ResponseOptions,
+    /// Ready runtimes each worker keeps, so a cold app does not wait for one (0: none).
+    pub spares_per_worker: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            limits: Limits::default(),
+            egress: Egress::Public,
+            response: ResponseOptions::default(),
+            spares_per_worker: 1,
+        }
+    }
+}
+
+/// Runs bundles in V8 isolates.
 pub struct IsolateEngine {
-    limits: Limits,
+    config: EngineConfig,
 }
 
 impl IsolateEngine {
     /// Initializes V8 for the process. Call it on the main thread, before any worker thread
     /// starts isolates (V8's platform must be set up by a common parent thread).
-    pub fn new(limits: Limits) -> IsolateEngine {
+    pub fn new(config: EngineConfig) -> IsolateEngine {
         static INIT: Once = Once::new();
-        INIT.call_once(|| deno_core::JsRuntime::init_platform(None));
-        IsolateEngine { limits }
+        let wasm_pages = (config.limits.memory_bytes >> 16).clamp(1, 65_536);
+        INIT.call_once(|| {
+            // One Wasm memory may not outgrow an isolate's memory limit (V8 flags are
+            // process-wide and must be set before V8 starts).
+            deno_core::v8::V8::set_flags_from_string(&format!("--wasm-max-mem-pages={wasm_pages}"));
+            deno_core::JsRuntime::init_platform(None);
+        });
+        IsolateEngine { config }
+    }
+
+    fn stock(&self) -> Stock {
+        Stock {
+            size: self.config.spares_per_worker,
+            memory_limit: self.config.limits.memory_bytes,
+        }
     }
 }
 
+/// Restarts after a failure sooner than this count as a storm and are slowed down.
+const RESTART_STORM: Duration = Duration::from_secs(1);
+/// The longest pause before restarting a failing isolate.
+const MAX_RESTART_PAUSE: Duration = Duration::from_secs(5);
+
 impl Engine for IsolateEngine {
+    fn worker_started(&self) -> LocalFuture<()> {
+        Box::pin(self.stock().keep())
+    }
+
     fn instantiate(
         &self,
-        bundle: Arc<Bundle>,
+        spec: InstanceSpec,
         mut jobs: mpsc::Receiver<Job>,
     ) -> LocalFuture<Result<LocalFuture<()>, LoadError>> {
-        let limits = self.limits.clone();
+        let stock = self.stock();
+        let egress = self.config.egress;
+        let response = self.config.response.clone();
         Box::pin(async move {
-            let console = terminal_console(&bundle.manifest.name);
-            let instance = Instance::start(bundle.clone(), console.clone(), &limits).await?;
+            let console = terminal_console(&spec.bundle.manifest.name);
+            let log = console.clone();
+            let tenant = move || Tenant {
+                bundle: spec.bundle.clone(),
+                limits: spec.limits.clone(),
+                handle: spec.handle.clone(),
+                console: console.clone(),
+                egress,
+                response: response.clone(),
+            };
+            let instance = start(stock, tenant()).await?;
             let serve: LocalFuture<()> = Box::pin(async move {
                 let mut instance = instance;
+                let mut pause = Duration::ZERO;
                 loop {
+                    let served_since = Instant::now();
                     match instance.serve(&mut jobs).await {
                         ServeEnd::Closed => return,
                         ServeEnd::Failed(message) => {
-                            console(3, &format!("{message}; its isolate is replaced\n"));
+                            log(3, &format!("{message}; its isolate is replaced\n"));
                         }
                     }
                     drop(instance);
-                    instance = match Instance::start(bundle.clone(), console.clone(), &limits).await
-                    {
+                    // A tenant that breaks its isolate again and again is restarted ever more
+                    // slowly (its queued requests wait), so it cannot keep a core busy.
+                    pause = if served_since.elapsed() < RESTART_STORM {
+                        (pause * 2).clamp(Duration::from_millis(50), MAX_RESTART_PAUSE)
+                    } else {
+                        Duration::ZERO
+                    };
+                    tokio::time::sleep(pause).await;
+                    instance = match start(stock, tenant()).await {
                         Ok(instance) => instance,
                         Err(e) => {
-                            console(3, &format!("the isolate could not be restarted: {e}\n"));
+                            log(3, &format!("the isolate could not be restarted: {e}\n"));
                             return;
                         }
                     };
@@ -73,22 +150,8 @@ impl Engine for IsolateEngine {
     }
 }
 
-/// Console output of an app on the node's terminal: each line prefixed with `[name]`;
-/// `console.log`/`info`/`debug` to stdout, `warn`/`error` (and uncaught exceptions) to stderr.
-pub fn terminal_console(name: &str) -> ConsoleSink {
-    let prefix = format!("[{name}] ");
-    Rc::new(move |level: u32, text: &str| {
-        let text = text.strip_suffix('\n').unwrap_or(text);
-        let mut out = String::with_capacity(text.len() + prefix.len() + 1);
-        for line in text.split('\n') {
-            out.push_str(&prefix);
-            out.push_str(line);
-            out.push('\n');
-        }
-        let _ = if level >= 2 {
-            std::io::stderr().lock().write_all(out.as_bytes())
-        } else {
-            std::io::stdout().lock().write_all(out.as_bytes())
-        };
-    })
+/// Starts an instance for `tenant` on a runtime from this worker's stock.
+async fn start(stock: Stock, tenant: Tenant) -> Result<Instance, LoadError> {
+    let blank = stock.take(tenant.limits.memory_bytes)?;
+    Instance::start(blank, tenant).await
 }

@@ -1,13 +1,18 @@
-//! Resource limits of an isolate, and the watchdog that enforces the CPU limit.
+//! Enforcement of an isolate's CPU and memory limits, and the watchdog thread behind it.
 //!
-//! - **CPU**: the longest stretch of JavaScript an isolate may run without returning to its
-//!   event loop (a handler call, a timer callback, module evaluation). A watchdog thread
-//!   terminates execution past it — an infinite loop cannot hold its worker thread.
-//! - **Heap**: V8's heap limit; near it, execution is terminated (and the limit raised a
+//! - **CPU**: every stretch of JavaScript the host runs (a request's dispatch, a poll of the
+//!   event loop, module evaluation) is a *turn*, started with a budget: what the most charged
+//!   request in flight has left of its CPU limit (or the whole limit when none is in flight).
+//!   A watchdog thread terminates a turn that overruns its budget. Short turns are charged
+//!   their wall time (cheap to read, and at most their CPU time plus preemption); a turn
+//!   that runs past [`LONG_TURN`] is measured on the worker thread's CPU clock, read by the
+//!   watchdog, so a long turn on a busy machine is charged only the CPU it got.
+//! - **Memory**: V8's heap limit, and the isolate's array-buffer allocator (see
+//!   `allocator.rs`). Near the heap limit, execution is terminated (and the limit raised a
 //!   little, or V8 would abort the process) so the isolate can unwind.
 //!
-//! An isolate that hit a limit is condemned: its requests in flight fail, and it is replaced
-//! by a fresh one. `ArrayBuffer` memory is outside V8's heap and not limited yet.
+//! An isolate that broke a limit is condemned: its requests in flight fail, and it is
+//! replaced by a fresh one. A condemned isolate is never reused.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -15,84 +20,97 @@ use std::time::{Duration, Instant};
 
 use deno_core::v8;
 
-/// Limits applied to every isolate.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Longest run of JavaScript without returning to the event loop.
-    pub cpu_per_turn: Duration,
-    /// Most bytes of V8 heap (objects, strings, code) an isolate may use.
-    pub heap_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            cpu_per_turn: Duration::from_secs(1),
-            heap_bytes: 128 << 20,
-        }
-    }
-}
+/// Turns longer than this (wall time) are measured on the thread's CPU clock.
+const LONG_TURN: Duration = Duration::from_millis(1);
 
 /// Which limit an isolate broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Breach {
     Cpu,
-    Heap,
+    Memory,
 }
 
 /// One isolate as the watchdog sees it.
 pub struct Watched {
     handle: v8::IsolateHandle,
-    limit: Duration,
-    heap_limit: usize,
-    /// Nanoseconds since [`epoch`] when the current turn started; 0 while idle.
+    /// The CPU clock of the worker thread the isolate lives on.
+    clock: Option<libc::clockid_t>,
+    cpu_limit: Duration,
+    memory_limit: u64,
+    /// Wall nanoseconds since [`epoch`] when the current turn started; 0 while idle.
     busy_since: AtomicU64,
+    /// Nanoseconds of CPU the current turn may use.
+    budget: AtomicU64,
+    /// The thread's CPU clock at the start of the current turn, once the watchdog measured
+    /// it (long turns only); 0 otherwise.
+    cpu_at_start: AtomicU64,
     cpu_breached: AtomicBool,
-    heap_breached: AtomicBool,
+    memory_breached: AtomicBool,
 }
 
 impl Watched {
-    /// Registers an isolate with the watchdog for as long as the returned value lives.
-    pub fn register(handle: v8::IsolateHandle, limits: &Limits) -> Arc<Watched> {
+    /// Registers an isolate of the calling thread with the watchdog for as long as the
+    /// returned value lives.
+    pub fn register(
+        handle: v8::IsolateHandle,
+        cpu_limit: Duration,
+        memory_limit: u64,
+    ) -> Arc<Watched> {
         let watched = Arc::new(Watched {
             handle,
-            limit: limits.cpu_per_turn,
-            heap_limit: limits.heap_bytes,
+            clock: own_cpu_clock(),
+            cpu_limit,
+            memory_limit,
             busy_since: AtomicU64::new(0),
+            budget: AtomicU64::new(u64::MAX),
+            cpu_at_start: AtomicU64::new(0),
             cpu_breached: AtomicBool::new(false),
-            heap_breached: AtomicBool::new(false),
+            memory_breached: AtomicBool::new(false),
         });
-        watchdog().add(&watched);
+        if let Ok(watchdog) = watchdog() {
+            watchdog.add(&watched);
+        }
         watched
     }
 
-    /// The CPU limit per turn.
+    /// The CPU limit per request.
     pub fn cpu_limit(&self) -> Duration {
-        self.limit
+        self.cpu_limit
     }
 
-    /// The heap limit in bytes.
-    pub fn heap_limit(&self) -> usize {
-        self.heap_limit
+    /// The memory limit in bytes.
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit
     }
 
-    /// Marks a turn of JavaScript as running until the guard is dropped.
-    pub fn turn(&self) -> Turn<'_> {
-        let now = nanos_since_epoch().max(1);
-        self.busy_since.store(now, Ordering::Release);
-        Turn(self)
+    /// Marks a turn of JavaScript that may use `budget` of CPU, until [`Turn::end`] or drop.
+    pub fn turn(&self, budget: Duration) -> Turn<'_> {
+        self.cpu_at_start.store(0, Ordering::Release);
+        self.budget.store(
+            budget.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Release,
+        );
+        let start = Instant::now();
+        self.busy_since
+            .store(nanos_between(epoch(), start).max(1), Ordering::Release);
+        Turn {
+            watched: self,
+            start,
+            ended: false,
+        }
     }
 
-    /// Called from V8's near-heap-limit callback: stops the running script.
-    pub fn breach_heap(&self) {
-        self.heap_breached.store(true, Ordering::Release);
+    /// Called from V8's near-heap-limit callback, or when memory outgrew the limit: stops the
+    /// running script.
+    pub fn breach_memory(&self) {
+        self.memory_breached.store(true, Ordering::Release);
         self.handle.terminate_execution();
     }
 
     /// The limit this isolate broke, if any.
     pub fn breach(&self) -> Option<Breach> {
-        if self.heap_breached.load(Ordering::Acquire) {
-            Some(Breach::Heap)
+        if self.memory_breached.load(Ordering::Acquire) {
+            Some(Breach::Memory)
         } else if self.cpu_breached.load(Ordering::Acquire) {
             Some(Breach::Cpu)
         } else {
@@ -100,26 +118,103 @@ impl Watched {
         }
     }
 
-    /// Terminates the isolate if its current turn ran past the limit.
+    /// Terminates the isolate if its current turn ran past its budget.
     fn check(&self, now: u64) {
         let since = self.busy_since.load(Ordering::Acquire);
         if since == 0 || self.cpu_breached.load(Ordering::Acquire) {
             return;
         }
-        if now.saturating_sub(since) > self.limit.as_nanos() as u64 {
+        let wall = now.saturating_sub(since);
+        let used = if wall > LONG_TURN.as_nanos() as u64 {
+            match self.clock.and_then(cpu_now) {
+                Some(cpu) => {
+                    let mut start = self.cpu_at_start.load(Ordering::Acquire);
+                    if start == 0 {
+                        // The turn has run since `since`; assume it was on the CPU throughout
+                        // (an overestimate of at most one watchdog period).
+                        let estimate = cpu.saturating_sub(wall).max(1);
+                        let _ = self.cpu_at_start.compare_exchange(
+                            0,
+                            estimate,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                        if self.busy_since.load(Ordering::Acquire) != since {
+                            // The turn ended meanwhile: the estimate belongs to no turn.
+                            let _ = self.cpu_at_start.compare_exchange(
+                                estimate,
+                                0,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            );
+                            return;
+                        }
+                        start = estimate;
+                    }
+                    cpu.saturating_sub(start)
+                }
+                None => wall,
+            }
+        } else {
+            wall
+        };
+        if used > self.budget.load(Ordering::Acquire) {
             self.cpu_breached.store(true, Ordering::Release);
             self.handle.terminate_execution();
         }
     }
 }
 
-/// A running turn; ends when dropped.
-pub struct Turn<'a>(&'a Watched);
+/// A running turn.
+pub struct Turn<'a> {
+    watched: &'a Watched,
+    start: Instant,
+    ended: bool,
+}
+
+impl Turn<'_> {
+    /// Ends the turn and returns the CPU time to charge for it.
+    pub fn end(mut self) -> Duration {
+        self.ended = true;
+        let wall = self.start.elapsed();
+        let watched = self.watched;
+        let charge = match watched.cpu_at_start.load(Ordering::Acquire) {
+            0 => wall,
+            start => watched
+                .clock
+                .and_then(cpu_now)
+                .map_or(wall, |cpu| Duration::from_nanos(cpu.saturating_sub(start))),
+        };
+        watched.busy_since.store(0, Ordering::Release);
+        charge
+    }
+}
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self.0.busy_since.store(0, Ordering::Release);
+        if !self.ended {
+            self.watched.busy_since.store(0, Ordering::Release);
+        }
     }
+}
+
+/// The calling thread's CPU clock.
+fn own_cpu_clock() -> Option<libc::clockid_t> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `pthread_self` is the calling thread, alive; `clock` is a valid out pointer.
+    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    (rc == 0).then_some(clock)
+}
+
+/// Nanoseconds on `clock`, or `None` if it cannot be read (its thread is gone).
+fn cpu_now(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out pointer; an invalid clock makes the call fail, not UB.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 fn epoch() -> Instant {
@@ -127,8 +222,8 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn nanos_since_epoch() -> u64 {
-    epoch().elapsed().as_nanos() as u64
+fn nanos_between(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_nanos() as u64
 }
 
 /// The process's one watchdog thread, started on first use.
@@ -145,13 +240,13 @@ impl Watchdog {
 
     fn run(&self) {
         loop {
-            let now = nanos_since_epoch();
+            let now = nanos_between(epoch(), Instant::now());
             let mut shortest = Duration::from_millis(50);
             if let Ok(mut list) = self.watched.lock() {
                 list.retain(|weak| match weak.upgrade() {
                     Some(watched) => {
                         watched.check(now);
-                        shortest = shortest.min(watched.limit);
+                        shortest = shortest.min(watched.cpu_limit);
                         true
                     }
                     None => false,
@@ -165,19 +260,32 @@ impl Watchdog {
     }
 }
 
-fn watchdog() -> &'static Watchdog {
-    static WATCHDOG: OnceLock<&'static Watchdog> = OnceLock::new();
-    WATCHDOG.get_or_init(|| {
+/// The watchdog thread could not be started: tenant code must not run.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchdogDown;
+
+/// Starts the watchdog if it is not running; fails if it cannot run.
+pub fn ensure_watchdog() -> Result<(), WatchdogDown> {
+    watchdog().map(|_| ())
+}
+
+fn watchdog() -> Result<&'static Watchdog, WatchdogDown> {
+    static WATCHDOG: OnceLock<Option<&'static Watchdog>> = OnceLock::new();
+    let started = WATCHDOG.get_or_init(|| {
         epoch();
         let watchdog: &'static Watchdog = Box::leak(Box::new(Watchdog {
             watched: Mutex::new(Vec::new()),
         }));
-        let spawned = std::thread::Builder::new()
+        match std::thread::Builder::new()
             .name("outpost-watchdog".into())
-            .spawn(move || watchdog.run());
-        if let Err(e) = spawned {
-            tracing::error!("the CPU-limit watchdog could not start: {e}");
+            .spawn(move || watchdog.run())
+        {
+            Ok(_) => Some(watchdog),
+            Err(e) => {
+                tracing::error!("the CPU-limit watchdog could not start: {e}");
+                None
+            }
         }
-        watchdog
-    })
+    });
+    started.ok_or(WatchdogDown)
 }

@@ -4,6 +4,7 @@
 //! `.wasm` → `WebAssembly.Module`, `.json` → value, text files → string, `.bin` → ArrayBuffer.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use deno_core::{
@@ -26,14 +27,17 @@ pub fn specifier_of(path: &str) -> Result<ModuleSpecifier, JsErrorBox> {
         .map_err(|e| JsErrorBox::type_error(format!("invalid module path {path:?}: {e}")))
 }
 
-/// Serves imports from one bundle.
+/// Serves imports from one bundle, once it is given one (a spare runtime is made with a
+/// loader that has none yet, and refuses every import until then).
+#[derive(Default)]
 pub struct BundleLoader {
-    bundle: Arc<Bundle>,
+    bundle: RefCell<Option<Arc<Bundle>>>,
 }
 
 impl BundleLoader {
-    pub fn new(bundle: Arc<Bundle>) -> Self {
-        BundleLoader { bundle }
+    /// Gives the loader the bundle it serves from now on.
+    pub fn assign(&self, bundle: Arc<Bundle>) {
+        *self.bundle.borrow_mut() = Some(bundle);
     }
 }
 
@@ -87,7 +91,12 @@ impl BundleLoader {
                 JsErrorBox::type_error(format!("module {specifier} is not part of the app"))
             })?;
         let path = percent_decode(path);
-        let module = self.bundle.modules.get(path.as_str()).ok_or_else(|| {
+        let bundle = self
+            .bundle
+            .borrow()
+            .clone()
+            .ok_or_else(|| JsErrorBox::type_error("no app is loaded in this isolate"))?;
+        let module = bundle.modules.get(path.as_str()).ok_or_else(|| {
             JsErrorBox::type_error(format!(
                 "module {path:?} was not found in the app (imported as {specifier})"
             ))

@@ -1,0 +1,66 @@
+//! The admin listener: what an operator (or a test) asks a node about itself, on a separate
+//! address from tenant traffic.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/healthz` | `200 ok` while the process serves |
+//! | `/isolates` | the scheduler's counters and every live instance, as JSON ([`PoolStats`]) |
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use outpost_pool::{Pool, PoolStats};
+use tokio::net::TcpListener;
+
+/// Serves the admin endpoints on `listener` until the task is dropped.
+pub async fn serve_admin(listener: TcpListener, pool: Arc<Pool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let pool = pool.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&request, &pool)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(request: &Request<Incoming>, pool: &Pool) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/isolates" => {
+            let stats: PoolStats = pool.stats();
+            match serde_json::to_vec_pretty(&stats) {
+                Ok(json) => {
+                    let mut response = Response::new(Full::new(Bytes::from(json)));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    response
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+}

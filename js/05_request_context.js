@@ -1,0 +1,111 @@
+// @ts-check
+// Which incoming request the running code works for, carried across `await`, promise jobs
+// and timers by V8's continuation-preserved data (nothing else in an Outpost isolate uses
+// it). Outbound `fetch` counts against that request's subrequest limit and is refused where
+// no request is being handled.
+import { core, primordials } from "ext:core/mod.js";
+
+const {
+
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  PromiseReject,
+  ReflectApply,
+  StringPrototypeIncludes,
+  TypeError,
+} = primordials;
+const { getAsyncContext, setAsyncContext } = core;
+
+/** Outbound fetches one request may make (set per isolate by `initInstance`). */
+let maxSubrequests = 50;
+
+/** @param {number} limit */
+export function setSubrequestLimit(limit) {
+  maxSubrequests = limit;
+}
+
+/** What is known of the request a piece of code works for. */
+class RequestRecord {
+  constructor() {
+    this.subrequests = 0;
+  }
+}
+
+/**
+ * Runs `fn` as part of a new request: everything it schedules (promise reactions, timers)
+ * keeps that request's record.
+ * @template T
+ * @param {() => T} fn
+ * @returns {T}
+ */
+export function runInRequest(fn) {
+  const outer = getAsyncContext();
+  setAsyncContext(new RequestRecord());
+  try {
+    return fn();
+  } finally {
+    setAsyncContext(outer);
+  }
+}
+
+const BLOCKED = "outbound requests to loopback, private, link-local and cloud-metadata " +
+  "addresses are not allowed from this node";
+
+/**
+ * Says why a fetch was refused by the node's egress policy, in words a tenant understands.
+ * @param {any} error
+ * @returns {any}
+ */
+function explainEgress(error) {
+  const denied = (/** @type {any} */ e) =>
+    e !== null && typeof e === "object" &&
+    (e.name === "NotCapable" ||
+      (typeof e.message === "string" && StringPrototypeIncludes(e.message, "Requires net access")));
+  if (denied(error) || denied(error?.cause)) {
+    const detail = denied(error) ? error.message : error.cause.message;
+    const host = /Requires net access to "([^"]*)"/.exec(detail)?.[1] ?? "that address";
+    return new TypeError(`fetch to ${host} was refused: ${BLOCKED}`, { cause: error });
+  }
+  return error;
+}
+
+/**
+ * `fetch`, counted against the current request's subrequest limit.
+ * @param {(input: any, init?: any) => Promise<any>} inner deno_fetch's fetch
+ */
+export function countedFetch(inner) {
+  /**
+   * @param {any} input
+   * @param {any} [init]
+   */
+  function fetch(input, init = undefined) {
+    const record = getAsyncContext();
+    if (!ObjectPrototypeIsPrototypeOf(RequestRecord.prototype, record)) {
+      return PromiseReject(
+        new TypeError(
+          "fetch() can only be called while handling a request (not at module top level, " +
+            "nor from work scheduled there)",
+        ),
+      );
+    }
+    if (record.subrequests >= maxSubrequests) {
+      return PromiseReject(
+        new TypeError(
+          `too many subrequests: a request may make at most ${maxSubrequests} fetch() calls ` +
+            "(limits.subrequests)",
+        ),
+      );
+    }
+    record.subrequests++;
+    return PromisePrototypeThen(
+      ReflectApply(inner, this, arguments),
+      undefined,
+      (/** @type {any} */ error) => {
+        throw explainEgress(error);
+      },
+    );
+  }
+  return fetch;
+}
+
+

@@ -1,0 +1,64 @@
+//! Entering an isolate around every use. Several isolates share a worker thread, so none is
+//! left entered: V8 requires the isolate in use to be the thread's current one, and
+//! isolates to be exited in reverse order of entry.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use deno_core::v8;
+
+use crate::limits::Watched;
+
+/// Enters an isolate for as long as it lives.
+pub struct EnterGuard(v8::UnsafeRawIsolatePtr);
+
+impl EnterGuard {
+    pub fn new(raw: v8::UnsafeRawIsolatePtr) -> Self {
+        // SAFETY: `raw` belongs to a runtime owned by the caller, alive on this thread for
+        // the guard's lifetime; entering is balanced by `exit` in `drop`.
+        unsafe { v8::Isolate::from_raw_isolate_ptr(raw).enter() };
+        EnterGuard(raw)
+    }
+}
+
+impl Drop for EnterGuard {
+    fn drop(&mut self) {
+        // SAFETY: balances the `enter` of `new`, on the same thread.
+        unsafe { v8::Isolate::from_raw_isolate_ptr(self.0).exit() };
+    }
+}
+
+/// A future polled with its isolate entered; each poll is a turn the CPU limit watches
+/// (with the whole per-request limit as its budget: no request is in flight while loading).
+pub struct Entered<F> {
+    raw: v8::UnsafeRawIsolatePtr,
+    watched: Arc<Watched>,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Entered<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = EnterGuard::new(this.raw);
+        let turn = this.watched.turn(this.watched.cpu_limit());
+        let polled = this.inner.as_mut().poll(cx);
+        turn.end();
+        polled
+    }
+}
+
+pub fn entered<F: Future>(
+    raw: v8::UnsafeRawIsolatePtr,
+    watched: &Arc<Watched>,
+    inner: F,
+) -> Entered<F> {
+    Entered {
+        raw,
+        watched: watched.clone(),
+        inner: Box::pin(inner),
+    }
+}

@@ -1,0 +1,186 @@
+//! One request's crossing of the isolate boundary: its arguments for `js/20_dispatch.js`
+//! on the way in, and on the way out the responder that turns what the handler produced
+//! into an HTTP response (with `Server-Timing` when the node asks for it).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deno_core::{v8, CancelHandle, ResourceId};
+use http_body_util::{BodyExt, Empty, Full};
+use outpost_pool::{Body, DispatchError, InstanceHandle};
+use tokio::sync::oneshot;
+
+use crate::body::stream_response;
+use crate::extensions::{self, ConsoleSink, FailureKind, OutBody, Outcome, Timing};
+
+/// What the node adds to every response.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseOptions {
+    /// Adds `Server-Timing: cpu;dur=…, wall;dur=…` (and `cold` for an isolate's first
+    /// request).
+    pub server_timing: bool,
+}
+
+/// What happens when a request is finished (its response body ended, failed or was never
+/// made): the instance's count of requests drops, a serve loop waiting at its concurrency
+/// wakes, and the request body's resource is closed on the next turn. Runs when dropped, so
+/// it happens exactly once whichever way the request ends.
+pub struct Finish {
+    pub handle: Arc<InstanceHandle>,
+    pub parked: Rc<Cell<Option<Waker>>>,
+    pub body_rid: Option<ResourceId>,
+    pub finished_bodies: Rc<RefCell<Vec<ResourceId>>>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if let Some(rid) = self.body_rid {
+            self.finished_bodies.borrow_mut().push(rid);
+        }
+        self.handle.request_finished();
+        if let Some(waker) = self.parked.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// The arguments of `dispatch(id, method, url, headers, bodyRid)`.
+pub fn request_args<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    id: u32,
+    parts: &http::request::Parts,
+    body_rid: Option<ResourceId>,
+) -> [v8::Local<'s, v8::Value>; 5] {
+    let id = v8::Integer::new_from_unsigned(scope, id).into();
+    let method = one_byte(scope, parts.method.as_str().as_bytes());
+    let url = one_byte(scope, absolute_url(&parts.uri).as_bytes());
+    let mut flat = Vec::with_capacity(parts.headers.len() * 2);
+    for (name, value) in &parts.headers {
+        flat.push(one_byte(scope, name.as_str().as_bytes()));
+        flat.push(one_byte(scope, value.as_bytes()));
+    }
+    let headers = v8::Array::new_with_elements(scope, &flat).into();
+    let rid = match body_rid {
+        Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
+        None => v8::null(scope).into(),
+    };
+    [id, method, url, headers, rid]
+}
+
+/// `scheme://authority/path?query` of an absolute URI, without the formatting machinery.
+fn absolute_url(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + path.len());
+    url.push_str(scheme);
+    url.push_str("://");
+    url.push_str(authority);
+    url.push_str(path);
+    url
+}
+
+/// A JS string of bytes read as Latin-1 (how the Fetch standard maps header bytes).
+fn one_byte<'s>(scope: &mut v8::PinScope<'s, '_>, bytes: &[u8]) -> v8::Local<'s, v8::Value> {
+    v8::String::new_from_one_byte(scope, bytes, v8::NewStringType::Normal)
+        .map(Into::into)
+        .unwrap_or_else(|| v8::String::empty(scope).into())
+}
+
+/// What to do with the outcome of one request: build the HTTP response (starting a stream
+/// pump if needed) and send it back to the dispatcher.
+pub fn responder(
+    reply: oneshot::Sender<Result<http::Response<Body>, DispatchError>>,
+    console: ConsoleSink,
+    finish: Finish,
+    options: ResponseOptions,
+    streams: Rc<CancelHandle>,
+    stream_idle: Duration,
+) -> extensions::Responder {
+    Box::new(move |outcome, timing| {
+        let result = match outcome {
+            Outcome::Response {
+                status,
+                headers,
+                body,
+            } => {
+                let body = match body {
+                    OutBody::Empty => {
+                        drop(finish);
+                        Empty::new().map_err(|never| match never {}).boxed_unsync()
+                    }
+                    OutBody::Bytes(bytes) => {
+                        drop(finish);
+                        Full::new(Bytes::from(bytes))
+                            .map_err(|never| match never {})
+                            .boxed_unsync()
+                    }
+                    OutBody::Stream(resource) => {
+                        stream_response(resource, finish, streams, stream_idle)
+                    }
+                };
+                let mut response = build_response(status, headers, body);
+                if options.server_timing {
+                    add_server_timing(&mut response, timing);
+                }
+                Ok(response)
+            }
+            Outcome::Failed { kind, message } => {
+                drop(finish);
+                console(3, &format!("{message}\n"));
+                Err(match kind {
+                    FailureKind::Exception => DispatchError::Exception(message),
+                    FailureKind::NotAResponse => DispatchError::BadResponse(message),
+                    FailureKind::Timeout => DispatchError::Timeout,
+                    FailureKind::LimitExceeded => DispatchError::LimitExceeded(message),
+                })
+            }
+        };
+        let _ = reply.send(result);
+    })
+}
+
+/// `Server-Timing: cpu;dur=0.042, wall;dur=0.120` (milliseconds), plus `cold` when the
+/// request was its isolate's first.
+fn add_server_timing(response: &mut http::Response<Body>, timing: Timing) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut value = format!(
+        "cpu;dur={:.3}, wall;dur={:.3}",
+        ms(timing.cpu),
+        ms(timing.wall)
+    );
+    if timing.cold {
+        value.push_str(", cold");
+    }
+    if let Ok(value) = http::HeaderValue::from_str(&value) {
+        response.headers_mut().append("server-timing", value);
+    }
+}
+fn build_response(
+    status: u16,
+    headers: Vec<(
+        deno_core::convert::ByteString,
+        deno_core::convert::ByteString,
+    )>,
+    body: Body,
+) -> http::Response<Body> {
+    let mut response = http::Response::new(body);
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let map = response.headers_mut();
+    map.reserve(headers.len());
+    for (name, value) in headers {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&name),
+            http::HeaderValue::from_bytes(&value),
+        ) else {
+            continue;
+        };
+        map.append(name, value);
+    }
+    response
+}

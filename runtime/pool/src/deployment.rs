@@ -1,0 +1,302 @@
+//! A deployment (one app version) and where its requests go: to a live instance on the
+//! caller's worker if there is one, else to the least busy live instance, else to a new
+//! instance started for it.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use outpost_bundle::{Bundle, Limits};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::handle::InstanceHandle;
+use crate::pool::{current_worker, Shared as PoolShared};
+use crate::{Body, DispatchError, InstanceSpec, Job};
+
+/// A started instance as dispatch sees it.
+pub(crate) struct Live {
+    pub(crate) jobs: mpsc::Sender<Job>,
+    pub(crate) handle: Arc<InstanceHandle>,
+}
+
+type Starting = Shared<BoxFuture<'static, Result<Arc<Live>, DispatchError>>>;
+
+/// The deployment's place on one worker: its live instance there, or the start under way.
+#[derive(Default)]
+struct Slot {
+    live: ArcSwapOption<Live>,
+    starting: Mutex<Option<Starting>>,
+}
+
+impl Slot {
+    /// The live instance, if it takes requests; forgets one that stopped.
+    fn usable(&self) -> Option<Arc<Live>> {
+        let live = self.live.load_full()?;
+        if live.handle.accepting() && !live.jobs.is_closed() {
+            return Some(live);
+        }
+        self.live.compare_and_swap(&Some(live), None);
+        None
+    }
+}
+
+/// The longest a failing app waits between start attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+struct Inner {
+    pool: Arc<PoolShared>,
+    bundle: Arc<Bundle>,
+    limits: Limits,
+    label: String,
+    /// One per worker.
+    slots: Box<[Slot]>,
+    /// Start failures in a row, and until when (ms since `born`) no start is tried.
+    failures: AtomicU32,
+    retry_at_ms: AtomicU64,
+    last_error: Mutex<String>,
+    born: Instant,
+}
+
+/// An app version the pool can run. Cheap to clone; dropping the last clone stops its
+/// instances once they have answered what they hold.
+#[derive(Clone)]
+pub struct Deployment {
+    inner: Arc<Inner>,
+}
+
+impl Deployment {
+    pub(crate) fn new(pool: Arc<PoolShared>, bundle: Arc<Bundle>, limits: Limits) -> Self {
+        let slots = (0..pool.config.workers).map(|_| Slot::default()).collect();
+        Deployment {
+            inner: Arc::new(Inner {
+                label: bundle.label(),
+                pool,
+                bundle,
+                limits,
+                slots,
+                failures: AtomicU32::new(0),
+                retry_at_ms: AtomicU64::new(0),
+                last_error: Mutex::new(String::new()),
+                born: Instant::now(),
+            }),
+        }
+    }
+
+    /// The bundle this deployment runs.
+    pub fn bundle(&self) -> &Arc<Bundle> {
+        &self.inner.bundle
+    }
+
+    /// The limits its requests and instances run within.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// How many of its instances take requests now.
+    pub fn live_instances(&self) -> usize {
+        self.inner
+            .slots
+            .iter()
+            .filter(|s| s.usable().is_some())
+            .count()
+    }
+
+    /// Sends `request` to an instance and waits for its response. An instance that has not
+    /// started the response by `deadline` answers `Timeout`.
+    pub async fn dispatch(
+        &self,
+        request: http::Request<Body>,
+        deadline: Instant,
+    ) -> Result<http::Response<Body>, DispatchError> {
+        let inner = &self.inner;
+        let workers = inner.slots.len();
+        let here = current_worker(inner.pool.id);
+        let first = here.unwrap_or_else(|| inner.pool.next.fetch_add(1, Ordering::Relaxed));
+        let (reply, response) = oneshot::channel();
+        let mut job = Job {
+            request,
+            deadline,
+            reply,
+        };
+        // The instance on this worker if it has room and is not busy; else the least busy.
+        let mut candidates: Vec<(usize, Arc<Live>)> = Vec::with_capacity(workers);
+        for offset in 0..workers {
+            let index = (first + offset) % workers;
+            if let Some(live) = inner.slots[index].usable() {
+                candidates.push((index, live));
+            }
+        }
+        let scale_at = inner.pool.config.scale_out_at;
+        if let Some(pos) = candidates
+            .iter()
+            .enumerate()
+            .min_by_key(|(pos, (_, live))| {
+                (
+                    live.handle.in_flight() >= scale_at,
+                    live.handle.in_flight(),
+                    *pos,
+                )
+            })
+            .map(|(pos, _)| pos)
+        {
+            candidates.swap(0, pos);
+        }
+        let busy = candidates
+            .first()
+            .is_none_or(|(_, live)| live.handle.in_flight() >= scale_at);
+        if busy && !candidates.is_empty() {
+            self.scale_out(&candidates, first, deadline);
+        }
+        for (index, live) in &candidates {
+            match live.jobs.try_send(job) {
+                Ok(()) => return wait(response).await,
+                Err(mpsc::error::TrySendError::Full(back)) => job = back,
+                Err(mpsc::error::TrySendError::Closed(back)) => {
+                    inner.slots[*index]
+                        .live
+                        .compare_and_swap(&Some(live.clone()), None);
+                    job = back;
+                }
+            }
+        }
+        // No instance could take it: start one here (or on the next worker) and wait for it,
+        // unless every worker already runs one and all are full.
+        let target = (0..workers)
+            .map(|offset| (first + offset) % workers)
+            .find(|index| !candidates.iter().any(|(i, _)| i == index));
+        let Some(target) = target else {
+            return Err(DispatchError::Overloaded);
+        };
+        let live = self.start_on(target, deadline).await?;
+        match live.jobs.try_send(job) {
+            Ok(()) => wait(response).await,
+            Err(mpsc::error::TrySendError::Full(_)) => Err(DispatchError::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DispatchError::InstanceGone(
+                "it stopped as soon as it started".into(),
+            )),
+        }
+    }
+
+    /// Starts one more instance, on a worker without one, when the app may have more; does
+    /// not wait for it.
+    fn scale_out(&self, live: &[(usize, Arc<Live>)], first: usize, deadline: Instant) {
+        let inner = &self.inner;
+        if live.len() >= inner.pool.config.max_instances_per_app {
+            return;
+        }
+        let workers = inner.slots.len();
+        let target = (0..workers)
+            .map(|offset| (first + offset) % workers)
+            .find(|index| !live.iter().any(|(i, _)| i == index));
+        if let Some(target) = target {
+            drop(self.starting(target, deadline));
+        }
+    }
+
+    /// Starts an instance on `worker` unless one is live or starting there, and waits for it.
+    pub(crate) async fn start_on(
+        &self,
+        worker: usize,
+        deadline: Instant,
+    ) -> Result<Arc<Live>, DispatchError> {
+        let slot = &self.inner.slots[worker];
+        if let Some(live) = slot.usable() {
+            return Ok(live);
+        }
+        let live = self.starting(worker, deadline)?.await?;
+        // The start's own task records it too, maybe later than this caller gets here.
+        slot.live.store(Some(live.clone()));
+        Ok(live)
+    }
+
+    /// The start under way on `worker`, beginning one if there is none. The start runs as
+    /// its own task, so it completes (and its instance is recorded) even if the caller goes
+    /// away.
+    fn starting(&self, worker: usize, deadline: Instant) -> Result<Starting, DispatchError> {
+        let inner = &self.inner;
+        let now_ms = inner.born.elapsed().as_millis() as u64;
+        if inner.failures.load(Ordering::Acquire) > 0
+            && now_ms < inner.retry_at_ms.load(Ordering::Acquire)
+        {
+            let error = inner
+                .last_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default();
+            return Err(DispatchError::LoadFailed(error));
+        }
+        let slot = &inner.slots[worker];
+        let mut starting = slot
+            .starting
+            .lock()
+            .map_err(|_| DispatchError::InstanceGone("scheduler state poisoned".into()))?;
+        if let Some(start) = starting.as_ref() {
+            return Ok(start.clone());
+        }
+        let spec = InstanceSpec {
+            bundle: inner.bundle.clone(),
+            limits: inner.limits.clone(),
+            handle: Arc::new(InstanceHandle::new(inner.label.clone(), worker)),
+        };
+        let pool = inner.pool.clone();
+        let start: Starting = async move {
+            pool.start_instance(worker, spec, deadline)
+                .await
+                .map(Arc::new)
+        }
+        .boxed()
+        .shared();
+        *starting = Some(start.clone());
+        let weak = Arc::downgrade(inner);
+        let task = start.clone();
+        tokio::spawn(async move {
+            let result = task.await;
+            if let Some(inner) = Weak::upgrade(&weak) {
+                inner.started(worker, result);
+            }
+        });
+        Ok(start)
+    }
+}
+
+impl Inner {
+    /// Records how a start on `worker` ended.
+    fn started(&self, worker: usize, result: Result<Arc<Live>, DispatchError>) {
+        let slot = &self.slots[worker];
+        match result {
+            Ok(live) => {
+                slot.live.store(Some(live));
+                self.failures.store(0, Ordering::Release);
+            }
+            Err(DispatchError::LoadFailed(message)) => {
+                let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+                let backoff = self
+                    .pool
+                    .config
+                    .restart_backoff
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(MAX_BACKOFF);
+                let retry_at = self.born.elapsed() + backoff;
+                self.retry_at_ms
+                    .store(retry_at.as_millis() as u64, Ordering::Release);
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = message;
+                }
+            }
+            Err(_) => {}
+        }
+        if let Ok(mut starting) = slot.starting.lock() {
+            *starting = None;
+        }
+    }
+}
+
+async fn wait(
+    response: oneshot::Receiver<Result<http::Response<Body>, DispatchError>>,
+) -> Result<http::Response<Body>, DispatchError> {
+    response
+        .await
+        .unwrap_or_else(|_| Err(DispatchError::InstanceGone("it dropped the request".into())))
+}
