@@ -17,6 +17,8 @@ pub struct Node {
     pub url: String,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Directories that must live as long as the node.
+    kept: Vec<tempfile::TempDir>,
 }
 
 /// The repository's examples directory.
@@ -55,6 +57,7 @@ impl Node {
             url: String::new(),
             stdout,
             stderr,
+            kept: Vec::new(),
         };
         let line = node.wait_for_stdout("listening on http://", START_TIMEOUT);
         let url = line
@@ -70,6 +73,16 @@ impl Node {
     /// Starts a node for one of the repository's examples.
     pub fn example(name: &str) -> Node {
         Node::start(&examples().join(name), &[])
+    }
+
+    /// Keeps `dir` until the node is dropped.
+    pub fn keep(&mut self, dir: tempfile::TempDir) {
+        self.kept.push(dir);
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {

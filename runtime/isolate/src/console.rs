@@ -88,11 +88,36 @@ pub fn terminal_console(name: &str) -> ConsoleSink {
         } else {
             Stream::Stdout
         };
-        match writer.queue.try_send((stream, out)) {
+        writer.offer(stream, out);
+    })
+}
+
+impl Writer {
+    /// Queues a line for the terminal, or drops and counts it when the queue is full.
+    fn offer(&self, stream: Stream, text: String) {
+        match self.queue.try_send((stream, text)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                writer.dropped.fetch_add(1, Ordering::AcqRel);
+                self.dropped.fetch_add(1, Ordering::AcqRel);
             }
         }
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (queue, _lines) = sync_channel(2);
+        let writer = Writer {
+            queue,
+            dropped: AtomicU64::new(0),
+        };
+        for i in 0..5 {
+            writer.offer(Stream::Stdout, format!("line {i}\n"));
+        }
+        assert_eq!(writer.dropped.load(Ordering::Acquire), 3);
+    }
 }

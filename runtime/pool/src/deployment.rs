@@ -21,6 +21,14 @@ pub(crate) struct Live {
     pub(crate) handle: Arc<InstanceHandle>,
 }
 
+impl Live {
+    /// Requests it holds: in flight, and waiting in its queue.
+    fn load(&self) -> u32 {
+        let queued = self.jobs.max_capacity() - self.jobs.capacity();
+        self.handle.in_flight() + queued as u32
+    }
+}
+
 type Starting = Shared<BoxFuture<'static, Result<Arc<Live>, DispatchError>>>;
 
 /// The deployment's place on one worker: its live instance there, or the start under way.
@@ -41,6 +49,22 @@ impl Slot {
         None
     }
 }
+
+/// Why an instance starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// For a request waiting for it: kept from eviction until that request reaches it.
+    Request,
+    /// To have it ready (a deploy's check, a busy app's next instance).
+    Spare,
+}
+
+/// How long a new instance waits for the request it was started for before it may be
+/// evicted.
+const RESERVATION: Duration = Duration::from_secs(2);
+
+/// Starts one request may try when the instances started for it are evicted at once.
+const START_ATTEMPTS: usize = 3;
 
 /// The longest a failing app waits between start attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -133,11 +157,8 @@ impl Deployment {
             .iter()
             .enumerate()
             .min_by_key(|(pos, (_, live))| {
-                (
-                    live.handle.in_flight() >= scale_at,
-                    live.handle.in_flight(),
-                    *pos,
-                )
+                let load = live.load();
+                (load >= scale_at, load, *pos)
             })
             .map(|(pos, _)| pos)
         {
@@ -145,7 +166,7 @@ impl Deployment {
         }
         let busy = candidates
             .first()
-            .is_none_or(|(_, live)| live.handle.in_flight() >= scale_at);
+            .is_none_or(|(_, live)| live.load() >= scale_at);
         if busy && !candidates.is_empty() {
             self.scale_out(&candidates, first, deadline);
         }
@@ -169,14 +190,17 @@ impl Deployment {
         let Some(target) = target else {
             return Err(DispatchError::Overloaded);
         };
-        let live = self.start_on(target, deadline).await?;
-        match live.jobs.try_send(job) {
-            Ok(()) => wait(response).await,
-            Err(mpsc::error::TrySendError::Full(_)) => Err(DispatchError::Overloaded),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DispatchError::InstanceGone(
-                "it stopped as soon as it started".into(),
-            )),
+        // A new instance may be evicted (for another app's start) before this request
+        // reaches it: the request comes back, and another start is tried.
+        for _ in 0..START_ATTEMPTS {
+            let live = self.start_on(target, deadline, Purpose::Request).await?;
+            match live.jobs.try_send(job) {
+                Ok(()) => return wait(response).await,
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(DispatchError::Overloaded),
+                Err(mpsc::error::TrySendError::Closed(back)) => job = back,
+            }
         }
+        Err(DispatchError::Overloaded)
     }
 
     /// Starts one more instance, on a worker without one, when the app may have more; does
@@ -191,7 +215,7 @@ impl Deployment {
             .map(|offset| (first + offset) % workers)
             .find(|index| !live.iter().any(|(i, _)| i == index));
         if let Some(target) = target {
-            drop(self.starting(target, deadline));
+            drop(self.starting(target, deadline, Purpose::Spare));
         }
     }
 
@@ -200,12 +224,13 @@ impl Deployment {
         &self,
         worker: usize,
         deadline: Instant,
+        purpose: Purpose,
     ) -> Result<Arc<Live>, DispatchError> {
         let slot = &self.inner.slots[worker];
         if let Some(live) = slot.usable() {
             return Ok(live);
         }
-        let live = self.starting(worker, deadline)?.await?;
+        let live = self.starting(worker, deadline, purpose)?.await?;
         // The start's own task records it too, maybe later than this caller gets here.
         slot.live.store(Some(live.clone()));
         Ok(live)
@@ -214,7 +239,12 @@ impl Deployment {
     /// The start under way on `worker`, beginning one if there is none. The start runs as
     /// its own task, so it completes (and its instance is recorded) even if the caller goes
     /// away.
-    fn starting(&self, worker: usize, deadline: Instant) -> Result<Starting, DispatchError> {
+    fn starting(
+        &self,
+        worker: usize,
+        deadline: Instant,
+        purpose: Purpose,
+    ) -> Result<Starting, DispatchError> {
         let inner = &self.inner;
         let now_ms = inner.born.elapsed().as_millis() as u64;
         if inner.failures.load(Ordering::Acquire) > 0
@@ -235,10 +265,14 @@ impl Deployment {
         if let Some(start) = starting.as_ref() {
             return Ok(start.clone());
         }
+        let handle = Arc::new(InstanceHandle::new(inner.label.clone(), worker));
+        if purpose == Purpose::Request {
+            handle.reserve(RESERVATION);
+        }
         let spec = InstanceSpec {
             bundle: inner.bundle.clone(),
             limits: inner.limits.clone(),
-            handle: Arc::new(InstanceHandle::new(inner.label.clone(), worker)),
+            handle,
         };
         let pool = inner.pool.clone();
         let start: Starting = async move {

@@ -63,6 +63,9 @@ pub struct InstanceHandle {
     /// When it last started or finished a request, in ms since the process's epoch.
     last_active_ms: AtomicU64,
     evict: AtomicBool,
+    /// Until when (ms since the epoch) it is kept from eviction: a new instance waiting for
+    /// the request it was started for.
+    reserved_until_ms: AtomicU64,
     /// Set when an eviction is requested, so a parked serve loop wakes to see it.
     waker: AtomicWaker,
 }
@@ -89,8 +92,15 @@ impl InstanceHandle {
             served: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(now_ms()),
             evict: AtomicBool::new(false),
+            reserved_until_ms: AtomicU64::new(0),
             waker: AtomicWaker::new(),
         }
+    }
+
+    /// Keeps it from eviction for `time`, or until its first request starts.
+    pub fn reserve(&self, time: Duration) {
+        let until = now_ms() + time.as_millis() as u64;
+        self.reserved_until_ms.store(until, Ordering::Release);
     }
 
     pub fn label(&self) -> &str {
@@ -125,6 +135,7 @@ impl InstanceHandle {
     /// Engine: a request started. Returns whether it is the instance's first (a cold start).
     pub fn request_started(&self) -> bool {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.reserved_until_ms.store(0, Ordering::Release);
         self.last_active_ms.store(now_ms(), Ordering::Release);
         self.served.fetch_add(1, Ordering::AcqRel) == 0
     }
@@ -175,6 +186,7 @@ impl InstanceHandle {
             && !self.evict.load(Ordering::Acquire)
             && self.in_flight() == 0
             && self.wait_until() == 0
+            && now_ms() >= self.reserved_until_ms.load(Ordering::Acquire)
     }
 
     /// Pool: asks the instance to finish what it holds and stop.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use outpost_bundle::{Bundle, Limits};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::deployment::{Deployment, Live};
+use crate::deployment::{Deployment, Live, Purpose};
 use crate::handle::{EvictReason, InstanceHandle, InstanceStats};
 use crate::{DispatchError, Engine, InstanceSpec, Job, LoadError, LocalFuture};
 
@@ -67,6 +67,9 @@ pub(crate) enum Command {
 
 /// Commands a worker may have waiting; senders wait beyond that.
 const COMMAND_QUEUE: usize = 64;
+
+/// How often a start waiting for room in the budget looks again for an idle instance.
+const EVICTION_RETRY: Duration = Duration::from_millis(20);
 
 /// How often the scheduler looks for idle instances and memory over budget.
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
@@ -202,7 +205,7 @@ impl Pool {
         let worker = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.worker_count();
         let deadline = Instant::now() + Duration::from_secs(60);
         deployment
-            .start_on(worker, deadline)
+            .start_on(worker, deadline, Purpose::Spare)
             .await
             .map_err(|e| match e {
                 DispatchError::LoadFailed(message) => LoadError::new(message),
@@ -255,15 +258,20 @@ impl Shared {
         &self,
         deadline: Instant,
     ) -> Result<OwnedSemaphorePermit, DispatchError> {
-        let permit = match self.budget.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.evict_lru(EvictReason::Budget);
-                let acquire = self.budget.clone().acquire_owned();
-                match tokio::time::timeout_at(deadline.into(), acquire).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => return Err(DispatchError::Overloaded),
-                }
+        let permit = loop {
+            if let Ok(permit) = self.budget.clone().try_acquire_owned() {
+                break permit;
+            }
+            // Every instance may be busy now and idle a moment later: ask again while waiting.
+            self.evict_lru(EvictReason::Budget);
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(DispatchError::Overloaded);
+            }
+            let wait = (deadline - now).min(EVICTION_RETRY);
+            let acquire = self.budget.clone().acquire_owned();
+            if let Ok(Ok(permit)) = tokio::time::timeout(wait, acquire).await {
+                break permit;
             }
         };
         self.peak.fetch_max(self.live(), Ordering::Relaxed);
