@@ -11,7 +11,11 @@ const {
   PromisePrototypeThen,
   PromiseReject,
   ReflectApply,
+  RegExpPrototypeExec,
   StringPrototypeIncludes,
+  StringPrototypeStartsWith,
+  StringPrototypeToLowerCase,
+  StringPrototypeTrim,
   TypeError,
 } = primordials;
 const { getAsyncContext, setAsyncContext } = core;
@@ -52,21 +56,36 @@ const BLOCKED = "outbound requests to loopback, private, link-local and cloud-me
   "addresses are not allowed from this node";
 
 /**
- * Says why a fetch was refused by the node's egress policy, in words a tenant understands.
+ * Says why a fetch was refused by the node (its egress policy, or a scheme tenants may not
+ * fetch), in words a tenant understands.
  * @param {any} error
+ * @param {any} input what was passed to fetch
  * @returns {any}
  */
-function explainEgress(error) {
-  const denied = (/** @type {any} */ e) =>
-    e !== null && typeof e === "object" &&
-    (e.name === "NotCapable" ||
-      (typeof e.message === "string" && StringPrototypeIncludes(e.message, "Requires net access")));
-  if (denied(error) || denied(error?.cause)) {
-    const detail = denied(error) ? error.message : error.cause.message;
-    const host = /Requires net access to "([^"]*)"/.exec(detail)?.[1] ?? "that address";
-    return new TypeError(`fetch to ${host} was refused: ${BLOCKED}`, { cause: error });
+function explainRefusal(error, input) {
+  let url = "";
+  try {
+    url = typeof input === "string" ? input : String(input?.url ?? input);
+  } catch {
+    // An input that cannot be turned into text was not a file: URL.
   }
-  return error;
+  if (StringPrototypeStartsWith(StringPrototypeToLowerCase(StringPrototypeTrim(url)), "file:")) {
+    return new TypeError("fetch() cannot load file: URLs: apps have no file system access", {
+      cause: error,
+    });
+  }
+  const refusal = (/** @type {any} */ e) =>
+    e !== null && typeof e === "object" && typeof e.message === "string" &&
+      StringPrototypeIncludes(e.message, "Requires net access")
+      ? e.message
+      : null;
+  const detail = refusal(error) ?? refusal(error?.cause);
+  if (detail === null) {
+    return error;
+  }
+  const host = RegExpPrototypeExec(/Requires net access to "([^"]*)"/, detail)?.[1] ??
+    "that address";
+  return new TypeError(`fetch to ${host} was refused: ${BLOCKED}`, { cause: error });
 }
 
 /**
@@ -101,7 +120,7 @@ export function countedFetch(inner) {
       ReflectApply(inner, this, arguments),
       undefined,
       (/** @type {any} */ error) => {
-        throw explainEgress(error);
+        throw explainRefusal(error, input);
       },
     );
   }

@@ -22,14 +22,10 @@ async fn hello_over_http1_and_http2() {
 
 #[tokio::test]
 async fn hello_with_curl() {
-    if std::process::Command::new("curl")
+    std::process::Command::new("curl")
         .arg("--version")
         .output()
-        .is_err()
-    {
-        eprintln!("curl is not installed; skipping");
-        return;
-    }
+        .expect("this test needs curl (.ci/run installs it: apt-get install curl)");
     let node = Node::example("hello");
     for flags in [&["-s"][..], &["-s", "--http2-prior-knowledge"][..]] {
         let out = std::process::Command::new("curl")
@@ -167,7 +163,18 @@ async fn wasm_module_import() {
 
 #[tokio::test]
 async fn several_workers_each_serve_connections() {
-    let node = Node::start(&common::examples().join("hello"), &["--workers", "2"]);
+    let mut node = Node::start(
+        &common::examples().join("hello"),
+        &["--workers", "2", "--admin", "127.0.0.1:0"],
+    );
+    let admin = node.wait_for_stdout("admin on http://", Duration::from_secs(30));
+    let admin = admin
+        .split("admin on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_end_matches('/')
+        .to_string();
     let mut tasks = Vec::new();
     for _ in 0..16 {
         // A new client per request: a new connection, placed on the next worker.
@@ -179,4 +186,23 @@ async fn several_workers_each_serve_connections() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), "hello from the edge\n");
     }
+    let stats: Value = http1()
+        .get(format!("{admin}/isolates"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let per_worker: Vec<u64> = stats["tasks_per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        per_worker,
+        [8, 8],
+        "connections alternate between the workers: {stats}"
+    );
 }

@@ -60,6 +60,13 @@ async fn every_web_api_works_in_a_handler() {
     for name in EXPECTED {
         assert!(results.contains_key(*name), "check {name} did not run");
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = http1()
+        .get(node.url("/wait-until-result"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), "ran after the response");
     let line = node.wait_for_stdout("console-marker", Duration::from_secs(5));
     assert!(line.starts_with("[web-apis] console-marker"), "{line}");
     let line = node.wait_for_stderr("console-error-marker", Duration::from_secs(5));

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::blank::Blank;
 use crate::body::RequestBodyResource;
+use crate::code_cache::VersionCache;
 use crate::egress::{self, Egress};
 use crate::enter::{entered, EnterGuard};
 use crate::exchange::{self, Finish, ResponseOptions};
@@ -111,7 +112,8 @@ impl Instance {
         limits::ensure_watchdog().map_err(|WatchdogDown| {
             LoadError::new("the CPU-limit watchdog is not running; refusing to run tenant code")
         })?;
-        blank.loader.assign(tenant.bundle.clone());
+        let code = VersionCache::of(&tenant.bundle.id);
+        blank.loader.assign(tenant.bundle.clone(), code.clone());
         blank.budget.set_limit(tenant.limits.memory_bytes);
         let budget = blank.budget.clone();
         let raw = blank.raw();
@@ -119,6 +121,7 @@ impl Instance {
         let watched = {
             let _entered = EnterGuard::new(raw);
             state.install(&mut runtime.op_state().borrow_mut());
+            runtime.op_state().borrow_mut().put(code);
             runtime
                 .op_state()
                 .borrow_mut()

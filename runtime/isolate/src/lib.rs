@@ -10,6 +10,7 @@
 mod allocator;
 mod blank;
 mod body;
+mod code_cache;
 mod console;
 mod egress;
 mod enter;

@@ -5,15 +5,19 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use deno_core::{
-    v8, CustomModuleEvaluationKind, FastString, ModuleLoadOptions, ModuleLoadReferrer,
+    v8, CustomModuleEvaluationKind, FastString, JsRuntime, ModuleLoadOptions, ModuleLoadReferrer,
     ModuleLoadResponse, ModuleLoader, ModuleResolveResponse, ModuleSource, ModuleSourceCode,
-    ModuleSpecifier, ModuleType, RequestedModuleType, ResolutionKind,
+    ModuleSpecifier, ModuleType, RequestedModuleType, ResolutionKind, SourceCodeCacheInfo,
 };
 use deno_error::JsErrorBox;
 use outpost_bundle::{Bundle, ModuleKind};
+
+use crate::code_cache::VersionCache;
 
 /// The scheme and root of every module specifier.
 pub const MODULE_ROOT: &str = "file:///";
@@ -32,12 +36,14 @@ pub fn specifier_of(path: &str) -> Result<ModuleSpecifier, JsErrorBox> {
 #[derive(Default)]
 pub struct BundleLoader {
     bundle: RefCell<Option<Arc<Bundle>>>,
+    cache: RefCell<Option<Arc<VersionCache>>>,
 }
 
 impl BundleLoader {
-    /// Gives the loader the bundle it serves from now on.
-    pub fn assign(&self, bundle: Arc<Bundle>) {
+    /// Gives the loader the bundle it serves from now on, and its version's compiled code.
+    pub fn assign(&self, bundle: Arc<Bundle>, cache: Arc<VersionCache>) {
         *self.bundle.borrow_mut() = Some(bundle);
+        *self.cache.borrow_mut() = Some(cache);
     }
 }
 
@@ -74,6 +80,18 @@ impl ModuleLoader for BundleLoader {
         options: ModuleLoadOptions,
     ) -> ModuleLoadResponse {
         ModuleLoadResponse::Sync(self.source_of(specifier, &options.requested_module_type))
+    }
+
+    fn code_cache_ready(
+        &self,
+        specifier: ModuleSpecifier,
+        _hash: u64,
+        code_cache: &[u8],
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        if let Some(cache) = self.cache.borrow().as_ref() {
+            cache.set_js(specifier.as_str(), code_cache);
+        }
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -140,7 +158,20 @@ impl BundleLoader {
                 )))
             }
         };
-        Ok(ModuleSource::new(module_type, code, specifier, None))
+        // JavaScript compiles from V8's code cache when an isolate of this version made one.
+        let code_cache = match module_type {
+            ModuleType::JavaScript => Some(SourceCodeCacheInfo {
+                hash: 0,
+                data: self
+                    .cache
+                    .borrow()
+                    .as_ref()
+                    .and_then(|cache| cache.js(specifier.as_str()))
+                    .map(|data| Cow::Owned(data.to_vec())),
+            }),
+            _ => None,
+        };
+        Ok(ModuleSource::new(module_type, code, specifier, code_cache))
     }
 }
 
@@ -186,9 +217,28 @@ pub fn evaluate_custom_module(
     };
     let value: v8::Local<v8::Value> = match module_type.as_ref() {
         WASM_MODULE => {
+            let cache = JsRuntime::op_state_from(scope)
+                .try_borrow()
+                .ok()
+                .and_then(|state| state.try_borrow::<Arc<VersionCache>>().cloned());
+            let compiled = cache
+                .as_ref()
+                .and_then(|cache| cache.wasm(name.as_str()))
+                .and_then(|module| v8::WasmModuleObject::from_compiled_module(scope, &module));
+            if let Some(module) = compiled {
+                let value: v8::Local<v8::Value> = module.into();
+                return Ok(CustomModuleEvaluationKind::Synthetic(v8::Global::new(
+                    scope, value,
+                )));
+            }
             v8::tc_scope!(let tc, scope);
             match v8::WasmModuleObject::compile(tc, &bytes) {
-                Some(module) => module.into(),
+                Some(module) => {
+                    if let Some(cache) = &cache {
+                        cache.set_wasm(name.as_str(), module.get_compiled_module());
+                    }
+                    module.into()
+                }
                 None => {
                     let message = tc
                         .exception()

@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     created: AtomicU64,
     evicted: AtomicU64,
     peak: AtomicUsize,
+    /// Tasks placed on each worker with `spawn_on` (the gateway's connections).
+    spawned: Vec<AtomicU64>,
 }
 
 /// Counters of the whole pool.
@@ -120,6 +122,8 @@ pub struct PoolStats {
     pub created: u64,
     /// Instances evicted (idle timeout or budget).
     pub evicted: u64,
+    /// Tasks placed on each worker (the gateway places each connection as one).
+    pub tasks_per_worker: Vec<u64>,
     pub instances: Vec<InstanceStats>,
 }
 
@@ -167,6 +171,7 @@ impl Pool {
             created: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
+            spawned: (0..count).map(|_| AtomicU64::new(0)).collect(),
         });
         let (stop, stopped) = std::sync::mpsc::sync_channel::<()>(0);
         let weak = Arc::downgrade(&shared);
@@ -184,14 +189,27 @@ impl Pool {
         self.shared.workers.len()
     }
 
-    /// Runs `task` on worker `index` (modulo the worker count). Waits while that worker has
-    /// many commands queued.
-    pub async fn spawn_on(&self, index: usize, task: Task) -> Result<(), WorkerGone> {
+    /// Runs `task` on worker `index` (modulo the worker count), or on the next worker with
+    /// room when that one has many commands queued (it may be busy running JavaScript); waits
+    /// only when every worker's queue is full. Returns the worker that took it.
+    pub async fn spawn_on(&self, index: usize, task: Task) -> Result<usize, WorkerGone> {
         let workers = &self.shared.workers;
-        workers[index % workers.len()]
-            .send(Command::Spawn(task))
-            .await
-            .map_err(|_| WorkerGone)
+        let first = index % workers.len();
+        let mut command = Command::Spawn(task);
+        for offset in 0..workers.len() {
+            let index = (first + offset) % workers.len();
+            match workers[index].try_send(command) {
+                Ok(()) => {
+                    self.shared.spawned[index].fetch_add(1, Ordering::Relaxed);
+                    return Ok(index);
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => command = back,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(WorkerGone),
+            }
+        }
+        workers[first].send(command).await.map_err(|_| WorkerGone)?;
+        self.shared.spawned[first].fetch_add(1, Ordering::Relaxed);
+        Ok(first)
     }
 
     /// Makes `bundle` servable with `limits`: starts one instance to prove it loads (the
@@ -248,6 +266,11 @@ impl Shared {
             peak: self.peak.load(Ordering::Relaxed),
             created: self.created.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
+            tasks_per_worker: self
+                .spawned
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect(),
             instances,
         }
     }
