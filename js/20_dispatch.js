@@ -164,9 +164,10 @@ class ExecutionContext {
    * @param {any} promise
    */
   waitUntil(promise) {
+    const settled = PromiseResolve(promise);
     op_outpost_wait_until(++waitUntilPending);
     PromisePrototypeThen(
-      PromiseResolve(promise),
+      settled,
       () => {
         op_outpost_wait_until(--waitUntilPending);
       },

@@ -341,3 +341,28 @@ async fn subrequests_are_counted_per_request() {
         assert_eq!(body, "failed,failed,limited,limited");
     }
 }
+
+#[tokio::test]
+async fn a_module_that_never_finishes_loading_is_a_load_error() {
+    let dir = app_dir(&[
+        (
+            "stuck/outpost.toml",
+            "name = \"stuck\"\n[limits]\ntimeout_ms = 1000\n",
+        ),
+        (
+            "stuck/src/index.js",
+            "setInterval(() => {}, 100);\nawait new Promise(() => {});\nexport default { fetch() { return new Response('never'); } };\n",
+        ),
+        ("good/outpost.toml", "name = \"good\"\n"),
+        ("good/src/index.js", GOOD),
+    ]);
+    let mut node = Node::start(dir.path(), &["--workers", "1"]);
+    let log = node.stderr_from("cannot load the app", Duration::from_secs(20));
+    assert!(
+        log.contains("did not finish evaluating within 1000 ms"),
+        "{log}"
+    );
+    let res = get(&node, "stuck", "/").await;
+    assert_eq!(res.status(), 503);
+    good_answers(&node).await;
+}

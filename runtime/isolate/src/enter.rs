@@ -32,10 +32,13 @@ impl Drop for EnterGuard {
 
 /// A future polled with its isolate entered; each poll is a turn the CPU limit watches
 /// (with the whole per-request limit as its budget: no request is in flight while loading).
+///
+/// Dropped unfinished (a load that timed out), it drops the inner future with the isolate
+/// entered, as the V8 handles inside it require.
 pub struct Entered<F> {
     raw: v8::UnsafeRawIsolatePtr,
     watched: Arc<Watched>,
-    inner: Pin<Box<F>>,
+    inner: Option<Pin<Box<F>>>,
 }
 
 impl<F: Future> Future for Entered<F> {
@@ -43,11 +46,26 @@ impl<F: Future> Future for Entered<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Pending;
+        };
         let _entered = EnterGuard::new(this.raw);
         let turn = this.watched.turn(this.watched.cpu_limit());
-        let polled = this.inner.as_mut().poll(cx);
+        let polled = inner.as_mut().poll(cx);
         turn.end();
+        if polled.is_ready() {
+            this.inner = None;
+        }
         polled
+    }
+}
+
+impl<F> Drop for Entered<F> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let _entered = EnterGuard::new(self.raw);
+            drop(inner);
+        }
     }
 }
 
@@ -59,6 +77,6 @@ pub fn entered<F: Future>(
     Entered {
         raw,
         watched: watched.clone(),
-        inner: Box::pin(inner),
+        inner: Some(Box::pin(inner)),
     }
 }

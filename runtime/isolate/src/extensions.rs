@@ -91,24 +91,42 @@ struct Entry {
     deadline: Instant,
     /// `InFlight::cpu_per_request` when the request arrived.
     cpu_mark: u64,
+    /// Nanoseconds of turns charged to this request alone (its dispatch).
+    own_cpu: u64,
     arrived: Instant,
     cold: bool,
+}
+
+impl Entry {
+    fn charged(&self, cpu_per_request: u64) -> u64 {
+        cpu_per_request - self.cpu_mark + self.own_cpu
+    }
+}
+
+/// Who a turn's CPU is charged to.
+#[derive(Clone, Copy)]
+enum Sharing {
+    /// One request: its dispatch (the handler's synchronous part).
+    Alone(u32),
+    /// Equal shares of the requests in flight when the turn began (a poll of the event loop
+    /// runs whichever promise jobs and timers are due).
+    Shared(u64),
 }
 
 /// Requests the isolate is handling, by the id the host gave them, and the CPU they were
 /// charged.
 ///
-/// Each turn of JavaScript is charged in equal shares to the requests in flight when it
-/// began; `cpu_per_request` sums those shares, so a request's charge is the growth of the sum
-/// since it arrived.
+/// A request's dispatch is charged to it alone; each other turn of JavaScript is charged in
+/// equal shares to the requests in flight when it began, summed in `cpu_per_request`, so a
+/// request's share is the growth of the sum since it arrived.
 #[derive(Default)]
 pub struct InFlight {
     next_id: u32,
     entries: HashMap<u32, Entry>,
-    /// Nanoseconds charged to each request in flight, summed over every turn so far.
+    /// Nanoseconds charged to each request in flight, summed over every shared turn so far.
     cpu_per_request: u64,
-    /// The turn running now: when it began and how many requests share it.
-    turn: Option<(Instant, u64)>,
+    /// The turn running now: when it began and who pays for it.
+    turn: Option<(Instant, Sharing)>,
 }
 
 impl InFlight {
@@ -119,6 +137,7 @@ impl InFlight {
             responder,
             deadline,
             cpu_mark: self.cpu_per_request,
+            own_cpu: 0,
             arrived: Instant::now(),
             cold,
         };
@@ -126,15 +145,21 @@ impl InFlight {
         self.next_id
     }
 
-    /// Removes a request and returns its responder with what it was charged so far (the turn
-    /// running now included).
+    /// Removes a request and returns its responder with what it was charged so far (its part
+    /// of the turn running now included).
     pub fn remove(&mut self, id: u32) -> Option<(Responder, Timing)> {
         let entry = self.entries.remove(&id)?;
-        let running = self.turn.map_or(0, |(start, shares)| {
-            start.elapsed().as_nanos() as u64 / shares.max(1)
-        });
+        let running = match self.turn {
+            Some((start, Sharing::Alone(alone))) if alone == id => {
+                start.elapsed().as_nanos() as u64
+            }
+            Some((start, Sharing::Shared(shares))) => {
+                start.elapsed().as_nanos() as u64 / shares.max(1)
+            }
+            _ => 0,
+        };
         let timing = Timing {
-            cpu: Duration::from_nanos(self.cpu_per_request - entry.cpu_mark + running),
+            cpu: Duration::from_nanos(entry.charged(self.cpu_per_request) + running),
             wall: entry.arrived.elapsed(),
             cold: entry.cold,
         };
@@ -165,23 +190,51 @@ impl InFlight {
         self.entries.is_empty()
     }
 
-    /// Starts a turn: returns the CPU it may use, what the most charged request in flight
-    /// has left of `limit` (all of `limit` when none is in flight).
+    /// Starts a turn shared by the requests in flight: returns the CPU it may use before
+    /// the most charged of them passes `limit` (all of `limit` when none is in flight).
     pub fn begin_turn(&mut self, limit: Duration) -> Duration {
-        self.turn = Some((Instant::now(), self.entries.len() as u64));
-        let oldest = self.entries.values().map(|e| e.cpu_mark).min();
-        match oldest {
-            Some(mark) => limit.saturating_sub(Duration::from_nanos(self.cpu_per_request - mark)),
+        let shares = self.entries.len() as u64;
+        self.turn = Some((Instant::now(), Sharing::Shared(shares)));
+        let most = self
+            .entries
+            .values()
+            .map(|e| e.charged(self.cpu_per_request))
+            .max();
+        match most {
+            Some(charged) => {
+                let left = (limit.as_nanos() as u64).saturating_sub(charged);
+                Duration::from_nanos(left.saturating_mul(shares))
+            }
             None => limit,
         }
     }
 
-    /// Ends the turn begun last, charging `cpu` to the requests that shared it.
+    /// Starts the dispatch of request `id`, charged to it alone: returns what it has left of
+    /// `limit`.
+    pub fn begin_dispatch(&mut self, id: u32, limit: Duration) -> Duration {
+        self.turn = Some((Instant::now(), Sharing::Alone(id)));
+        let charged = self
+            .entries
+            .get(&id)
+            .map_or(0, |e| e.charged(self.cpu_per_request));
+        limit.saturating_sub(Duration::from_nanos(charged))
+    }
+
+    /// Ends the turn begun last, charging `cpu` to whoever it was for.
     pub fn end_turn(&mut self, cpu: Duration) {
-        if let Some((_, shares)) = self.turn.take() {
-            if let Some(share) = (cpu.as_nanos() as u64).checked_div(shares) {
-                self.cpu_per_request += share;
+        let cpu = cpu.as_nanos() as u64;
+        match self.turn.take() {
+            Some((_, Sharing::Alone(id))) => {
+                if let Some(entry) = self.entries.get_mut(&id) {
+                    entry.own_cpu += cpu;
+                }
             }
+            Some((_, Sharing::Shared(shares))) => {
+                if let Some(share) = cpu.checked_div(shares) {
+                    self.cpu_per_request += share;
+                }
+            }
+            None => {}
         }
     }
 }

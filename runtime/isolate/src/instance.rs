@@ -154,7 +154,20 @@ impl Instance {
             streams: Rc::new(CancelHandle::new()),
             parked: Rc::default(),
         };
-        instance.load().await?;
+        // A module that never finishes evaluating (a top-level await on nothing) must not
+        // hold its place in the budget, or the requests waiting for it, forever.
+        let timeout = instance.tenant.limits.timeout;
+        match tokio::time::timeout(timeout, instance.load()).await {
+            Ok(loaded) => loaded?,
+            Err(_elapsed) => {
+                return Err(LoadError::new(format!(
+                    "the app's modules did not finish evaluating within {} ms (a top-level \
+                     await that never settles?)",
+                    timeout.as_millis()
+                )))
+            }
+        }
+        instance.tenant.handle.replaced();
         Ok(instance)
     }
 
@@ -292,8 +305,9 @@ impl Instance {
             return Poll::Ready(Turn::Breached(breach));
         }
         self.close_finished_bodies();
+        let evicted = self.tenant.handle.evict_requested(cx.waker());
         if !*closed {
-            if self.tenant.handle.evict_requested(cx.waker()) {
+            if evicted {
                 // Whatever is queued still gets served; then the queue reads as closed.
                 jobs.close();
             }
@@ -336,7 +350,9 @@ impl Instance {
             return Poll::Ready(Turn::Breached(breach));
         }
         if *closed {
-            if idle && self.in_flight.borrow().is_empty() && self.tenant.handle.in_flight() == 0 {
+            // An evicted isolate was idle: its timers are not waited for.
+            let quiet = idle || evicted;
+            if quiet && self.in_flight.borrow().is_empty() && self.tenant.handle.in_flight() == 0 {
                 return Poll::Ready(Turn::Done);
             }
             let sleep = grace.get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_GRACE)));
@@ -485,7 +501,7 @@ impl Instance {
         let budget = self
             .in_flight
             .borrow_mut()
-            .begin_turn(self.tenant.limits.cpu);
+            .begin_dispatch(id, self.tenant.limits.cpu);
         let turn = self.watched.turn(budget);
         let threw = {
             deno_core::scope!(scope, runtime);

@@ -230,10 +230,7 @@ impl Deployment {
         if let Some(live) = slot.usable() {
             return Ok(live);
         }
-        let live = self.starting(worker, deadline, purpose)?.await?;
-        // The start's own task records it too, maybe later than this caller gets here.
-        slot.live.store(Some(live.clone()));
-        Ok(live)
+        self.starting(worker, deadline, purpose)?.await
     }
 
     /// The start under way on `worker`, beginning one if there is none. The start runs as
@@ -275,33 +272,35 @@ impl Deployment {
             handle,
         };
         let pool = inner.pool.clone();
+        let weak = Arc::downgrade(inner);
+        // The start records its outcome in the slot before anyone awaiting it resumes, so
+        // no one sees a finished start still under way.
         let start: Starting = async move {
-            pool.start_instance(worker, spec, deadline)
+            let result = pool
+                .start_instance(worker, spec, deadline)
                 .await
-                .map(Arc::new)
+                .map(Arc::new);
+            if let Some(inner) = Weak::upgrade(&weak) {
+                inner.started(worker, &result);
+            }
+            result
         }
         .boxed()
         .shared();
         *starting = Some(start.clone());
-        let weak = Arc::downgrade(inner);
-        let task = start.clone();
-        tokio::spawn(async move {
-            let result = task.await;
-            if let Some(inner) = Weak::upgrade(&weak) {
-                inner.started(worker, result);
-            }
-        });
+        // It runs as its own task, so it completes even if every caller goes away.
+        tokio::spawn(start.clone());
         Ok(start)
     }
 }
 
 impl Inner {
     /// Records how a start on `worker` ended.
-    fn started(&self, worker: usize, result: Result<Arc<Live>, DispatchError>) {
+    fn started(&self, worker: usize, result: &Result<Arc<Live>, DispatchError>) {
         let slot = &self.slots[worker];
         match result {
             Ok(live) => {
-                slot.live.store(Some(live));
+                slot.live.store(Some(live.clone()));
                 self.failures.store(0, Ordering::Release);
             }
             Err(DispatchError::LoadFailed(message)) => {
@@ -316,7 +315,7 @@ impl Inner {
                 self.retry_at_ms
                     .store(retry_at.as_millis() as u64, Ordering::Release);
                 if let Ok(mut last) = self.last_error.lock() {
-                    *last = message;
+                    last.clone_from(message);
                 }
             }
             Err(_) => {}

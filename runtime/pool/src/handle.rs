@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures::task::AtomicWaker;
 
+/// How long `waitUntil` work may keep an isolate from eviction after its last request.
+pub const WAIT_UNTIL_GRACE: Duration = Duration::from_secs(30);
+
 /// Where an instance is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -66,6 +69,8 @@ pub struct InstanceHandle {
     /// Until when (ms since the epoch) it is kept from eviction: a new instance waiting for
     /// the request it was started for.
     reserved_until_ms: AtomicU64,
+    /// How long it is kept from eviction once live (ms), if it was started for a request.
+    reservation_ms: AtomicU64,
     /// Set when an eviction is requested, so a parked serve loop wakes to see it.
     waker: AtomicWaker,
 }
@@ -93,14 +98,16 @@ impl InstanceHandle {
             last_active_ms: AtomicU64::new(now_ms()),
             evict: AtomicBool::new(false),
             reserved_until_ms: AtomicU64::new(0),
+            reservation_ms: AtomicU64::new(0),
             waker: AtomicWaker::new(),
         }
     }
 
-    /// Keeps it from eviction for `time`, or until its first request starts.
+    /// Keeps it from eviction for `time` after it becomes live, or until its first request
+    /// starts.
     pub fn reserve(&self, time: Duration) {
-        let until = now_ms() + time.as_millis() as u64;
-        self.reserved_until_ms.store(until, Ordering::Release);
+        self.reservation_ms
+            .store(time.as_millis() as u64, Ordering::Release);
     }
 
     pub fn label(&self) -> &str {
@@ -117,9 +124,21 @@ impl InstanceHandle {
 
     /// Engine: the instance loaded and takes requests.
     pub fn set_live(&self) {
+        let reservation = self.reservation_ms.load(Ordering::Acquire);
+        if reservation > 0 {
+            self.reserved_until_ms
+                .store(now_ms() + reservation, Ordering::Release);
+        }
         let _ = self
             .state
             .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Engine: a new isolate took over this handle (the first one, or a replacement of a
+    /// failed one); its counts start over.
+    pub fn replaced(&self) {
+        self.served.store(0, Ordering::Release);
+        self.wait_until.store(0, Ordering::Release);
     }
 
     /// Engine: the instance is gone.
@@ -172,12 +191,20 @@ impl InstanceHandle {
         self.served.load(Ordering::Acquire)
     }
 
-    /// How long it has had nothing to do (zero while it has requests or `waitUntil` work).
+    /// How long it has had nothing to do: no request in flight, and no `waitUntil` work
+    /// pending (work pending longer than [`WAIT_UNTIL_GRACE`] after the last request does
+    /// not count: a promise that never settles must not pin an isolate).
     pub fn idle_for(&self) -> Duration {
-        if self.in_flight() > 0 || self.wait_until() > 0 {
+        if self.in_flight() > 0 {
             return Duration::ZERO;
         }
-        Duration::from_millis(now_ms().saturating_sub(self.last_active_ms.load(Ordering::Acquire)))
+        let since = Duration::from_millis(
+            now_ms().saturating_sub(self.last_active_ms.load(Ordering::Acquire)),
+        );
+        if self.wait_until() > 0 && since < WAIT_UNTIL_GRACE {
+            return Duration::ZERO;
+        }
+        since
     }
 
     /// Whether it could be evicted now without failing anything.
@@ -185,7 +212,7 @@ impl InstanceHandle {
         self.state() == InstanceState::Live
             && !self.evict.load(Ordering::Acquire)
             && self.in_flight() == 0
-            && self.wait_until() == 0
+            && (self.wait_until() == 0 || self.idle_for() > Duration::ZERO)
             && now_ms() >= self.reserved_until_ms.load(Ordering::Acquire)
     }
 

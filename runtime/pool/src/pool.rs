@@ -10,7 +10,7 @@ use outpost_bundle::{Bundle, Limits};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::deployment::{Deployment, Live, Purpose};
-use crate::handle::{EvictReason, InstanceHandle, InstanceStats};
+use crate::handle::{EvictReason, InstanceHandle, InstanceState, InstanceStats};
 use crate::{DispatchError, Engine, InstanceSpec, Job, LoadError, LocalFuture};
 
 /// How a [`Pool`] is sized.
@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     created: AtomicU64,
     evicted: AtomicU64,
     peak: AtomicUsize,
+    /// Starts waiting for a place in the budget.
+    waiting: AtomicUsize,
     /// Tasks placed on each worker with `spawn_on` (the gateway's connections).
     spawned: Vec<AtomicU64>,
 }
@@ -171,6 +173,7 @@ impl Pool {
             created: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             spawned: (0..count).map(|_| AtomicU64::new(0)).collect(),
         });
         let (stop, stopped) = std::sync::mpsc::sync_channel::<()>(0);
@@ -281,9 +284,27 @@ impl Shared {
         &self,
         deadline: Instant,
     ) -> Result<OwnedSemaphorePermit, DispatchError> {
-        let permit = loop {
+        if let Ok(permit) = self.budget.clone().try_acquire_owned() {
+            self.peak.fetch_max(self.live(), Ordering::Relaxed);
+            return Ok(permit);
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let waited = self.wait_for_room(deadline).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let permit = waited?;
+        self.peak.fetch_max(self.live(), Ordering::Relaxed);
+        Ok(permit)
+    }
+
+    /// Waits for a place in the budget, asking idle instances to make room, until
+    /// `deadline`.
+    async fn wait_for_room(
+        &self,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit, DispatchError> {
+        loop {
             if let Ok(permit) = self.budget.clone().try_acquire_owned() {
-                break permit;
+                return Ok(permit);
             }
             // Every instance may be busy now and idle a moment later: ask again while waiting.
             self.evict_lru(EvictReason::Budget);
@@ -294,18 +315,25 @@ impl Shared {
             let wait = (deadline - now).min(EVICTION_RETRY);
             let acquire = self.budget.clone().acquire_owned();
             if let Ok(Ok(permit)) = tokio::time::timeout(wait, acquire).await {
-                break permit;
+                return Ok(permit);
             }
-        };
-        self.peak.fetch_max(self.live(), Ordering::Relaxed);
-        Ok(permit)
+        }
     }
 
-    /// Asks the least recently used idle instance to stop. Returns whether there was one.
+    /// Asks the least recently used idle instance to stop, unless as many are stopping
+    /// already as there are starts waiting for room. Returns whether it asked one.
     fn evict_lru(&self, reason: EvictReason) -> bool {
         let Ok(list) = self.registry.lock() else {
             return false;
         };
+        let draining = list
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|h| h.state() == InstanceState::Draining)
+            .count();
+        if draining >= self.waiting.load(Ordering::Acquire) {
+            return false;
+        }
         let victim = list
             .iter()
             .filter_map(Weak::upgrade)
@@ -442,7 +470,11 @@ fn run_worker(
                                 }
                             }
                             Err(e) => {
+                                // Its place in the budget is free before the starter hears.
+                                handle.set_dead();
+                                drop(permit);
                                 let _ = reply.send(Err(e));
+                                return;
                             }
                         }
                         handle.set_dead();
