@@ -38,6 +38,11 @@ enum Bench {
     Coldstart {
         #[arg(long, default_value_t = 200)]
         apps: usize,
+        /// Pause between two apps' first requests (ms), as between visitors; 0 measures a
+        /// storm of cold starts, where each waits for the spare runtime the last one used
+        /// to be made again.
+        #[arg(long, default_value_t = 20)]
+        gap_ms: u64,
     },
     /// MiB per idle isolate, with N apps live.
     Density {
@@ -266,7 +271,7 @@ async fn load(
     Ok((all, errors, start.elapsed()))
 }
 
-async fn coldstart(outpost: &Path, apps: usize) -> anyhow::Result<()> {
+async fn coldstart(outpost: &Path, apps: usize, gap_ms: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     make_apps(dir.path(), apps, HELLO)?;
     let args: Vec<String> = ["--idle-timeout-secs", "1", "--max-isolates", "100000"]
@@ -277,6 +282,7 @@ async fn coldstart(outpost: &Path, apps: usize) -> anyhow::Result<()> {
     node.wait_live_at_most(0).await?;
     let mut times = Vec::with_capacity(apps);
     for i in 0..apps {
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
         // A new connection per app, as a new visitor would open.
         let mut client = Client::connect(node.addr).await?;
         let host = format!("app{i}.localhost");
@@ -289,7 +295,7 @@ async fn coldstart(outpost: &Path, apps: usize) -> anyhow::Result<()> {
     }
     times.sort();
     println!(
-        "coldstart: {apps} distinct apps, request → response with no live isolate: p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        "coldstart: {apps} distinct apps, {gap_ms} ms apart, request → response with no live isolate: p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         percentile(&times, 0.5),
         percentile(&times, 0.9),
         percentile(&times, 0.99),
@@ -447,7 +453,7 @@ async fn zipf(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.bench {
-        Bench::Coldstart { apps } => coldstart(&args.outpost, apps).await,
+        Bench::Coldstart { apps, gap_ms } => coldstart(&args.outpost, apps, gap_ms).await,
         Bench::Density { apps } => density(&args.outpost, &apps).await,
         Bench::Noisy {
             duration,

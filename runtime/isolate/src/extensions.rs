@@ -131,14 +131,20 @@ pub struct InFlight {
 
 impl InFlight {
     /// Registers a responder and returns the id the JS side answers with.
-    pub fn insert(&mut self, responder: Responder, deadline: Instant, cold: bool) -> u32 {
+    pub fn insert(
+        &mut self,
+        responder: Responder,
+        deadline: Instant,
+        cold: bool,
+        now: Instant,
+    ) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
         let entry = Entry {
             responder,
             deadline,
             cpu_mark: self.cpu_per_request,
             own_cpu: 0,
-            arrived: Instant::now(),
+            arrived: now,
             cold,
         };
         self.entries.insert(self.next_id, entry);
@@ -149,18 +155,16 @@ impl InFlight {
     /// of the turn running now included).
     pub fn remove(&mut self, id: u32) -> Option<(Responder, Timing)> {
         let entry = self.entries.remove(&id)?;
+        let now = Instant::now();
+        let since = |start: Instant| now.saturating_duration_since(start).as_nanos() as u64;
         let running = match self.turn {
-            Some((start, Sharing::Alone(alone))) if alone == id => {
-                start.elapsed().as_nanos() as u64
-            }
-            Some((start, Sharing::Shared(shares))) => {
-                start.elapsed().as_nanos() as u64 / shares.max(1)
-            }
+            Some((start, Sharing::Alone(alone))) if alone == id => since(start),
+            Some((start, Sharing::Shared(shares))) => since(start) / shares.max(1),
             _ => 0,
         };
         let timing = Timing {
             cpu: Duration::from_nanos(entry.charged(self.cpu_per_request) + running),
-            wall: entry.arrived.elapsed(),
+            wall: now.saturating_duration_since(entry.arrived),
             cold: entry.cold,
         };
         Some((entry.responder, timing))
@@ -192,9 +196,9 @@ impl InFlight {
 
     /// Starts a turn shared by the requests in flight: returns the CPU it may use before
     /// the most charged of them passes `limit` (all of `limit` when none is in flight).
-    pub fn begin_turn(&mut self, limit: Duration) -> Duration {
+    pub fn begin_turn(&mut self, limit: Duration, now: Instant) -> Duration {
         let shares = self.entries.len() as u64;
-        self.turn = Some((Instant::now(), Sharing::Shared(shares)));
+        self.turn = Some((now, Sharing::Shared(shares)));
         let most = self
             .entries
             .values()
@@ -211,8 +215,8 @@ impl InFlight {
 
     /// Starts the dispatch of request `id`, charged to it alone: returns what it has left of
     /// `limit`.
-    pub fn begin_dispatch(&mut self, id: u32, limit: Duration) -> Duration {
-        self.turn = Some((Instant::now(), Sharing::Alone(id)));
+    pub fn begin_dispatch(&mut self, id: u32, limit: Duration, now: Instant) -> Duration {
+        self.turn = Some((now, Sharing::Alone(id)));
         let charged = self
             .entries
             .get(&id)

@@ -326,8 +326,9 @@ impl Instance {
         let idle = {
             let _entered = EnterGuard::new(raw);
             let limit = self.tenant.limits.cpu;
-            let budget = self.in_flight.borrow_mut().begin_turn(limit);
-            let turn = self.watched.turn(budget);
+            let now = Instant::now();
+            let budget = self.in_flight.borrow_mut().begin_turn(limit, now);
+            let turn = self.watched.turn_from(now, budget);
             let runtime = self.runtime.as_mut().expect("the runtime lives until drop");
             let polled = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
             let cpu = turn.end();
@@ -489,10 +490,11 @@ impl Instance {
             self.streams.clone(),
             self.tenant.limits.stream_idle,
         );
+        let now = Instant::now();
         let id = self
             .in_flight
             .borrow_mut()
-            .insert(responder, deadline, cold);
+            .insert(responder, deadline, cold, now);
         let raw = self.raw;
         let _entered = EnterGuard::new(raw);
         let (Some(host), Some(runtime)) = (self.host.as_ref(), self.runtime.as_mut()) else {
@@ -501,8 +503,8 @@ impl Instance {
         let budget = self
             .in_flight
             .borrow_mut()
-            .begin_dispatch(id, self.tenant.limits.cpu);
-        let turn = self.watched.turn(budget);
+            .begin_dispatch(id, self.tenant.limits.cpu, now);
+        let turn = self.watched.turn_from(now, budget);
         let threw = {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let tc, scope);

@@ -85,12 +85,16 @@ impl Watched {
 
     /// Marks a turn of JavaScript that may use `budget` of CPU, until [`Turn::end`] or drop.
     pub fn turn(&self, budget: Duration) -> Turn<'_> {
+        self.turn_from(Instant::now(), budget)
+    }
+
+    /// [`Watched::turn`], for a turn that began at `start` (a time the caller just read).
+    pub fn turn_from(&self, start: Instant, budget: Duration) -> Turn<'_> {
         self.cpu_at_start.store(0, Ordering::Release);
         self.budget.store(
             budget.as_nanos().min(u64::MAX as u128) as u64,
             Ordering::Release,
         );
-        let start = Instant::now();
         self.busy_since
             .store(nanos_between(epoch(), start).max(1), Ordering::Release);
         Turn {

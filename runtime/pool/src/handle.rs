@@ -153,9 +153,10 @@ impl InstanceHandle {
 
     /// Engine: a request started. Returns whether it is the instance's first (a cold start).
     pub fn request_started(&self) -> bool {
+        // While a request is in flight the instance is not idle; `last_active_ms` moves when
+        // it finishes (one clock read per request instead of two).
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.reserved_until_ms.store(0, Ordering::Release);
-        self.last_active_ms.store(now_ms(), Ordering::Release);
         self.served.fetch_add(1, Ordering::AcqRel) == 0
     }
 
