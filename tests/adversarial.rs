@@ -79,6 +79,8 @@ export default {
           return new Response(`${e.name}: ${e.message}`);
         }
       }
+      case "/redirect-to-metadata":
+        return Response.redirect("http://169.254.169.254/latest/meta-data/", 302);
       case "/subrequests": {
         const results = [];
         for (let i = 0; i < 4; i++) {
@@ -327,6 +329,22 @@ async fn egress_to_private_addresses_is_refused_unless_allowed() {
         );
     }
     good_answers(&node).await;
+}
+
+#[tokio::test]
+async fn egress_is_checked_again_after_a_redirect() {
+    // `dev` allows loopback: the app fetches itself, and its redirect to the metadata
+    // address is refused on that hop.
+    // A lone app answers every host, so 127.0.0.1 reaches it.
+    let dir = app_dir(&[("outpost.toml", "name = \"bad\"\n"), ("src/index.js", BAD)]);
+    let node = Node::start(dir.path(), &["--egress", "loopback"]);
+    let target = node.url("/redirect-to-metadata");
+    let res = get(&node, "bad", &format!("/egress?to={target}")).await;
+    let body = res.text().await.unwrap();
+    assert!(
+        body.starts_with("TypeError: fetch to 169.254.169.254") && body.contains("was refused"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

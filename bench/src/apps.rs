@@ -380,14 +380,16 @@ async fn noisy(
     let (beside, _, took_beside) = load(node.addr, connections, duration, hello).await?;
     let (burnt, _, _) = burning.await??;
     println!(
-        "noisy: hello alone {:.0} req/s p50 {:.3} ms p99 {:.3} ms; beside an app burning {burn_ms} ms per request ({} of its requests) {:.0} req/s p50 {:.3} ms p99 {:.3} ms → p99 ratio {:.2}",
+        "noisy: hello alone {:.0} req/s p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms; beside an app burning {burn_ms} ms per request ({} of its requests) {:.0} req/s p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms → p99 ratio {:.2}",
         alone.len() as f64 / took.as_secs_f64(),
         percentile(&alone, 0.5),
         percentile(&alone, 0.99),
+        percentile(&alone, 0.999),
         burnt.len(),
         beside.len() as f64 / took_beside.as_secs_f64(),
         percentile(&beside, 0.5),
         percentile(&beside, 0.99),
+        percentile(&beside, 0.999),
         percentile(&beside, 0.99) / percentile(&alone, 0.99)
     );
     Ok(())

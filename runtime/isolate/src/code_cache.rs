@@ -1,12 +1,13 @@
 //! Compiled code shared by every isolate of one app version in the process: V8's code cache
 //! of each JavaScript module (made by the first isolate that compiles it, consumed by the
 //! next ones) and each compiled WebAssembly module (instantiated again without recompiling).
-//! Keyed by the version's id, so a new version never sees another's code.
+//! One per bundle in memory, so a new version never sees another's code.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use deno_core::v8;
+use outpost_bundle::Bundle;
 
 /// The compiled code of one app version.
 #[derive(Default)]
@@ -16,22 +17,21 @@ pub struct VersionCache {
 }
 
 impl VersionCache {
-    /// The cache of version `id`, shared while any isolate of it lives.
-    pub fn of(id: &str) -> Arc<VersionCache> {
-        static VERSIONS: Mutex<Vec<(String, Weak<VersionCache>)>> = Mutex::new(Vec::new());
+    /// The cache of `bundle`'s version: one per bundle in memory, kept as long as the bundle
+    /// is (its deployment lives), whether or not an isolate of it does.
+    pub fn of(bundle: &Arc<Bundle>) -> Arc<VersionCache> {
+        type Entries = Vec<(Weak<Bundle>, Arc<VersionCache>)>;
+        static VERSIONS: Mutex<Entries> = Mutex::new(Vec::new());
         let Ok(mut versions) = VERSIONS.lock() else {
             return Arc::default();
         };
-        versions.retain(|(_, cache)| cache.strong_count() > 0);
-        if let Some(cache) = versions
-            .iter()
-            .find(|(version, _)| version == id)
-            .and_then(|(_, cache)| cache.upgrade())
-        {
-            return cache;
+        versions.retain(|(bundle, _)| bundle.strong_count() > 0);
+        let weak = Arc::downgrade(bundle);
+        if let Some((_, cache)) = versions.iter().find(|(b, _)| b.ptr_eq(&weak)) {
+            return cache.clone();
         }
         let cache = Arc::new(VersionCache::default());
-        versions.push((id.to_string(), Arc::downgrade(&cache)));
+        versions.push((weak, cache.clone()));
         cache
     }
 

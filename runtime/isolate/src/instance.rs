@@ -112,7 +112,7 @@ impl Instance {
         limits::ensure_watchdog().map_err(|WatchdogDown| {
             LoadError::new("the CPU-limit watchdog is not running; refusing to run tenant code")
         })?;
-        let code = VersionCache::of(&tenant.bundle.id);
+        let code = VersionCache::of(&tenant.bundle);
         blank.loader.assign(tenant.bundle.clone(), code.clone());
         blank.budget.set_limit(tenant.limits.memory_bytes);
         let budget = blank.budget.clone();
