@@ -10,7 +10,7 @@ use outpost_bundle::{Bundle, Limits};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::deployment::{Deployment, Live, Purpose};
-use crate::handle::{EvictReason, InstanceHandle, InstanceState, InstanceStats};
+use crate::handle::{now_ms, EvictReason, InstanceHandle, InstanceState, InstanceStats};
 use crate::{DispatchError, Engine, InstanceSpec, Job, LoadError, LocalFuture};
 
 /// How a [`Pool`] is sized.
@@ -68,6 +68,13 @@ pub(crate) enum Command {
 /// Commands a worker may have waiting; senders wait beyond that.
 const COMMAND_QUEUE: usize = 64;
 
+/// How often each worker beats while it is free to run tasks.
+const HEARTBEAT: Duration = Duration::from_millis(2);
+
+/// A worker whose last beat is older than this is busy running JavaScript: new connections
+/// and requests go elsewhere when they can.
+const STALLED: Duration = Duration::from_millis(10);
+
 /// How often a start waiting for room in the budget looks again for an idle instance.
 const EVICTION_RETRY: Duration = Duration::from_millis(20);
 
@@ -108,6 +115,9 @@ pub(crate) struct Shared {
     waiting: AtomicUsize,
     /// Tasks placed on each worker with `spawn_on` (the gateway's connections).
     spawned: Vec<AtomicU64>,
+    /// When each worker last ran its heartbeat (ms since the epoch): a worker whose beat is
+    /// late is running a long stretch of JavaScript.
+    beats: Arc<[AtomicU64]>,
 }
 
 /// Counters of the whole pool.
@@ -148,12 +158,14 @@ impl Pool {
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
         let mut workers = Vec::new();
         let count = config.workers.max(1);
+        let beats: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(now_ms())).collect();
         for index in 0..count {
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
             let engine = engine.clone();
+            let beats = beats.clone();
             std::thread::Builder::new()
                 .name(format!("outpost-worker-{index}"))
-                .spawn(move || run_worker(engine, rx, (id, index)))?;
+                .spawn(move || run_worker(engine, rx, (id, index), beats))?;
             workers.push(tx);
         }
         let config = PoolConfig {
@@ -175,6 +187,7 @@ impl Pool {
             peak: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             spawned: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            beats,
         });
         let (stop, stopped) = std::sync::mpsc::sync_channel::<()>(0);
         let weak = Arc::downgrade(&shared);
@@ -199,8 +212,12 @@ impl Pool {
         let workers = &self.shared.workers;
         let first = index % workers.len();
         let mut command = Command::Spawn(task);
-        for offset in 0..workers.len() {
-            let index = (first + offset) % workers.len();
+        // Workers that are free first, then stalled ones (their queues may still have room).
+        let order = (0..workers.len())
+            .map(|offset| (first + offset) % workers.len())
+            .filter(|&i| !self.shared.stalled(i))
+            .chain((0..workers.len()).map(|offset| (first + offset) % workers.len()));
+        for index in order {
             match workers[index].try_send(command) {
                 Ok(()) => {
                     self.shared.spawned[index].fetch_add(1, Ordering::Relaxed);
@@ -247,6 +264,13 @@ impl Pool {
 }
 
 impl Shared {
+    /// Whether worker `index` has been running JavaScript (or other work) without a break
+    /// for a while.
+    pub(crate) fn stalled(&self, index: usize) -> bool {
+        let beat = self.beats[index].load(Ordering::Relaxed);
+        now_ms().saturating_sub(beat) > STALLED.as_millis() as u64
+    }
+
     fn live(&self) -> usize {
         self.config.max_isolates - self.budget.available_permits()
     }
@@ -435,6 +459,7 @@ fn run_worker(
     engine: Arc<dyn Engine>,
     mut commands: mpsc::Receiver<Command>,
     worker: (u64, usize),
+    beats: Arc<[AtomicU64]>,
 ) {
     CURRENT_WORKER.with(|current| current.set(Some(worker)));
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -450,6 +475,14 @@ fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         tokio::task::spawn_local(engine.worker_started());
+        tokio::task::spawn_local(async move {
+            let mut beat = tokio::time::interval(HEARTBEAT);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                beat.tick().await;
+                beats[worker.1].store(now_ms(), Ordering::Relaxed);
+            }
+        });
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Instantiate {
