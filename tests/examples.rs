@@ -200,9 +200,11 @@ async fn several_workers_each_serve_connections() {
         .iter()
         .map(|n| n.as_u64().unwrap())
         .collect();
-    assert_eq!(
-        per_worker,
-        [8, 8],
-        "connections alternate between the workers: {stats}"
+    // Round robin, except that a worker busy running JavaScript at that moment is skipped.
+    assert_eq!(per_worker.len(), 2, "{stats}");
+    assert_eq!(per_worker.iter().sum::<u64>(), 16, "{stats}");
+    assert!(
+        per_worker.iter().all(|&n| n >= 4),
+        "connections are spread over the workers: {stats}"
     );
 }
