@@ -167,14 +167,7 @@ async fn several_workers_each_serve_connections() {
         &common::examples().join("hello"),
         &["--workers", "2", "--admin", "127.0.0.1:0"],
     );
-    let admin = node.wait_for_stdout("admin on http://", Duration::from_secs(30));
-    let admin = admin
-        .split("admin on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .trim_end_matches('/')
-        .to_string();
+    let admin = node.admin_url();
     let mut tasks = Vec::new();
     for _ in 0..16 {
         // A new client per request: a new connection, placed on the next worker.
@@ -186,14 +179,7 @@ async fn several_workers_each_serve_connections() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), "hello from the edge\n");
     }
-    let stats: Value = http1()
-        .get(format!("{admin}/isolates"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = common::isolates(&admin).await;
     let per_worker: Vec<u64> = stats["tasks_per_worker"]
         .as_array()
         .unwrap()

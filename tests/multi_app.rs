@@ -5,8 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{app_dir, http1, Node};
-use serde_json::Value;
+use common::{app_dir, http1, isolates, Node};
 
 /// An app that counts its requests in module state and says who it is.
 fn counter(name: &str, routes: &[&str]) -> Vec<(String, String)> {
@@ -55,28 +54,6 @@ async fn body_for(node: &Node, host: &str, path: &str) -> String {
     let (status, body, _) = get_host(node, host, path).await;
     assert_eq!(status, 200, "{host}{path}: {body}");
     body
-}
-
-/// The node's scheduler, from its admin listener.
-async fn isolates(admin: &str) -> Value {
-    http1()
-        .get(format!("{admin}/isolates"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-fn admin_url(node: &mut Node) -> String {
-    let line = node.wait_for_stdout("admin on http://", Duration::from_secs(30));
-    line.split("admin on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .trim_end_matches('/')
-        .to_string()
 }
 
 #[tokio::test]
@@ -155,7 +132,7 @@ async fn fifty_apps_answer_under_a_budget_of_ten_isolates() {
             "127.0.0.1:0",
         ],
     );
-    let admin = admin_url(&mut node);
+    let admin = node.admin_url();
     for round in 0..2 {
         let mut tasks = Vec::new();
         for i in 0..50 {
@@ -196,7 +173,7 @@ async fn an_evicted_app_comes_back_cold_and_correct() {
         dir.path(),
         &["--idle-timeout-secs", "1", "--admin", "127.0.0.1:0"],
     );
-    let admin = admin_url(&mut node);
+    let admin = node.admin_url();
     let (_, body, headers) = get_host(&node, "sleepy.localhost", "/").await;
     assert_eq!(body, "sleepy 1 /");
     let timing = headers["server-timing"].to_str().unwrap().to_string();
@@ -234,7 +211,7 @@ async fn a_busy_app_gets_isolates_on_other_workers() {
         ),
     ]);
     let mut node = Node::start(dir.path(), &["--workers", "2", "--admin", "127.0.0.1:0"]);
-    let admin = admin_url(&mut node);
+    let admin = node.admin_url();
     let mut ids = std::collections::BTreeSet::new();
     for _ in 0..3 {
         let mut tasks = Vec::new();

@@ -126,6 +126,17 @@ impl Node {
         }
     }
 
+    /// The admin listener's URL, once the node printed it (start it with `--admin`).
+    pub fn admin_url(&mut self) -> String {
+        let line = self.wait_for_stdout("admin on http://", START_TIMEOUT);
+        line.split("admin on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches('/')
+            .to_string()
+    }
+
     /// Waits until stdout has a line containing `needle`, and returns that line.
     pub fn wait_for_stdout(&mut self, needle: &str, timeout: Duration) -> String {
         let which = self.stdout.clone();
@@ -203,4 +214,16 @@ pub async fn get(node: &Node, path: &str) -> (u16, String) {
 pub async fn get_json(node: &Node, path: &str) -> serde_json::Value {
     let res = http1().get(node.url(path)).send().await.unwrap();
     res.json().await.unwrap()
+}
+
+/// The node's scheduler, from its admin listener (`admin` as [`Node::admin_url`] gives it).
+pub async fn isolates(admin: &str) -> serde_json::Value {
+    http1()
+        .get(format!("{admin}/isolates"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
