@@ -141,11 +141,10 @@ async fn route(
         Target::Broken(reason) => return Err(load_failed(config, &app.name, reason)),
     };
     let limits = deployment.limits();
-    let overflow = Arc::new(AtomicBool::new(false));
-    let request = admit(parts, body, limits.max_body_bytes, &overflow)?;
+    let (request, overflow) = admit(parts, body, limits.max_body_bytes)?;
     let deadline = Instant::now() + limits.timeout;
     let result = deployment.dispatch(request, deadline).await;
-    if overflow.load(Ordering::Acquire) {
+    if overflow.is_some_and(|overflow| overflow.load(Ordering::Acquire)) {
         // The app failed (or answered) while its body was cut off at the limit.
         return Err(too_large(limits.max_body_bytes));
     }
@@ -167,14 +166,13 @@ fn load_failed(config: &ServeConfig, app: &str, reason: &str) -> GatewayError {
 }
 
 /// Checks a request against the app's body limit. A body that turns out larger than it
-/// claims (or chunked past the limit) ends with an error where the limit is passed, and
-/// `overflow` is set so the client gets 413 whatever the app did.
+/// claims (or chunked past the limit) ends with an error where the limit is passed, and the
+/// returned flag is set, so the client gets 413 whatever the app did.
 fn admit(
     parts: http::request::Parts,
     body: Incoming,
     max_body_bytes: u64,
-    overflow: &Arc<AtomicBool>,
-) -> Result<Request<Body>, GatewayError> {
+) -> Result<(Request<Body>, Option<Arc<AtomicBool>>), GatewayError> {
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()
@@ -185,19 +183,27 @@ fn admit(
             return Err(too_large(max_body_bytes));
         }
     }
+    if hyper::body::Body::is_end_stream(&body) {
+        // Nothing to limit (a GET): no wrapper, no flag.
+        let body = body
+            .map_err(|e| -> outpost_pool::BoxError { e.into() })
+            .boxed_unsync();
+        return Ok((Request::from_parts(parts, body), None));
+    }
     let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
-    let overflow = overflow.clone();
+    let overflow = Arc::new(AtomicBool::new(false));
+    let flag = overflow.clone();
     let body = Limited::new(body, limit)
         .map_err(move |e| -> outpost_pool::BoxError {
             if e.is::<http_body_util::LengthLimitError>() {
-                overflow.store(true, Ordering::Release);
+                flag.store(true, Ordering::Release);
                 "the request body is larger than the app accepts".into()
             } else {
                 e
             }
         })
         .boxed_unsync();
-    Ok(Request::from_parts(parts, body))
+    Ok((Request::from_parts(parts, body), Some(overflow)))
 }
 
 fn too_large(max_body_bytes: u64) -> GatewayError {

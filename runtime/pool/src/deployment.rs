@@ -144,6 +144,21 @@ impl Deployment {
             deadline,
             reply,
         };
+        let scale_at = inner.pool.config.scale_out_at;
+        // The common case: the app is live on this worker and not busy.
+        if let Some(index) = here {
+            let slot = &inner.slots[index % workers];
+            let local = slot.live.load();
+            if let Some(live) = local.as_ref() {
+                if live.handle.accepting() && live.load() < scale_at {
+                    match live.jobs.try_send(job) {
+                        Ok(()) => return wait(response).await,
+                        Err(mpsc::error::TrySendError::Full(back))
+                        | Err(mpsc::error::TrySendError::Closed(back)) => job = back,
+                    }
+                }
+            }
+        }
         // The instance on this worker if it has room and is not busy; else the least busy.
         let mut candidates: Vec<(usize, Arc<Live>)> = Vec::with_capacity(workers);
         for offset in 0..workers {
@@ -152,7 +167,6 @@ impl Deployment {
                 candidates.push((index, live));
             }
         }
-        let scale_at = inner.pool.config.scale_out_at;
         if let Some(pos) = candidates
             .iter()
             .enumerate()
