@@ -68,6 +68,10 @@ pub struct NodeArgs {
     /// first) to make room.
     #[arg(long, default_value_t = PoolConfig::default().max_isolates)]
     pub max_isolates: usize,
+    /// Most isolates of one app version (at most one per worker); a busy app gets more, up
+    /// to this, on other workers.
+    #[arg(long, default_value_t = 8)]
+    pub max_isolates_per_app: usize,
     /// MiB of memory all isolates may hold together before idle ones are evicted.
     #[arg(long, default_value_t = PoolConfig::default().max_memory_bytes >> 20)]
     pub max_memory_mb: u64,
@@ -136,6 +140,7 @@ impl NodeArgs {
         PoolConfig {
             workers: self.workers.max(1),
             max_isolates: self.max_isolates.max(1),
+            max_instances_per_app: self.max_isolates_per_app.max(1),
             max_memory_bytes: self.max_memory_mb << 20,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             ..Default::default()

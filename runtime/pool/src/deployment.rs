@@ -198,12 +198,19 @@ impl Deployment {
         }
         // No instance could take it: start one here (or on the next worker) and wait for it,
         // unless every worker already runs one and all are full.
+        // Where no instance is live: one starting there is joined; a new start only while the
+        // app has fewer instances (live or starting) than its cap.
         let target = (0..workers)
             .map(|offset| (first + offset) % workers)
             .find(|index| !candidates.iter().any(|(i, _)| i == index));
         let Some(target) = target else {
             return Err(DispatchError::Overloaded);
         };
+        if !self.is_starting(target)
+            && candidates.len() + self.starts_under_way() >= inner.pool.config.max_instances_per_app
+        {
+            return Err(DispatchError::Overloaded);
+        }
         // A new instance may be evicted (for another app's start) before this request
         // reaches it: the request comes back, and another start is tried.
         for _ in 0..START_ATTEMPTS {
@@ -221,7 +228,7 @@ impl Deployment {
     /// not wait for it.
     fn scale_out(&self, live: &[(usize, Arc<Live>)], first: usize, deadline: Instant) {
         let inner = &self.inner;
-        if live.len() >= inner.pool.config.max_instances_per_app {
+        if live.len() + self.starts_under_way() >= inner.pool.config.max_instances_per_app {
             return;
         }
         let workers = inner.slots.len();
@@ -231,6 +238,21 @@ impl Deployment {
         if let Some(target) = target {
             drop(self.starting(target, deadline, Purpose::Spare));
         }
+    }
+
+    /// Whether an instance is starting on `worker`.
+    fn is_starting(&self, worker: usize) -> bool {
+        self.inner.slots[worker]
+            .starting
+            .lock()
+            .is_ok_and(|starting| starting.is_some())
+    }
+
+    /// How many of its instances are starting.
+    fn starts_under_way(&self) -> usize {
+        (0..self.inner.slots.len())
+            .filter(|&worker| self.is_starting(worker))
+            .count()
     }
 
     /// Starts an instance on `worker` unless one is live or starting there, and waits for it.

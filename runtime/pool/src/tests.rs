@@ -305,3 +305,31 @@ async fn a_failing_app_backs_off_between_starts() {
     }
     assert!(pool.stats().created <= 2, "{:?}", pool.stats());
 }
+
+#[tokio::test]
+async fn a_busy_app_stays_within_its_instance_cap() {
+    let pool = engine_pool(
+        PoolConfig {
+            workers: 3,
+            scale_out_at: 1,
+            max_instances_per_app: 2,
+            ..Default::default()
+        },
+        false,
+        Duration::from_millis(200),
+    );
+    let deployment = pool
+        .deploy(bundle("a", "main.js"), Limits::default())
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..12 {
+        let d = deployment.clone();
+        calls.push(tokio::spawn(async move { call(&d).await }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for c in calls {
+        assert!(c.await.unwrap().starts_with("a#"));
+    }
+    assert_eq!(pool.stats().created, 2, "{:?}", pool.stats());
+}
