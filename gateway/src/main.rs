@@ -194,15 +194,7 @@ fn main() -> ExitCode {
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let bundle = outpost_bundle::load_app(&args.path)?;
-    println!("{}", serde_json::to_string_pretty(&bundle.manifest)?);
-    for (path, module) in &bundle.modules {
-        eprintln!(
-            "{path}: {:?}, {} bytes, sha256 {}",
-            module.kind,
-            module.bytes.len(),
-            module.sha256
-        );
-    }
-    eprintln!("deployment id {}", bundle.id);
+    println!("{}", serde_json::to_string_pretty(&bundle.lock())?);
+    eprintln!("version id {}", bundle.id);
     Ok(())
 }

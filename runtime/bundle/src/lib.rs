@@ -3,6 +3,7 @@
 //! executed by the isolate crate.
 
 mod limits;
+mod lock;
 mod manifest;
 mod route;
 
@@ -10,10 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use limits::{AppLimits, Limits, MIN_MEMORY_MB};
+pub use lock::{Lock, LockedModule, LOCK_SCHEMA};
 pub use manifest::{Manifest, DEFAULT_MAIN, MANIFEST_FILE};
 pub use route::{Route, Specificity};
 
@@ -45,11 +47,15 @@ pub enum BundleError {
     NotAnApp { path: PathBuf },
     #[error("the app is too large: {0}")]
     TooLarge(String),
+    #[error("invalid locked bundle: {0}")]
+    Lock(String),
+    #[error("module {path}: {problem}")]
+    Blob { path: String, problem: String },
 }
 
 /// How a module file is presented to the app, chosen by its file extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ModuleKind {
     /// `.js`, `.mjs`: an ES module.
     JavaScript,
@@ -95,8 +101,8 @@ pub struct Module {
 pub struct Bundle {
     pub manifest: Manifest,
     pub modules: BTreeMap<String, Module>,
-    /// Hex SHA-256 over the manifest and every module's path and digest: equal bundles have
-    /// equal ids.
+    /// The version id: hex SHA-256 of the bundle's [`Lock`] (its canonical bytes); equal
+    /// bundles have equal ids.
     pub id: String,
 }
 
@@ -143,20 +149,84 @@ impl Bundle {
             Some(_) => {}
         }
         let manifest = Manifest { main, ..manifest };
-        let mut hasher = Sha256::new();
-        hasher.update(serde_json::to_vec(&manifest).unwrap_or_default());
-        for (path, module) in &modules {
-            hasher.update([0]);
-            hasher.update(path.as_bytes());
-            hasher.update([0]);
-            hasher.update(module.sha256.as_bytes());
-        }
-        let id = hex::encode(hasher.finalize());
+        let id = Lock::new(
+            &manifest,
+            modules.iter().map(|(path, m)| {
+                (
+                    path.as_str(),
+                    m.kind,
+                    m.bytes.len() as u64,
+                    m.sha256.as_str(),
+                )
+            }),
+        )
+        .id();
         Ok(Bundle {
             manifest,
             modules,
             id,
         })
+    }
+
+    /// The bundle's lock: what an origin stores and a PoP loads.
+    pub fn lock(&self) -> Lock {
+        Lock::new(
+            &self.manifest,
+            self.modules.iter().map(|(path, m)| {
+                (
+                    path.as_str(),
+                    m.kind,
+                    m.bytes.len() as u64,
+                    m.sha256.as_str(),
+                )
+            }),
+        )
+    }
+
+    /// Rebuilds a bundle from its lock and the modules' bytes, by digest (`blob` returns the
+    /// bytes stored under a SHA-256). Every module's size and digest is checked: a corrupt or
+    /// partial blob is an error, never a bundle.
+    pub fn from_lock(
+        lock: &Lock,
+        mut blob: impl FnMut(&str) -> Option<Vec<u8>>,
+    ) -> Result<Bundle, BundleError> {
+        let mut files = BTreeMap::new();
+        for module in &lock.modules {
+            let problem = |problem: String| BundleError::Blob {
+                path: module.path.clone(),
+                problem,
+            };
+            let bytes = blob(&module.sha256)
+                .ok_or_else(|| problem(format!("blob {} is missing", module.sha256)))?;
+            if bytes.len() as u64 != module.size {
+                return Err(problem(format!(
+                    "{} bytes where the lock says {}",
+                    bytes.len(),
+                    module.size
+                )));
+            }
+            let digest = hex::encode(Sha256::digest(&bytes));
+            if digest != module.sha256 {
+                return Err(problem(format!(
+                    "its bytes hash to {digest}, not to {}",
+                    module.sha256
+                )));
+            }
+            if ModuleKind::from_path(&module.path) != Some(module.kind) {
+                return Err(problem(format!(
+                    "kind {:?} does not match its file name",
+                    module.kind
+                )));
+            }
+            files.insert(module.path.clone(), bytes);
+        }
+        let bundle = Bundle::new(lock.manifest(), files)?;
+        if bundle.id != lock.id() {
+            return Err(BundleError::Lock(
+                "the lock does not describe these modules".into(),
+            ));
+        }
+        Ok(bundle)
     }
 
     /// The main module's path.
