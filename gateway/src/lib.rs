@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod origin;
 pub mod routes;
 pub mod server;
 pub mod watch;

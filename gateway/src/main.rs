@@ -2,6 +2,7 @@
 //! crates together; each role lives in its own module.
 
 mod dev;
+mod origin_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,8 +32,11 @@ struct Cli {
 enum Command {
     /// Serve apps from disk as a local edge node, reloading them when their files change.
     Dev(DevArgs),
-    /// Validate an app directory or file and print its resolved manifest.
+    /// Validate an app directory or file and print its locked bundle.
     Check(CheckArgs),
+    /// Run the control plane: stores versions, keeps each app's active one, serves the
+    /// change feed and blobs to PoPs.
+    Origin(OriginArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -164,6 +168,22 @@ impl NodeArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct OriginArgs {
+    /// Directory of the origin's state (blobs/ and catalog.db); created if missing.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8788")]
+    pub listen: SocketAddr,
+    /// File holding the deploy token (else $OUTPOST_DEPLOY_TOKEN).
+    #[arg(long)]
+    pub deploy_token_file: Option<PathBuf>,
+    /// File holding the PoP token (else $OUTPOST_POP_TOKEN).
+    #[arg(long)]
+    pub pop_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct CheckArgs {
     /// The app: a directory with outpost.toml, or a single .js/.mjs file.
     #[arg(default_value = ".")]
@@ -182,6 +202,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev(args) => dev::main(args),
         Command::Check(args) => check(args),
+        Command::Origin(args) => origin_cmd::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,11 +38,27 @@ fn collect(stream: impl std::io::Read + Send + 'static, lines: Arc<Mutex<Vec<Str
 impl Node {
     /// Starts `outpost dev PATH --listen 127.0.0.1:0 ARGS...` and waits for its address.
     pub fn start(path: &Path, args: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .arg("dev")
-            .arg(path)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        command.arg("dev").arg(path).args(args);
+        Node::spawn(command)
+    }
+
+    /// Starts `outpost origin --data DATA --listen 127.0.0.1:0 ARGS...` with `env` and waits
+    /// for its address.
+    pub fn origin(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        command.arg("origin").arg("--data").arg(data).args(args);
+        command.env_remove("OUTPOST_DEPLOY_TOKEN");
+        command.env_remove("OUTPOST_POP_TOKEN");
+        command.envs(env.iter().copied());
+        Node::spawn(command)
+    }
+
+    /// Runs `command` (an `outpost` role) with `--listen 127.0.0.1:0` and waits until it
+    /// prints the address it listens on.
+    pub fn spawn(mut command: Command) -> Node {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

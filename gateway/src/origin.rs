@@ -1,0 +1,345 @@
+//! The origin's HTTP API: where deploys land and PoPs sync from.
+//!
+//! | method and path | token | what |
+//! |---|---|---|
+//! | `PUT /v1/blobs/{sha256}` | deploy | store a module's bytes (idempotent; refused unless they hash to the name) |
+//! | `HEAD /v1/blobs/{sha256}` | deploy or pop | 200 if stored, 404 if not |
+//! | `GET /v1/blobs/{sha256}` | deploy or pop | the bytes |
+//! | `POST /v1/versions` | deploy | body: a locked bundle; 201 `{"id"}` once valid and every blob is stored, else 400/409 with the reason |
+//! | `GET /v1/versions/{id}` | deploy or pop | the version's canonical lock |
+//! | `PUT /v1/apps/{app}/active` | deploy | body `{"version": id}`: activate it (one step) |
+//! | `POST /v1/apps/{app}/rollback` | deploy | body `{}` or `{"to": id}`: the previous (or given) version |
+//! | `GET /v1/apps/{app}/versions` | deploy or pop | the app's versions, newest first |
+//! | `DELETE /v1/apps/{app}` | deploy | take the app out of service |
+//! | `GET /v1/apps` | deploy or pop | every app in service and its version |
+//! | `GET /v1/changes?since=N&wait=S` | deploy or pop | changes after N; waits up to S seconds (≤ 60) for one |
+//!
+//! Tokens travel as `Authorization: Bearer …` and are compared in constant time; a missing
+//! or wrong one gets 401 and changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use outpost_store::{BlobStore, Catalog, DirBlobs, StoreError};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+
+/// Largest blob or lock accepted in one request.
+const MAX_UPLOAD: usize = outpost_bundle::MAX_BUNDLE_BYTES as usize;
+/// Longest a change-feed request may wait.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Most changes one feed response carries.
+const FEED_PAGE: usize = 1_000;
+
+/// Who may do what.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    /// Allows writes (and reads).
+    pub deploy: Option<String>,
+    /// Allows reads.
+    pub pop: Option<String>,
+}
+
+/// What a request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// The origin's state: blobs, catalog, and a signal for feed waiters.
+pub struct Origin {
+    blobs: DirBlobs,
+    catalog: Catalog,
+    tokens: Tokens,
+    changed: Notify,
+}
+
+impl Origin {
+    /// An origin keeping everything under `data` (`blobs/`, `catalog.db`).
+    pub fn open(data: &std::path::Path, tokens: Tokens) -> Result<Origin, StoreError> {
+        std::fs::create_dir_all(data).map_err(|source| StoreError::Io {
+            path: data.to_path_buf(),
+            source,
+        })?;
+        Ok(Origin {
+            blobs: DirBlobs::open(&data.join("blobs"))?,
+            catalog: Catalog::open(&data.join("catalog.db"))?,
+            tokens,
+            changed: Notify::new(),
+        })
+    }
+
+    /// Whether writes and reads are open to anyone (no tokens configured).
+    pub fn open_to_anyone(&self) -> bool {
+        self.tokens.deploy.is_none() && self.tokens.pop.is_none()
+    }
+
+    fn allowed(&self, request: &Request<Incoming>) -> Option<Access> {
+        if self.open_to_anyone() {
+            return Some(Access::Write);
+        }
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?
+            .as_bytes();
+        let matches = |token: &Option<String>| {
+            token
+                .as_ref()
+                .is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented)))
+        };
+        if matches(&self.tokens.deploy) {
+            Some(Access::Write)
+        } else if matches(&self.tokens.pop) {
+            Some(Access::Read)
+        } else {
+            None
+        }
+    }
+
+    /// Answers one API request.
+    pub async fn handle(self: &Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match self.route(request).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let access = self.allowed(&request).ok_or(ApiError::Unauthorized)?;
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or("").to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let need = |wanted: Access| {
+            if access >= wanted {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden)
+            }
+        };
+        match (&method, segments.as_slice()) {
+            (&Method::PUT, ["v1", "blobs", digest]) => {
+                need(Access::Write)?;
+                let body = read_body(request).await?;
+                self.blobs.put(digest, &body)?;
+                Ok(json_response(StatusCode::OK, &json!({ "sha256": digest })))
+            }
+            (&Method::HEAD, ["v1", "blobs", digest]) => {
+                let status = if self.blobs.has(digest)? {
+                    StatusCode::OK
+                } else {
+                    StatusCode::NOT_FOUND
+                };
+                Ok(empty(status))
+            }
+            (&Method::GET, ["v1", "blobs", digest]) => match self.blobs.get(digest)? {
+                Some(bytes) => Ok(bytes_response(bytes, "application/octet-stream")),
+                None => Err(ApiError::NotFound(format!("no blob {digest}"))),
+            },
+            (&Method::POST, ["v1", "versions"]) => {
+                need(Access::Write)?;
+                let body = read_body(request).await?;
+                let id = self.catalog.create_version(&body, &self.blobs)?;
+                Ok(json_response(StatusCode::CREATED, &json!({ "id": id })))
+            }
+            (&Method::GET, ["v1", "versions", id]) => match self.catalog.lock(id)? {
+                Some(lock) => Ok(bytes_response(lock, "application/json")),
+                None => Err(ApiError::NotFound(format!("no version {id}"))),
+            },
+            (&Method::PUT, ["v1", "apps", app, "active"]) => {
+                need(Access::Write)?;
+                let body: serde_json::Value = serde_json::from_slice(&read_body(request).await?)
+                    .map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+                let version = body["version"]
+                    .as_str()
+                    .ok_or_else(|| ApiError::BadRequest("body needs {\"version\": id}".into()))?;
+                let change = self.catalog.activate(app, version)?;
+                self.changed.notify_waiters();
+                Ok(json_response(StatusCode::OK, &json!(change)))
+            }
+            (&Method::POST, ["v1", "apps", app, "rollback"]) => {
+                need(Access::Write)?;
+                let body = read_body(request).await?;
+                let to = if body.is_empty() {
+                    None
+                } else {
+                    let value: serde_json::Value = serde_json::from_slice(&body)
+                        .map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+                    value["to"].as_str().map(str::to_string)
+                };
+                let change = self.catalog.rollback(app, to.as_deref())?;
+                self.changed.notify_waiters();
+                Ok(json_response(StatusCode::OK, &json!(change)))
+            }
+            (&Method::DELETE, ["v1", "apps", app]) => {
+                need(Access::Write)?;
+                let change = self.catalog.delete_app(app)?;
+                self.changed.notify_waiters();
+                Ok(json_response(StatusCode::OK, &json!(change)))
+            }
+            (&Method::GET, ["v1", "apps", app, "versions"]) => {
+                let versions = self.catalog.versions(app)?;
+                Ok(json_response(StatusCode::OK, &json!(versions)))
+            }
+            (&Method::GET, ["v1", "apps"]) => {
+                let apps: Vec<serde_json::Value> = self
+                    .catalog
+                    .active()?
+                    .into_iter()
+                    .map(|(app, version)| json!({ "app": app, "version": version }))
+                    .collect();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "head": self.catalog.head()?, "apps": apps }),
+                ))
+            }
+            (&Method::GET, ["v1", "changes"]) => {
+                let since = query_param(&query, "since").unwrap_or(0);
+                let wait =
+                    Duration::from_secs(query_param(&query, "wait").unwrap_or(0)).min(MAX_WAIT);
+                let changes = self.changes_after(since, wait).await?;
+                let head = changes.last().map_or(since, |c| c.seq);
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "head": head, "changes": changes }),
+                ))
+            }
+            _ => Err(ApiError::NotFound(format!("no API {method} {path}"))),
+        }
+    }
+
+    /// The changes after `since`, waiting up to `wait` for one if there are none yet.
+    async fn changes_after(
+        &self,
+        since: u64,
+        wait: Duration,
+    ) -> Result<Vec<outpost_store::Change>, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register before looking, so a change between the look and the wait wakes us.
+            let notified = self.changed.notified();
+            let changes = self.catalog.changes(since, FEED_PAGE)?;
+            if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(changes);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(self.catalog.changes(since, FEED_PAGE)?);
+            }
+        }
+    }
+}
+
+fn query_param(query: &str, name: &str) -> Option<u64> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Limited::new(request.into_body(), MAX_UPLOAD)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = bytes_response(
+        serde_json::to_vec(value).unwrap_or_default(),
+        "application/json",
+    );
+    *response.status_mut() = status;
+    response
+}
+
+fn bytes_response(bytes: Vec<u8>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+/// Why an API request failed; each becomes a status and a JSON `{"error": …}` body.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("a valid token is required (Authorization: Bearer …)")]
+    Unauthorized,
+    #[error("this token may only read")]
+    Forbidden,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let status = match &self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Store(e) => match e {
+                StoreError::MissingBlobs(_) => StatusCode::CONFLICT,
+                StoreError::NoSuchVersion(_) | StoreError::NoSuchApp(_) => StatusCode::NOT_FOUND,
+                StoreError::Io { .. } | StoreError::Database(_) | StoreError::Poisoned => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+                _ => StatusCode::BAD_REQUEST,
+            },
+        };
+        let mut response = json_response(status, &json!({ "error": self.to_string() }));
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// Serves the origin API on `listener` until the task is dropped.
+pub async fn serve_origin(listener: tokio::net::TcpListener, origin: Arc<Origin>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let origin = origin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let origin = origin.clone();
+                async move { Ok::<_, std::convert::Infallible>(origin.handle(request).await) }
+            });
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+        });
+    }
+}
