@@ -241,3 +241,82 @@ async fn an_origin_without_tokens_stays_on_loopback() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("without a deploy token"), "{stderr}");
 }
+
+/// Runs `outpost ARGS...` with `token` as OUTPOST_TOKEN; returns success, stdout, stderr.
+fn outpost(args: &[&str], token: Option<&str>) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command
+        .args(args)
+        .env_remove("OUTPOST_TOKEN")
+        .env_remove("OUTPOST_ORIGIN");
+    if let Some(token) = token {
+        command.env("OUTPOST_TOKEN", token);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn outpost_deploy_uploads_what_is_missing_and_activates() {
+    let data = tempfile::tempdir().unwrap();
+    let node = origin(data.path());
+    let (d1, v1) = bundle("blog", "one");
+    let path = d1.path().to_str().unwrap();
+    let (ok, out, err) = outpost(&["deploy", path, "--origin", &node.url], Some(DEPLOY));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("deployed blog@{}", &v1.id[..8])),
+        "{out}"
+    );
+    assert!(err.contains("1 of 1 modules uploaded"), "{err}");
+    // The same app again: nothing to upload.
+    let (ok, _, err) = outpost(&["deploy", path, "--origin", &node.url], Some(DEPLOY));
+    assert!(ok && err.contains("0 of 1 modules uploaded"), "{err}");
+    let (_d2, v2) = bundle("blog", "two");
+    let (ok, _, err) = outpost(
+        &[
+            "deploy",
+            _d2.path().to_str().unwrap(),
+            "--origin",
+            &node.url,
+        ],
+        Some(DEPLOY),
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = outpost(&["versions", "blog", "--origin", &node.url], Some(POP));
+    assert!(ok);
+    assert!(
+        out.contains(&format!("* {}", v2.id)) && out.contains(&format!("  {}", v1.id)),
+        "{out}"
+    );
+    let (ok, out, err) = outpost(&["rollback", "blog", "--origin", &node.url], Some(DEPLOY));
+    assert!(ok, "{err}");
+    assert!(out.contains(&v1.id), "{out}");
+
+    // Every rejection says why.
+    let (ok, _, err) = outpost(&["deploy", path, "--origin", &node.url], Some("wrong"));
+    assert!(!ok && err.contains("refused the token"), "{err}");
+    let broken = app("Not Valid", "export default {};");
+    let (ok, _, err) = outpost(
+        &[
+            "deploy",
+            broken.path().to_str().unwrap(),
+            "--origin",
+            &node.url,
+        ],
+        Some(DEPLOY),
+    );
+    assert!(
+        !ok && err.contains("invalid outpost.toml: name \"Not Valid\""),
+        "{err}"
+    );
+    let (ok, _, err) = outpost(
+        &["deploy", path, "--origin", "http://127.0.0.1:9"],
+        Some(DEPLOY),
+    );
+    assert!(!ok && err.contains("cannot be reached"), "{err}");
+}

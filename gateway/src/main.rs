@@ -1,6 +1,7 @@
 //! `outpost`: the one binary of every role. This file parses the command line and wires the
 //! crates together; each role lives in its own module.
 
+mod deploy_cmd;
 mod dev;
 mod origin_cmd;
 
@@ -37,6 +38,12 @@ enum Command {
     /// Run the control plane: stores versions, keeps each app's active one, serves the
     /// change feed and blobs to PoPs.
     Origin(OriginArgs),
+    /// Publish an app to an origin: upload what it lacks, create the version, activate it.
+    Deploy(deploy_cmd::DeployArgs),
+    /// Make an app's previous (or a given) version active again.
+    Rollback(deploy_cmd::RollbackArgs),
+    /// List an app's versions on an origin (* marks the active one).
+    Versions(deploy_cmd::VersionsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,6 +210,9 @@ fn main() -> ExitCode {
         Command::Dev(args) => dev::main(args),
         Command::Check(args) => check(args),
         Command::Origin(args) => origin_cmd::main(args),
+        Command::Deploy(args) => deploy_cmd::deploy(args),
+        Command::Rollback(args) => deploy_cmd::rollback(args),
+        Command::Versions(args) => deploy_cmd::versions(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
