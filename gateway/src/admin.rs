@@ -4,8 +4,10 @@
 //! | path | answer |
 //! |---|---|
 //! | `/healthz` | `200 ok` while the process serves |
+//! | `/readyz` | `200 ready` once the node has what it should serve (a PoP: after its first sync with the origin), else `503` |
 //! | `/isolates` | the scheduler's counters and every live instance, as JSON ([`PoolStats`]) |
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,17 +21,19 @@ use outpost_pool::{Pool, PoolStats};
 use tokio::net::TcpListener;
 
 /// Serves the admin endpoints on `listener` until the task is dropped.
-pub async fn serve_admin(listener: TcpListener, pool: Arc<Pool>) {
+pub async fn serve_admin(listener: TcpListener, pool: Arc<Pool>, ready: Arc<AtomicBool>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let pool = pool.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let pool = pool.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&request, &pool)) }
+                let ready = ready.load(Ordering::Acquire);
+                async move { Ok::<_, std::convert::Infallible>(answer(&request, &pool, ready)) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -38,9 +42,11 @@ pub async fn serve_admin(listener: TcpListener, pool: Arc<Pool>) {
     }
 }
 
-fn answer(request: &Request<Incoming>, pool: &Pool) -> Response<Full<Bytes>> {
+fn answer(request: &Request<Incoming>, pool: &Pool, ready: bool) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if ready => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/isolates" => {
             let stats: PoolStats = pool.stats();
             match serde_json::to_vec_pretty(&stats) {

@@ -61,7 +61,8 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
                 .await
                 .with_context(|| format!("listening on {admin_addr} (admin)"))?;
             println!("outpost dev: admin on http://{}/", admin.local_addr()?);
-            Some(tokio::spawn(serve_admin(admin, pool.clone())))
+            let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            Some(tokio::spawn(serve_admin(admin, pool.clone(), ready)))
         }
         None => None,
     };
@@ -80,6 +81,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
 
     let config = ServeConfig {
         error_detail: args.error_detail,
+        pop_name: None,
     };
     tokio::select! {
         () = serve(listener, routes, config, pool) => {}

@@ -4,6 +4,7 @@
 mod deploy_cmd;
 mod dev;
 mod origin_cmd;
+mod pop_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ enum Command {
     /// Run the control plane: stores versions, keeps each app's active one, serves the
     /// change feed and blobs to PoPs.
     Origin(OriginArgs),
+    /// Run a point of presence: follow an origin's change feed and serve its apps.
+    Pop(pop_cmd::PopArgs),
     /// Publish an app to an origin: upload what it lacks, create the version, activate it.
     Deploy(deploy_cmd::DeployArgs),
     /// Make an app's previous (or a given) version active again.
@@ -211,6 +214,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Origin(args) => origin_cmd::main(args),
         Command::Deploy(args) => deploy_cmd::deploy(args),
+        Command::Pop(args) => pop_cmd::main(args),
         Command::Rollback(args) => deploy_cmd::rollback(args),
         Command::Versions(args) => deploy_cmd::versions(args),
     };

@@ -25,12 +25,16 @@ use crate::routes::{Routes, Target};
 pub struct ServeConfig {
     /// What a client is told when an app cannot be loaded.
     pub error_detail: ErrorDetail,
+    /// The node's name, sent as `x-outpost-pop` with the serving version as
+    /// `x-outpost-version` (a PoP's `--name`); nothing when unset.
+    pub pop_name: Option<http::HeaderValue>,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             error_detail: ErrorDetail::Short,
+            pop_name: None,
         }
     }
 }
@@ -149,7 +153,16 @@ async fn route(
         return Err(too_large(limits.max_body_bytes));
     }
     match result {
-        Ok(response) => Ok(response),
+        Ok(mut response) => {
+            if let Some(name) = &config.pop_name {
+                let headers = response.headers_mut();
+                headers.insert("x-outpost-pop", name.clone());
+                if let Ok(version) = http::HeaderValue::from_str(&deployment.bundle().label()) {
+                    headers.insert("x-outpost-version", version);
+                }
+            }
+            Ok(response)
+        }
         Err(DispatchError::LoadFailed(reason)) => Err(load_failed(config, &app.name, &reason)),
         Err(e) => Err(e.into()),
     }

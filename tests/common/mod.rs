@@ -56,9 +56,14 @@ impl Node {
 
     /// Runs `command` (an `outpost` role) with `--listen 127.0.0.1:0` and waits until it
     /// prints the address it listens on.
-    pub fn spawn(mut command: Command) -> Node {
+    pub fn spawn(command: Command) -> Node {
+        Node::spawn_on(command, "127.0.0.1:0")
+    }
+
+    /// [`Node::spawn`] listening on `listen`.
+    pub fn spawn_on(mut command: Command, listen: &str) -> Node {
         let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

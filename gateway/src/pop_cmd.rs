@@ -1,0 +1,417 @@
+//! `outpost pop`: a point of presence. It serves the apps of its local store at once, then
+//! follows the origin's change feed: for each change it fetches the version's lock and the
+//! blobs it lacks (bounded concurrency, every digest verified, each written atomically),
+//! loads the version, and switches the node's route table in one step. While the origin is
+//! unreachable it keeps serving what it has and retries with backoff.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::{StreamExt, TryStreamExt};
+use outpost_bundle::{Bundle, Limits, Lock};
+use outpost_gateway::admin::serve_admin;
+use outpost_gateway::{serve, AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig, Target};
+use outpost_isolate::IsolateEngine;
+use outpost_pool::{Deployment, Pool};
+use outpost_store::{BlobStore, DirBlobs};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::{EgressArg, NodeArgs};
+
+/// Blobs fetched at once from the origin.
+const FETCHES: usize = 8;
+/// How long one long-poll of the feed may wait.
+const POLL_WAIT_SECS: u64 = 25;
+/// The longest pause between attempts while the origin is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, clap::Args)]
+pub struct PopArgs {
+    /// The origin's URL (http://HOST:PORT).
+    #[arg(long, env = "OUTPOST_ORIGIN")]
+    pub origin: String,
+    /// The PoP token (else $OUTPOST_TOKEN).
+    #[arg(long, env = "OUTPOST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Directory of the PoP's store (blobs/, locks/, state.json); created if missing.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// This PoP's name, sent as `x-outpost-pop` on every response.
+    #[arg(long, default_value = "pop")]
+    pub name: String,
+    /// Address of the admin listener (/healthz, /readyz, /isolates).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Where tenants' outbound fetch may go.
+    #[arg(long, value_enum, default_value = "public")]
+    pub egress: EgressArg,
+    /// What a client sees of an app's load error.
+    #[arg(long, value_enum, default_value = "short")]
+    pub error_detail: ErrorDetail,
+}
+
+/// What the PoP serves, as kept on disk.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// The last change of the feed applied.
+    seq: u64,
+    /// Each app's version.
+    apps: BTreeMap<String, String>,
+}
+
+/// The PoP's local store: verified blobs, locks, and the state, each written atomically.
+struct LocalStore {
+    root: PathBuf,
+    blobs: DirBlobs,
+}
+
+impl LocalStore {
+    fn open(root: &Path) -> anyhow::Result<LocalStore> {
+        std::fs::create_dir_all(root.join("locks"))
+            .with_context(|| format!("creating {}", root.display()))?;
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            blobs: DirBlobs::open(&root.join("blobs"))?,
+        })
+    }
+
+    fn state(&self) -> anyhow::Result<State> {
+        match std::fs::read(self.root.join("state.json")) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).context("state.json")?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(e).context("reading state.json"),
+        }
+    }
+
+    fn save_state(&self, state: &State) -> anyhow::Result<()> {
+        write_atomically(&self.root.join("state.json"), &serde_json::to_vec(state)?)
+    }
+
+    fn lock_path(&self, id: &str) -> anyhow::Result<PathBuf> {
+        outpost_store::check_digest(id)?;
+        Ok(self.root.join("locks").join(format!("{id}.json")))
+    }
+
+    fn lock(&self, id: &str) -> anyhow::Result<Option<Lock>> {
+        match std::fs::read(self.lock_path(id)?) {
+            Ok(bytes) => Ok(Some(Lock::from_bytes(&bytes)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("reading a lock"),
+        }
+    }
+
+    fn save_lock(&self, lock: &Lock) -> anyhow::Result<()> {
+        write_atomically(&self.lock_path(&lock.id())?, &lock.to_bytes())
+    }
+
+    /// The bundle of a stored version; every blob is read back and checked.
+    fn bundle(&self, id: &str) -> anyhow::Result<Bundle> {
+        let lock = self
+            .lock(id)?
+            .with_context(|| format!("version {id} is not in the local store"))?;
+        Ok(Bundle::from_lock(&lock, |digest| {
+            self.blobs.get(digest).ok().flatten()
+        })?)
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The origin's read API.
+struct OriginClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl OriginClient {
+    async fn get(&self, path: &str) -> anyhow::Result<bytes::Bytes> {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {path}: the origin answered {status}");
+        }
+        Ok(response.bytes().await?)
+    }
+
+    /// Fetches what version `id` needs into `store` (its lock, the blobs it lacks) and
+    /// returns its bundle, verified.
+    async fn fetch(&self, store: &LocalStore, id: &str) -> anyhow::Result<Bundle> {
+        let lock = match store.lock(id)? {
+            Some(lock) => lock,
+            None => {
+                let lock = Lock::from_bytes(&self.get(&format!("/v1/versions/{id}")).await?)?;
+                if lock.id() != id {
+                    bail!(
+                        "the origin sent a lock for {} when asked for {id}",
+                        lock.id()
+                    );
+                }
+                lock
+            }
+        };
+        let missing: Vec<String> = lock
+            .modules
+            .iter()
+            .filter(|m| !store.blobs.has(&m.sha256).unwrap_or(false))
+            .map(|m| m.sha256.clone())
+            .collect();
+        futures::stream::iter(missing)
+            .map(|digest| async move {
+                let bytes = self.get(&format!("/v1/blobs/{digest}")).await?;
+                // Verified against its digest, written to a temporary file, then renamed.
+                store.blobs.put(&digest, &bytes)?;
+                anyhow::Ok(())
+            })
+            .buffer_unordered(FETCHES)
+            .try_collect::<Vec<()>>()
+            .await?;
+        store.save_lock(&lock)?;
+        store.bundle(id)
+    }
+}
+
+pub fn main(args: PopArgs) -> anyhow::Result<()> {
+    let engine = Arc::new(IsolateEngine::new(args.node.engine(args.egress)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(args, engine))
+}
+
+/// The apps the PoP serves, and what builds its route table.
+struct Serving {
+    store: LocalStore,
+    pool: Arc<Pool>,
+    routes: Arc<Routes>,
+    node_limits: Limits,
+    state: State,
+    apps: BTreeMap<String, Deployment>,
+    name: String,
+}
+
+impl Serving {
+    async fn load(&self, bundle: Bundle) -> anyhow::Result<Deployment> {
+        let (limits, _) = self.node_limits.for_app(&bundle.manifest.limits);
+        Ok(self.pool.deploy(Arc::new(bundle), limits).await?)
+    }
+
+    /// Swaps in the table of the apps served now; an app whose routes collide with
+    /// another's is left out (and logged).
+    fn publish(&mut self) {
+        loop {
+            let entries: Vec<AppEntry> = self
+                .apps
+                .iter()
+                .map(|(name, d)| AppEntry {
+                    name: name.clone(),
+                    routes: d.bundle().manifest.parsed_routes(),
+                    target: Target::Serving(d.clone()),
+                })
+                .collect();
+            match RouteTable::new(entries) {
+                Ok(table) => return self.routes.swap(table),
+                Err(duplicate) => {
+                    eprintln!(
+                        "outpost pop {}: {duplicate}; {} is not served",
+                        self.name, duplicate.second
+                    );
+                    self.apps.remove(&duplicate.second);
+                }
+            }
+        }
+    }
+
+    /// Applies one page of the feed: the last change of each app wins.
+    async fn apply(
+        &mut self,
+        client: &OriginClient,
+        head: u64,
+        changes: Vec<(String, Option<String>)>,
+    ) {
+        let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for (app, version) in changes {
+            latest.insert(app, version);
+        }
+        for (app, version) in latest {
+            match version {
+                None => {
+                    self.apps.remove(&app);
+                    self.state.apps.remove(&app);
+                    println!("outpost pop {}: {app} removed", self.name);
+                }
+                Some(id)
+                    if self.state.apps.get(&app) == Some(&id) && self.apps.contains_key(&app) => {}
+                Some(id) => {
+                    let loaded = match client.fetch(&self.store, &id).await {
+                        Ok(bundle) => self.load(bundle).await,
+                        Err(e) => Err(e),
+                    };
+                    match loaded {
+                        Ok(deployment) => {
+                            println!("outpost pop {}: serving {}", self.name, deployment.bundle().label());
+                            self.apps.insert(app.clone(), deployment);
+                            self.state.apps.insert(app, id);
+                        }
+                        Err(e) => eprintln!(
+                            "outpost pop {}: version {id} of {app} not activated: {e:#}; the previous one keeps serving",
+                            self.name
+                        ),
+                    }
+                }
+            }
+        }
+        self.state.seq = head;
+        if let Err(e) = self.store.save_state(&self.state) {
+            eprintln!("outpost pop {}: saving its state failed: {e:#}", self.name);
+        }
+        self.publish();
+    }
+}
+
+#[derive(Deserialize)]
+struct Feed {
+    head: u64,
+    changes: Vec<FeedChange>,
+}
+
+#[derive(Deserialize)]
+struct FeedChange {
+    app: String,
+    version: Option<String>,
+}
+
+async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
+    let store = LocalStore::open(&args.data)?;
+    let state = store.state()?;
+    let pool = Arc::new(Pool::new(engine, args.node.pool()).context("starting worker threads")?);
+    let routes = Arc::new(Routes::default());
+    let mut serving = Serving {
+        store,
+        pool: pool.clone(),
+        routes: routes.clone(),
+        node_limits: args.node.limits(),
+        state: State::default(),
+        apps: BTreeMap::new(),
+        name: args.name.clone(),
+    };
+    // Serve what the store has before the origin answers.
+    for (app, id) in &state.apps {
+        match serving.store.bundle(id) {
+            Ok(bundle) => match serving.load(bundle).await {
+                Ok(deployment) => {
+                    serving.apps.insert(app.clone(), deployment);
+                }
+                Err(e) => eprintln!("outpost pop {}: {app} from the store: {e:#}", args.name),
+            },
+            Err(e) => eprintln!("outpost pop {}: {app} from the store: {e:#}", args.name),
+        }
+    }
+    serving.state = state;
+    serving.publish();
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(admin_addr) = args.admin {
+        let admin = TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("listening on {admin_addr} (admin)"))?;
+        println!(
+            "outpost pop {}: admin on http://{}/",
+            args.name,
+            admin.local_addr()?
+        );
+        tokio::spawn(serve_admin(admin, pool.clone(), ready.clone()));
+    }
+    println!(
+        "outpost pop {}: listening on http://{}/",
+        args.name,
+        listener.local_addr()?
+    );
+
+    let client = OriginClient {
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(POLL_WAIT_SECS + 30))
+            .build()?,
+        base: args.origin.trim_end_matches('/').to_string(),
+        token: args.token.clone(),
+    };
+    let name = args.name.clone();
+    let follow = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(250);
+        let mut reachable = true;
+        loop {
+            let since = serving.state.seq;
+            let path = format!("/v1/changes?since={since}&wait={POLL_WAIT_SECS}");
+            let feed = client
+                .get(&path)
+                .await
+                .and_then(|bytes| Ok(serde_json::from_slice::<Feed>(&bytes)?));
+            match feed {
+                Ok(feed) => {
+                    if !reachable {
+                        println!("outpost pop {name}: the origin answers again");
+                        reachable = true;
+                    }
+                    backoff = Duration::from_millis(250);
+                    if !feed.changes.is_empty() {
+                        let changes = feed
+                            .changes
+                            .into_iter()
+                            .map(|c| (c.app, c.version))
+                            .collect();
+                        serving.apply(&client, feed.head, changes).await;
+                    }
+                    ready.store(true, Ordering::Release);
+                }
+                Err(e) => {
+                    if reachable {
+                        eprintln!("outpost pop {name}: the origin is unreachable ({e:#}); serving what it has, retrying");
+                        reachable = false;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    });
+
+    let config = ServeConfig {
+        error_detail: args.error_detail,
+        pop_name: http::HeaderValue::from_str(&args.name).ok(),
+    };
+    tokio::select! {
+        () = serve(listener, routes, config, pool) => {}
+        _ = tokio::signal::ctrl_c() => println!("outpost pop {}: stopping", args.name),
+    }
+    follow.abort();
+    std::process::exit(0)
+}
