@@ -320,3 +320,90 @@ async fn outpost_deploy_uploads_what_is_missing_and_activates() {
     );
     assert!(!ok && err.contains("cannot be reached"), "{err}");
 }
+
+#[tokio::test]
+async fn a_kill_during_a_deploy_leaves_a_consistent_store() {
+    let data = tempfile::tempdir().unwrap();
+    let node = origin(data.path());
+    // A bundle of many modules, so the kill lands mid-deploy.
+    let mut files = vec![("outpost.toml".to_string(), "name = \"big\"\n".to_string())];
+    files.push((
+        "src/index.js".to_string(),
+        "export default { fetch() { return new Response('big'); } };\n".to_string(),
+    ));
+    for i in 0..120 {
+        files.push((format!("src/data/{i}.txt"), format!("{i}").repeat(40_000)));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let dir = common::app_dir(&refs);
+    let url = node.url.clone();
+    let path = dir.path().to_path_buf();
+    let deploying = std::thread::spawn(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .arg("deploy")
+            .arg(&path)
+            .args(["--origin", &url])
+            .env("OUTPOST_TOKEN", DEPLOY)
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(node); // SIGKILL
+    let _ = deploying.join();
+
+    let node = origin(data.path());
+    let (status, apps) = send(reqwest::Method::GET, &node, "/v1/apps", Some(POP), vec![]).await;
+    assert_eq!(status, 200);
+    // Whatever is in service has its lock and every blob, intact.
+    for entry in apps["apps"].as_array().unwrap() {
+        let id = entry["version"].as_str().unwrap();
+        let (status, lock) = send(
+            reqwest::Method::GET,
+            &node,
+            &format!("/v1/versions/{id}"),
+            Some(POP),
+            vec![],
+        )
+        .await;
+        assert_eq!(status, 200);
+        for module in lock["modules"].as_array().unwrap() {
+            let digest = module["sha256"].as_str().unwrap();
+            let (status, _) = send(
+                reqwest::Method::HEAD,
+                &node,
+                &format!("/v1/blobs/{digest}"),
+                Some(POP),
+                vec![],
+            )
+            .await;
+            assert_eq!(status, 200, "{digest}");
+        }
+    }
+    // Every blob stored under a digest hashes to it: nothing partial has a real name.
+    for shard in std::fs::read_dir(data.path().join("blobs")).unwrap() {
+        for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let file = file.unwrap().path();
+            let name = file.file_name().unwrap().to_str().unwrap().to_string();
+            if name.len() == 64 {
+                let bytes = std::fs::read(&file).unwrap();
+                assert_eq!(outpost_store::digest_of(&bytes), name);
+            }
+        }
+    }
+    // And the deploy can simply be run again.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("deploy")
+        .arg(dir.path())
+        .args(["--origin", &node.url])
+        .env("OUTPOST_TOKEN", DEPLOY)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
