@@ -9,11 +9,10 @@
 //!
 //! Every load is bounded in requests and time, and stays on loopback.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -22,6 +21,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+#[path = "process.rs"]
+mod process;
+use process::Process;
 
 #[derive(Parser)]
 struct Args {
@@ -97,54 +100,30 @@ fn make_apps(dir: &Path, count: usize, source: &str) -> anyhow::Result<()> {
 
 /// A running `outpost dev`, killed when dropped.
 struct Node {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
     admin: SocketAddr,
 }
 
 impl Node {
     fn start(outpost: &Path, dir: &Path, args: &[String]) -> anyhow::Result<Node> {
-        let mut child = Command::new(outpost)
+        let mut command = Command::new(outpost);
+        command
             .arg("dev")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--server-timing", "off"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting outpost")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(mut lines) = sink.lock() {
-                    lines.push(line);
-                }
-            }
-        });
-        let find = |needle: &str| -> Option<SocketAddr> {
-            let lines = lines.lock().ok()?;
-            let line = lines.iter().find(|l| l.contains(needle))?;
-            let rest = line.split("http://").nth(1)?;
-            rest.trim_end_matches('/').parse().ok()
-        };
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            if let (Some(addr), Some(admin)) = (find("listening on"), find("admin on")) {
-                return Ok(Node { child, addr, admin });
-            }
-            if Instant::now() > deadline {
-                bail!("outpost did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .args(args);
+        let (process, addresses) = Process::start(command, &["listening on", "admin on"])?;
+        Ok(Node {
+            process,
+            addr: addresses[0],
+            admin: addresses[1],
+        })
     }
 
     fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id()))?;
         let kib: f64 = status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -170,13 +149,6 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -5,15 +5,17 @@
 //! - `fanout`: `--followers` clients long-polling one origin's change feed; the time from an
 //!   activation until all of them have seen it.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use outpost_bundle::{Bundle, Manifest};
+
+#[path = "process.rs"]
+mod process;
+use process::Process;
 
 const DEPLOY: &str = "bench-deploy";
 const POP: &str = "bench-pop";
@@ -45,54 +47,22 @@ enum Bench {
     },
 }
 
-/// A process that printed `listening on http://…`; killed when dropped.
-struct Process {
-    child: Child,
+/// A started role and the URL it listens on.
+struct Role {
+    _process: Process,
     url: String,
 }
 
-impl Process {
-    fn start(mut command: Command) -> anyhow::Result<Process> {
-        let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting outpost")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let found = Arc::new(Mutex::new(None::<String>));
-        let sink = found.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    if let Ok(mut found) = sink.lock() {
-                        *found = Some(rest.trim().trim_end_matches('/').to_string());
-                    }
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(url) = found.lock().ok().and_then(|f| f.clone()) {
-                return Ok(Process { child, url });
-            }
-            if Instant::now() > deadline {
-                bail!("outpost did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+fn start(mut command: Command) -> anyhow::Result<Role> {
+    command.args(["--listen", "127.0.0.1:0"]);
+    let (process, addresses) = Process::start(command, &["listening on"])?;
+    Ok(Role {
+        _process: process,
+        url: format!("http://{}", addresses[0]),
+    })
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn origin(outpost: &Path, data: &Path) -> anyhow::Result<Process> {
+fn origin(outpost: &Path, data: &Path) -> anyhow::Result<Role> {
     let mut command = Command::new(outpost);
     command
         .arg("origin")
@@ -100,7 +70,7 @@ fn origin(outpost: &Path, data: &Path) -> anyhow::Result<Process> {
         .arg(data)
         .env("OUTPOST_DEPLOY_TOKEN", DEPLOY)
         .env("OUTPOST_POP_TOKEN", POP);
-    Process::start(command)
+    start(command)
 }
 
 /// Version `n` of the benchmark's app.
@@ -158,7 +128,7 @@ async fn propagation(outpost: &Path, pops: usize, deploys: usize) -> anyhow::Res
             .arg("--data")
             .arg(dir.path().join(format!("pop-{i}")))
             .env("OUTPOST_TOKEN", POP);
-        nodes.push(Process::start(command)?);
+        nodes.push(start(command)?);
     }
     let http = reqwest::Client::new();
     let mut times = Vec::new();
