@@ -314,6 +314,37 @@ async fn outpost_deploy_uploads_what_is_missing_and_activates() {
         !ok && err.contains("invalid outpost.toml: name \"Not Valid\""),
         "{err}"
     );
+    let syntax = app(
+        "syntax",
+        "export default { fetch() { return new Response( } };\n",
+    );
+    let (ok, _, err) = outpost(
+        &[
+            "deploy",
+            syntax.path().to_str().unwrap(),
+            "--origin",
+            &node.url,
+        ],
+        Some(DEPLOY),
+    );
+    assert!(!ok && err.contains("the app does not load"), "{err}");
+    assert!(
+        err.contains("file:///src/index.js:1"),
+        "the error has its file:line: {err}"
+    );
+    let (status, body) = send(
+        reqwest::Method::GET,
+        &node,
+        "/v1/apps/syntax/versions",
+        Some(POP),
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (200, json!([])),
+        "nothing reached the origin"
+    );
     let (ok, _, err) = outpost(
         &["deploy", path, "--origin", "http://127.0.0.1:9"],
         Some(DEPLOY),

@@ -116,7 +116,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let bundle = outpost_bundle::load_app(&args.path)?;
+    let bundle = crate::load_in_an_isolate(outpost_bundle::load_app(&args.path)?)?;
     let client = Client::new(&args.origin)?;
     runtime()?.block_on(async move {
         let name = bundle.manifest.name.clone();

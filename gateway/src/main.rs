@@ -229,7 +229,30 @@ fn main() -> ExitCode {
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let bundle = outpost_bundle::load_app(&args.path)?;
+    let bundle = load_in_an_isolate(bundle)?;
     println!("{}", serde_json::to_string_pretty(&bundle.lock())?);
     eprintln!("version id {}", bundle.id);
     Ok(())
+}
+
+/// Loads `bundle` in an isolate, as a node would, so that a syntax error, a failing import
+/// or a missing handler is reported (with its file:line) before the app goes anywhere.
+/// Runs on the main thread (it initializes V8).
+pub fn load_in_an_isolate(
+    bundle: outpost_bundle::Bundle,
+) -> anyhow::Result<outpost_bundle::Bundle> {
+    let engine = std::sync::Arc::new(outpost_isolate::IsolateEngine::new(EngineConfig {
+        spares_per_worker: 0,
+        ..EngineConfig::default()
+    }));
+    let pool = outpost_pool::Pool::new(engine, PoolConfig::default())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bundle = std::sync::Arc::new(bundle);
+    let (limits, _) = Limits::default().for_app(&bundle.manifest.limits);
+    runtime
+        .block_on(pool.deploy(bundle.clone(), limits))
+        .map_err(|e| anyhow::anyhow!("the app does not load: {}", e.message))?;
+    Ok(std::sync::Arc::unwrap_or_clone(bundle))
 }
