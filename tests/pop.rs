@@ -164,11 +164,6 @@ async fn a_corrupt_blob_never_activates() {
         .join("blobs")
         .join(&module.sha256[..2])
         .join(&module.sha256);
-    std::fs::write(
-        &blob,
-        b"export default { fetch() { return new Response('tampered'); } };",
-    )
-    .unwrap();
     let res = client
         .post(origin_node.url("/v1/versions"))
         .bearer_auth(DEPLOY)
@@ -177,6 +172,12 @@ async fn a_corrupt_blob_never_activates() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
+    // Damaged on the origin's disk after the version was accepted, before activation.
+    std::fs::write(
+        &blob,
+        b"export default { fetch() { return new Response('tampered'); } };",
+    )
+    .unwrap();
     let res = client
         .put(origin_node.url("/v1/apps/site/active"))
         .bearer_auth(DEPLOY)
@@ -187,7 +188,7 @@ async fn a_corrupt_blob_never_activates() {
     assert_eq!(res.status(), 200);
     let line = pop_node.wait_for_stderr("not activated", Duration::from_secs(30));
     assert!(
-        line.contains(&bundle.id) && line.contains("hash to"),
+        line.contains(&bundle.id) && line.contains(&format!("blob {}", module.sha256)),
         "{line}"
     );
     assert_eq!(until_serves(&pop_node, "good").await, "pop-x");

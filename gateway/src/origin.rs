@@ -194,6 +194,8 @@ impl Origin {
                 Ok(json_response(StatusCode::OK, &json!(versions)))
             }
             (&Method::GET, ["v1", "apps"]) => {
+                // The head first: a client following the feed from it misses nothing.
+                let head = self.catalog.head()?;
                 let apps: Vec<serde_json::Value> = self
                     .catalog
                     .active()?
@@ -202,7 +204,7 @@ impl Origin {
                     .collect();
                 Ok(json_response(
                     StatusCode::OK,
-                    &json!({ "head": self.catalog.head()?, "apps": apps }),
+                    &json!({ "head": head, "apps": apps }),
                 ))
             }
             (&Method::GET, ["v1", "changes"]) => {
@@ -210,7 +212,12 @@ impl Origin {
                 let wait =
                     Duration::from_secs(query_param(&query, "wait").unwrap_or(0)).min(MAX_WAIT);
                 let changes = self.changes_after(since, wait).await?;
-                let head = changes.last().map_or(since, |c| c.seq);
+                // The origin's head, also when it is behind `since` (restored from a backup):
+                // a follower then starts over.
+                let head = match changes.last() {
+                    Some(change) => change.seq,
+                    None => self.catalog.head()?,
+                };
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({ "head": head, "changes": changes }),
@@ -254,7 +261,13 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
         .collect()
         .await
         .map(|collected| collected.to_bytes())
-        .map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::TooLarge
+            } else {
+                ApiError::BadRequest(format!("reading the body: {e}"))
+            }
+        })
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -292,6 +305,8 @@ enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the body is larger than {MAX_UPLOAD} bytes")]
+    TooLarge,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -303,6 +318,7 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Store(e) => match e {
                 StoreError::MissingBlobs(_) => StatusCode::CONFLICT,
                 StoreError::NoSuchVersion(_) | StoreError::NoSuchApp(_) => StatusCode::NOT_FOUND,

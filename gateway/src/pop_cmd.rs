@@ -174,15 +174,29 @@ impl OriginClient {
                 lock
             }
         };
-        let missing: Vec<String> = lock
+        // Blobs absent here, or damaged: fetched (again).
+        let missing: Vec<(String, u64)> = lock
             .modules
             .iter()
-            .filter(|m| !store.blobs.has(&m.sha256).unwrap_or(false))
-            .map(|m| m.sha256.clone())
+            .filter(|m| {
+                store
+                    .blobs
+                    .get(&m.sha256)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|bytes| outpost_store::digest_of(&bytes) != m.sha256)
+            })
+            .map(|m| (m.sha256.clone(), m.size))
             .collect();
         futures::stream::iter(missing)
-            .map(|digest| async move {
+            .map(|(digest, size)| async move {
                 let bytes = self.get(&format!("/v1/blobs/{digest}")).await?;
+                if bytes.len() as u64 != size {
+                    bail!(
+                        "blob {digest}: {} bytes where the lock says {size}",
+                        bytes.len()
+                    );
+                }
                 // Verified against its digest, written to a temporary file, then renamed.
                 store.blobs.put(&digest, &bytes)?;
                 anyhow::Ok(())
@@ -222,11 +236,11 @@ impl Serving {
     }
 
     /// Swaps in the table of the apps served now; an app whose routes collide with
-    /// another's is left out (and logged).
-    fn publish(&mut self) {
+    /// another's is left out of it (and logged).
+    fn publish(&self) {
+        let mut published = self.apps.clone();
         loop {
-            let entries: Vec<AppEntry> = self
-                .apps
+            let entries: Vec<AppEntry> = published
                 .iter()
                 .map(|(name, d)| AppEntry {
                     name: name.clone(),
@@ -237,23 +251,27 @@ impl Serving {
             match RouteTable::new(entries) {
                 Ok(table) => return self.routes.swap(table),
                 Err(duplicate) => {
+                    // Left out of this table only: it is served again once the clash is gone.
                     eprintln!(
-                        "outpost pop {}: {duplicate}; {} is not served",
+                        "outpost pop {}: {duplicate}; {} is not served while it lasts",
                         self.name, duplicate.second
                     );
-                    self.apps.remove(&duplicate.second);
+                    published.remove(&duplicate.second);
                 }
             }
         }
     }
 
     /// Applies one page of the feed: the last change of each app wins.
+    /// Returns whether every change applied; the feed position advances only then, so a
+    /// change that failed (an unreachable origin, a blob that does not verify) is tried again.
     async fn apply(
         &mut self,
         client: &OriginClient,
         head: u64,
         changes: Vec<(String, Option<String>)>,
-    ) {
+    ) -> bool {
+        let mut complete = true;
         let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
         for (app, version) in changes {
             latest.insert(app, version);
@@ -274,23 +292,33 @@ impl Serving {
                     };
                     match loaded {
                         Ok(deployment) => {
-                            println!("outpost pop {}: serving {}", self.name, deployment.bundle().label());
+                            println!(
+                                "outpost pop {}: serving {}",
+                                self.name,
+                                deployment.bundle().label()
+                            );
                             self.apps.insert(app.clone(), deployment);
                             self.state.apps.insert(app, id);
                         }
-                        Err(e) => eprintln!(
-                            "outpost pop {}: version {id} of {app} not activated: {e:#}; the previous one keeps serving",
-                            self.name
-                        ),
+                        Err(e) => {
+                            complete = false;
+                            eprintln!(
+                                "outpost pop {}: version {id} of {app} not activated: {e:#}; the previous one keeps serving",
+                                self.name
+                            );
+                        }
                     }
                 }
             }
         }
-        self.state.seq = head;
+        if complete {
+            self.state.seq = head;
+        }
         if let Err(e) = self.store.save_state(&self.state) {
             eprintln!("outpost pop {}: saving its state failed: {e:#}", self.name);
         }
         self.publish();
+        complete
     }
 }
 
@@ -320,17 +348,27 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
         apps: BTreeMap::new(),
         name: args.name.clone(),
     };
-    // Serve what the store has before the origin answers.
+    // Serve what the store has before the origin answers; an app that cannot be loaded
+    // from it is fetched again, by following the whole feed once more.
+    let mut state = state;
+    let mut damaged = false;
     for (app, id) in &state.apps {
-        match serving.store.bundle(id) {
-            Ok(bundle) => match serving.load(bundle).await {
-                Ok(deployment) => {
-                    serving.apps.insert(app.clone(), deployment);
-                }
-                Err(e) => eprintln!("outpost pop {}: {app} from the store: {e:#}", args.name),
-            },
-            Err(e) => eprintln!("outpost pop {}: {app} from the store: {e:#}", args.name),
+        let loaded = match serving.store.bundle(id) {
+            Ok(bundle) => serving.load(bundle).await,
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(deployment) => {
+                serving.apps.insert(app.clone(), deployment);
+            }
+            Err(e) => {
+                damaged = true;
+                eprintln!("outpost pop {}: {app} from the store: {e:#}", args.name);
+            }
         }
+    }
+    if damaged {
+        state.seq = 0;
     }
     serving.state = state;
     serving.publish();
@@ -381,16 +419,32 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
                         println!("outpost pop {name}: the origin answers again");
                         reachable = true;
                     }
-                    backoff = Duration::from_millis(250);
-                    if !feed.changes.is_empty() {
+                    if feed.head < since {
+                        // The origin is behind this PoP (restored from a backup): start over.
+                        eprintln!(
+                            "outpost pop {name}: the origin's feed is at {} < {since}; resyncing",
+                            feed.head
+                        );
+                        serving.state.seq = 0;
+                        continue;
+                    }
+                    let complete = if feed.changes.is_empty() {
+                        true
+                    } else {
                         let changes = feed
                             .changes
                             .into_iter()
                             .map(|c| (c.app, c.version))
                             .collect();
-                        serving.apply(&client, feed.head, changes).await;
-                    }
+                        serving.apply(&client, feed.head, changes).await
+                    };
                     ready.store(true, Ordering::Release);
+                    if complete {
+                        backoff = Duration::from_millis(250);
+                    } else {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
                 }
                 Err(e) => {
                     if reachable {

@@ -117,8 +117,26 @@ impl Lock {
                 schema.schema
             )));
         }
-        let lock: Lock = serde_json::from_slice(bytes)
+        let mut lock: Lock = serde_json::from_slice(bytes)
             .map_err(|e| BundleError::Lock(format!("invalid locked bundle: {e}")))?;
+        // Whatever order the sender's objects were in, the lock is canonical from here on.
+        for value in lock.vars.values_mut() {
+            *value = canonical(value);
+        }
+        if lock.modules.len() > crate::MAX_MODULES {
+            return Err(BundleError::TooLarge(format!(
+                "{} modules; at most {}",
+                lock.modules.len(),
+                crate::MAX_MODULES
+            )));
+        }
+        let total: u64 = lock.modules.iter().map(|m| m.size).sum();
+        if total > crate::MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge(format!(
+                "{total} bytes of modules; at most {}",
+                crate::MAX_BUNDLE_BYTES
+            )));
+        }
         lock.manifest().validate()?;
         let mut previous: Option<&str> = None;
         for module in &lock.modules {

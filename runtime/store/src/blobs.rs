@@ -68,7 +68,8 @@ impl BlobStore for DirBlobs {
             });
         }
         let path = self.path_of(digest);
-        if path.exists() {
+        // A stored blob is kept only if it is intact; a damaged one is replaced.
+        if std::fs::read(&path).is_ok_and(|stored| digest_of(&stored) == digest) {
             return Ok(());
         }
         let dir = path.parent().unwrap_or(&self.root);

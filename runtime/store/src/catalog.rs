@@ -43,12 +43,14 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS versions_by_app ON versions (app, created_ms);
     CREATE TABLE IF NOT EXISTS apps (
         name TEXT PRIMARY KEY,
-        active TEXT REFERENCES versions (id)
+        active TEXT REFERENCES versions (id),
+        seq INTEGER NOT NULL
     );
     CREATE TABLE IF NOT EXISTS feed (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         app TEXT NOT NULL,
         version TEXT REFERENCES versions (id),
+        prev INTEGER,
         at_ms INTEGER NOT NULL
     );
 ";
@@ -92,6 +94,8 @@ impl Catalog {
         if !missing.is_empty() {
             return Err(StoreError::MissingBlobs(missing));
         }
+        // Every PoP must be able to load it: the modules rebuild into the bundle it describes.
+        outpost_bundle::Bundle::from_lock(&parsed, |digest| blobs.get(digest).ok().flatten())?;
         // The id is of the canonical bytes, whatever bytes were sent.
         let canonical = parsed.to_bytes();
         let id = parsed.id();
@@ -143,17 +147,31 @@ impl Catalog {
         }
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
-        let current = active_of(&tx, app)?.ok_or_else(|| StoreError::NoSuchApp(app.into()))?;
-        let previous: Option<String> = tx
-            .query_row(
-                "SELECT version FROM feed WHERE app = ?1 AND version IS NOT NULL AND version != ?2 \
-                 ORDER BY seq DESC LIMIT 1",
-                params![app, current],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let previous = previous.ok_or_else(|| StoreError::NothingToRollBackTo(app.into()))?;
-        let change = set_active(&tx, app, Some(&previous))?;
+        if active_of(&tx, app)?.is_none() {
+            return Err(StoreError::NoSuchApp(app.into()));
+        }
+        // Each feed row remembers the row it replaced: rolling back restores that row's
+        // version and inherits its predecessor, so repeated rollbacks walk back in history.
+        let current_seq: i64 =
+            tx.query_row("SELECT seq FROM apps WHERE name = ?1", [app], |r| r.get(0))?;
+        let prev: Option<i64> =
+            tx.query_row("SELECT prev FROM feed WHERE seq = ?1", [current_seq], |r| {
+                r.get(0)
+            })?;
+        let target: Option<(Option<String>, Option<i64>)> = match prev {
+            Some(prev) => tx
+                .query_row(
+                    "SELECT version, prev FROM feed WHERE seq = ?1",
+                    [prev],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?,
+            None => None,
+        };
+        let Some((Some(version), inherited)) = target else {
+            return Err(StoreError::NothingToRollBackTo(app.into()));
+        };
+        let change = append(&tx, app, Some(&version), inherited)?;
         tx.commit()?;
         Ok(change)
     }
@@ -233,18 +251,33 @@ fn active_of(conn: &Connection, app: &str) -> Result<Option<String>, StoreError>
         .flatten())
 }
 
+/// Activates `version` (none: deletes) as a new change that replaces the current one.
 fn set_active(conn: &Connection, app: &str, version: Option<&str>) -> Result<Change, StoreError> {
+    let current: Option<i64> = conn
+        .query_row("SELECT seq FROM apps WHERE name = ?1", [app], |r| r.get(0))
+        .optional()?;
+    append(conn, app, version, current)
+}
+
+/// Appends a change whose predecessor (for rollbacks) is `prev`, and points the app at it.
+fn append(
+    conn: &Connection,
+    app: &str,
+    version: Option<&str>,
+    prev: Option<i64>,
+) -> Result<Change, StoreError> {
     conn.execute(
-        "INSERT INTO apps (name, active) VALUES (?1, ?2) \
-         ON CONFLICT (name) DO UPDATE SET active = excluded.active",
-        params![app, version],
+        "INSERT INTO feed (app, version, prev, at_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![app, version, prev, now_ms() as i64],
     )?;
+    let seq = conn.last_insert_rowid();
     conn.execute(
-        "INSERT INTO feed (app, version, at_ms) VALUES (?1, ?2, ?3)",
-        params![app, version, now_ms() as i64],
+        "INSERT INTO apps (name, active, seq) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (name) DO UPDATE SET active = excluded.active, seq = excluded.seq",
+        params![app, version, seq],
     )?;
     Ok(Change {
-        seq: conn.last_insert_rowid() as u64,
+        seq: seq as u64,
         app: app.to_string(),
         version: version.map(str::to_string),
     })
@@ -314,6 +347,8 @@ mod tests {
         assert_eq!(catalog.activate("a", &v2).unwrap().seq, 2);
         let back = catalog.rollback("a", None).unwrap();
         assert_eq!((back.seq, back.version.as_deref()), (3, Some(v1.as_str())));
+        let err = catalog.rollback("a", None).unwrap_err();
+        assert!(matches!(err, StoreError::NothingToRollBackTo(_)), "{err}");
         assert_eq!(catalog.active().unwrap(), [("a".to_string(), v1.clone())]);
         assert!(
             catalog.activate("b", &v1).is_err(),
@@ -334,5 +369,43 @@ mod tests {
         assert!(versions.iter().all(|v| !v.active));
         let lock = catalog.lock(&v1).unwrap().unwrap();
         assert_eq!(Lock::from_bytes(&lock).unwrap().id(), v1);
+    }
+}
+
+#[cfg(test)]
+mod rollback_tests {
+    use std::collections::BTreeMap;
+
+    use outpost_bundle::{Bundle, Manifest};
+
+    use super::*;
+    use crate::blobs::DirBlobs;
+
+    #[test]
+    fn repeated_rollbacks_walk_back_through_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.db")).unwrap();
+        let blobs = DirBlobs::open(&dir.path().join("blobs")).unwrap();
+        let mut ids = Vec::new();
+        for text in ["one", "two", "three"] {
+            let manifest = Manifest::for_single_file("a", "index.js");
+            let files = BTreeMap::from([("index.js".to_string(), text.as_bytes().to_vec())]);
+            let bundle = Bundle::new(manifest, files).unwrap();
+            for module in bundle.modules.values() {
+                blobs.put(&module.sha256, &module.bytes).unwrap();
+            }
+            let id = catalog
+                .create_version(&bundle.lock().to_bytes(), &blobs)
+                .unwrap();
+            catalog.activate("a", &id).unwrap();
+            ids.push(id);
+        }
+        let back = |c: &Catalog| c.rollback("a", None).unwrap().version.unwrap();
+        assert_eq!(back(&catalog), ids[1]);
+        assert_eq!(back(&catalog), ids[0]);
+        assert!(catalog.rollback("a", None).is_err());
+        // Activating again starts a new line of history.
+        catalog.activate("a", &ids[2]).unwrap();
+        assert_eq!(back(&catalog), ids[0]);
     }
 }
