@@ -133,28 +133,28 @@ impl Origin {
             (&Method::PUT, ["v1", "blobs", digest]) => {
                 need(Access::Write)?;
                 let body = read_body(request).await?;
-                self.blobs.put(digest, &body)?;
+                blocking(|| self.blobs.put(digest, &body))?;
                 Ok(json_response(StatusCode::OK, &json!({ "sha256": digest })))
             }
             (&Method::HEAD, ["v1", "blobs", digest]) => {
-                let status = if self.blobs.has(digest)? {
+                let status = if blocking(|| self.blobs.has(digest))? {
                     StatusCode::OK
                 } else {
                     StatusCode::NOT_FOUND
                 };
                 Ok(empty(status))
             }
-            (&Method::GET, ["v1", "blobs", digest]) => match self.blobs.get(digest)? {
+            (&Method::GET, ["v1", "blobs", digest]) => match blocking(|| self.blobs.get(digest))? {
                 Some(bytes) => Ok(bytes_response(bytes, "application/octet-stream")),
                 None => Err(ApiError::NotFound(format!("no blob {digest}"))),
             },
             (&Method::POST, ["v1", "versions"]) => {
                 need(Access::Write)?;
                 let body = read_body(request).await?;
-                let id = self.catalog.create_version(&body, &self.blobs)?;
+                let id = blocking(|| self.catalog.create_version(&body, &self.blobs))?;
                 Ok(json_response(StatusCode::CREATED, &json!({ "id": id })))
             }
-            (&Method::GET, ["v1", "versions", id]) => match self.catalog.lock(id)? {
+            (&Method::GET, ["v1", "versions", id]) => match blocking(|| self.catalog.lock(id))? {
                 Some(lock) => Ok(bytes_response(lock, "application/json")),
                 None => Err(ApiError::NotFound(format!("no version {id}"))),
             },
@@ -165,7 +165,7 @@ impl Origin {
                 let version = body["version"]
                     .as_str()
                     .ok_or_else(|| ApiError::BadRequest("body needs {\"version\": id}".into()))?;
-                let change = self.catalog.activate(app, version)?;
+                let change = blocking(|| self.catalog.activate(app, version))?;
                 self.changed.notify_waiters();
                 Ok(json_response(StatusCode::OK, &json!(change)))
             }
@@ -179,26 +179,24 @@ impl Origin {
                         .map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
                     value["to"].as_str().map(str::to_string)
                 };
-                let change = self.catalog.rollback(app, to.as_deref())?;
+                let change = blocking(|| self.catalog.rollback(app, to.as_deref()))?;
                 self.changed.notify_waiters();
                 Ok(json_response(StatusCode::OK, &json!(change)))
             }
             (&Method::DELETE, ["v1", "apps", app]) => {
                 need(Access::Write)?;
-                let change = self.catalog.delete_app(app)?;
+                let change = blocking(|| self.catalog.delete_app(app))?;
                 self.changed.notify_waiters();
                 Ok(json_response(StatusCode::OK, &json!(change)))
             }
             (&Method::GET, ["v1", "apps", app, "versions"]) => {
-                let versions = self.catalog.versions(app)?;
+                let versions = blocking(|| self.catalog.versions(app))?;
                 Ok(json_response(StatusCode::OK, &json!(versions)))
             }
             (&Method::GET, ["v1", "apps"]) => {
                 // The head first: a client following the feed from it misses nothing.
-                let head = self.catalog.head()?;
-                let apps: Vec<serde_json::Value> = self
-                    .catalog
-                    .active()?
+                let head = blocking(|| self.catalog.head())?;
+                let apps: Vec<serde_json::Value> = blocking(|| self.catalog.active())?
                     .into_iter()
                     .map(|(app, version)| json!({ "app": app, "version": version }))
                     .collect();
@@ -216,7 +214,7 @@ impl Origin {
                 // a follower then starts over.
                 let head = match changes.last() {
                     Some(change) => change.seq,
-                    None => self.catalog.head()?,
+                    None => blocking(|| self.catalog.head())?,
                 };
                 Ok(json_response(
                     StatusCode::OK,
@@ -237,12 +235,12 @@ impl Origin {
         loop {
             // Register before looking, so a change between the look and the wait wakes us.
             let notified = self.changed.notified();
-            let changes = self.catalog.changes(since, FEED_PAGE)?;
+            let changes = blocking(|| self.catalog.changes(since, FEED_PAGE))?;
             if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(changes);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(self.catalog.changes(since, FEED_PAGE)?);
+                return Ok(blocking(|| self.catalog.changes(since, FEED_PAGE))?);
             }
         }
     }
@@ -339,7 +337,14 @@ impl ApiError {
     }
 }
 
-/// Serves the origin API on `listener` until the task is dropped.
+/// Runs a store or catalog call (file I/O, fsync, SQLite) without holding up the other
+/// tasks of the runtime's thread. The origin runs on a multi-threaded runtime.
+fn blocking<T>(call: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(call)
+}
+
+/// Serves the origin API on `listener` (on a multi-threaded tokio runtime) until the task is
+/// dropped.
 pub async fn serve_origin(listener: tokio::net::TcpListener, origin: Arc<Origin>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
