@@ -24,7 +24,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Outpost: an edge runtime for Workers-style JavaScript and WebAssembly handlers.
 #[derive(Debug, Parser)]
-#[command(name = "outpost", version, about, propagate_version = true)]
+#[command(name = "outpost", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
