@@ -21,7 +21,7 @@ fn main() {
             cargo_manifest_dir: env!("CARGO_MANIFEST_DIR"),
             startup_snapshot: None,
             skip_op_registration: false,
-            extensions: extensions::extensions(None),
+            extensions: extensions::extensions(),
             extension_transpiler: None,
             with_runtime_cb: None,
         },

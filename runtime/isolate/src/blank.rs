@@ -11,7 +11,7 @@ use deno_core::{v8, JsRuntime, RuntimeOptions};
 use outpost_pool::LoadError;
 
 use crate::allocator::{self, Budget};
-use crate::enter::EnterGuard;
+use crate::enter::drop_runtime;
 use crate::extensions;
 use crate::loader::{self, BundleLoader};
 
@@ -38,7 +38,7 @@ impl Blank {
             .heap_limits(0, usize::try_from(memory_limit).unwrap_or(usize::MAX))
             .array_buffer_allocator(allocator::allocator(budget.clone()));
         let mut runtime = JsRuntime::try_new(RuntimeOptions {
-            extensions: extensions::extensions(None),
+            extensions: extensions::extensions(),
             startup_snapshot: Some(SNAPSHOT),
             module_loader: Some(loader.clone()),
             custom_module_evaluation_cb: Some(Box::new(loader::evaluate_custom_module)),
@@ -60,7 +60,7 @@ impl Blank {
         })
     }
 
-    /// The isolate, for [`EnterGuard`].
+    /// The isolate, for [`EnterGuard`](crate::enter::EnterGuard).
     pub fn raw(&self) -> v8::UnsafeRawIsolatePtr {
         self.raw
     }
@@ -76,10 +76,7 @@ impl Blank {
 impl Drop for Blank {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
-            // Dropping a runtime exits its isolate once; enter it to balance.
-            let guard = EnterGuard::new(self.raw);
-            std::mem::forget(guard);
-            drop(runtime);
+            drop_runtime(self.raw, runtime);
         }
     }
 }

@@ -30,6 +30,14 @@ impl Drop for EnterGuard {
     }
 }
 
+/// Drops a runtime that is not entered (every runtime here, between uses). Dropping a
+/// runtime exits its isolate once, so it is entered once more first, or V8 kills the process.
+pub fn drop_runtime(raw: v8::UnsafeRawIsolatePtr, runtime: deno_core::JsRuntime) {
+    // SAFETY: `raw` is `runtime`'s isolate, on this thread; the runtime's drop balances it.
+    unsafe { v8::Isolate::from_raw_isolate_ptr(raw).enter() };
+    drop(runtime);
+}
+
 /// A future polled with its isolate entered; each poll is a turn the CPU limit watches
 /// (with the whole per-request limit as its budget: no request is in flight while loading).
 ///

@@ -1,9 +1,9 @@
 //! The extensions every isolate runs, in the one order the startup snapshot was made with.
 //!
 //! This file is compiled twice: by `build.rs`, which makes the startup snapshot from
-//! [`extensions`] without a tenant, and by the library, which creates each
-//! runtime from that snapshot with a tenant's state. It therefore depends on nothing but
-//! deno crates and the standard library.
+//! [`extensions`], and by the library, which creates each runtime from that snapshot and
+//! later gives it a tenant's state. It therefore depends on nothing but deno crates and the
+//! standard library.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -270,7 +270,8 @@ pub type WaitUntilSink = Rc<dyn Fn(u32)>;
 
 /// The extensions, in snapshot order. Passing a different list at run time than at snapshot
 /// time is refused (or worse) by deno_core, so this is the only place the list is written.
-pub fn extensions(tenant: Option<TenantState>) -> Vec<Extension> {
+/// A runtime is made from them before it is given to a tenant ([`TenantState::install`]).
+pub fn extensions() -> Vec<Extension> {
     vec![
         deno_webidl::deno_webidl::init(),
         deno_web::deno_web::init(
@@ -285,7 +286,7 @@ pub fn extensions(tenant: Option<TenantState>) -> Vec<Extension> {
             ..Default::default()
         }),
         deno_net_stub::init(),
-        outpost::init(tenant),
+        outpost::init(),
     ]
 }
 
@@ -318,12 +319,7 @@ deno_core::extension!(
         "20_dispatch.js",
         "99_main.js",
     ],
-    options = { tenant: Option<TenantState> },
-    state = |state, options| {
-        if let Some(tenant) = options.tenant {
-            tenant.install(state);
-        }
-    },
+
 );
 
 #[op2(fast)]

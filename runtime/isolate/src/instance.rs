@@ -20,7 +20,7 @@ use crate::blank::Blank;
 use crate::body::RequestBodyResource;
 use crate::code_cache::VersionCache;
 use crate::egress::{self, Egress};
-use crate::enter::{entered, EnterGuard};
+use crate::enter::{drop_runtime, entered, EnterGuard};
 use crate::exchange::{self, Finish, ResponseOptions};
 use crate::extensions::{
     ConsoleSink, FailureKind, InFlight, Outcome, TenantState, WaitUntilSink, FAILURE_KINDS,
@@ -185,7 +185,8 @@ impl Instance {
             "logLevels": LOG_LEVELS,
         })
         .to_string();
-        let main = loader_specifier(bundle.main()).map_err(|e| LoadError::new(e.to_string()))?;
+        let main = crate::loader::specifier_of(bundle.main())
+            .map_err(|e| LoadError::new(e.to_string()))?;
         let watched = self.watched.clone();
         // A script stopped for breaking a limit fails with a generic "terminated" error; say
         // which limit instead.
@@ -547,10 +548,7 @@ impl Drop for Instance {
             self.host = None;
         }
         if let Some(runtime) = self.runtime.take() {
-            // Dropping a runtime exits its isolate once; enter it once more to balance.
-            let guard = EnterGuard::new(self.raw);
-            std::mem::forget(guard);
-            drop(runtime);
+            drop_runtime(self.raw, runtime);
         }
     }
 }
@@ -562,10 +560,6 @@ enum Turn {
     Done,
     Failed(String),
     Breached(Breach),
-}
-
-fn loader_specifier(path: &str) -> Result<deno_core::ModuleSpecifier, deno_error::JsErrorBox> {
-    crate::loader::specifier_of(path)
 }
 
 /// What a breach of a limit is called in errors and logs.
