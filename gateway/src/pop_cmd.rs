@@ -18,7 +18,7 @@ use outpost_gateway::admin::serve_admin;
 use outpost_gateway::{serve, AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig, Target};
 use outpost_isolate::IsolateEngine;
 use outpost_pool::{Deployment, Pool};
-use outpost_store::{BlobStore, DirBlobs};
+use outpost_store::{write_atomically, BlobStore, DirBlobs};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -95,7 +95,10 @@ impl LocalStore {
     }
 
     fn save_state(&self, state: &State) -> anyhow::Result<()> {
-        write_atomically(&self.root.join("state.json"), &serde_json::to_vec(state)?)
+        Ok(write_atomically(
+            &self.root.join("state.json"),
+            &serde_json::to_vec(state)?,
+        )?)
     }
 
     fn lock_path(&self, id: &str) -> anyhow::Result<PathBuf> {
@@ -112,7 +115,10 @@ impl LocalStore {
     }
 
     fn save_lock(&self, lock: &Lock) -> anyhow::Result<()> {
-        write_atomically(&self.lock_path(&lock.id())?, &lock.to_bytes())
+        Ok(write_atomically(
+            &self.lock_path(&lock.id())?,
+            &lock.to_bytes(),
+        )?)
     }
 
     /// The bundle of a stored version; every blob is read back and checked.
@@ -124,17 +130,6 @@ impl LocalStore {
             self.blobs.get(digest).ok().flatten()
         })?)
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// The origin's read API.

@@ -148,24 +148,13 @@ impl Bundle {
             }
             Some(_) => {}
         }
-        let manifest = Manifest { main, ..manifest };
-        let id = Lock::new(
-            &manifest,
-            modules.iter().map(|(path, m)| {
-                (
-                    path.as_str(),
-                    m.kind,
-                    m.bytes.len() as u64,
-                    m.sha256.as_str(),
-                )
-            }),
-        )
-        .id();
-        Ok(Bundle {
-            manifest,
+        let mut bundle = Bundle {
+            manifest: Manifest { main, ..manifest },
             modules,
-            id,
-        })
+            id: String::new(),
+        };
+        bundle.id = bundle.lock().id();
+        Ok(bundle)
     }
 
     /// The bundle's lock: what an origin stores and a PoP loads.

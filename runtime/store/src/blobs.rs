@@ -38,6 +38,22 @@ pub fn digest_of(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the whole new
+/// one: a temporary file in the same directory, synced, renamed over `path`, and the
+/// directory synced so that the rename is durable.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| StoreError::io(dir, e))?;
+    temp.write_all(bytes)
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(|e| StoreError::io(temp.path(), e))?;
+    temp.persist(path)
+        .map_err(|e| StoreError::io(path, e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
+}
+
 /// Blobs as files under a directory.
 pub struct DirBlobs {
     root: PathBuf,
@@ -74,17 +90,7 @@ impl BlobStore for DirBlobs {
         }
         let dir = path.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| StoreError::io(dir, e))?;
-        temp.write_all(bytes)
-            .and_then(|()| temp.as_file().sync_all())
-            .map_err(|e| StoreError::io(temp.path(), e))?;
-        temp.persist(&path)
-            .map_err(|e| StoreError::io(&path, e.error))?;
-        // The rename is durable once the directory is synced.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::io(dir, e))?;
-        Ok(())
+        write_atomically(&path, bytes)
     }
 
     fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {

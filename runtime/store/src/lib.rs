@@ -6,7 +6,7 @@ pub mod catalog;
 
 use std::path::{Path, PathBuf};
 
-pub use blobs::{check_digest, digest_of, BlobStore, DirBlobs};
+pub use blobs::{check_digest, digest_of, write_atomically, BlobStore, DirBlobs};
 pub use catalog::{Catalog, Change, VersionInfo};
 
 /// Why a store operation failed.
