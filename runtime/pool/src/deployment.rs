@@ -196,14 +196,10 @@ impl Deployment {
                 }
             }
         }
-        // No instance could take it: start one here (or on the next worker) and wait for it,
-        // unless every worker already runs one and all are full.
-        // Where no instance is live: one starting there is joined; a new start only while the
-        // app has fewer instances (live or starting) than its cap.
-        let target = (0..workers)
-            .map(|offset| (first + offset) % workers)
-            .find(|index| !candidates.iter().any(|(i, _)| i == index));
-        let Some(target) = target else {
+        // No instance could take it: start one here (or on the next worker without one) and
+        // wait for it, joining a start under way there; a new start only while the app has
+        // fewer instances (live or starting) than its cap.
+        let Some(target) = self.worker_without(&candidates, first) else {
             return Err(DispatchError::Overloaded);
         };
         if !self.is_starting(target)
@@ -231,13 +227,17 @@ impl Deployment {
         if live.len() + self.starts_under_way() >= inner.pool.config.max_instances_per_app {
             return;
         }
-        let workers = inner.slots.len();
-        let target = (0..workers)
-            .map(|offset| (first + offset) % workers)
-            .find(|index| !live.iter().any(|(i, _)| i == index));
-        if let Some(target) = target {
+        if let Some(target) = self.worker_without(live, first) {
             drop(self.starting(target, deadline, Purpose::Spare));
         }
+    }
+
+    /// The first worker from `first` on (round) where none of `live` runs.
+    fn worker_without(&self, live: &[(usize, Arc<Live>)], first: usize) -> Option<usize> {
+        let workers = self.inner.slots.len();
+        (0..workers)
+            .map(|offset| (first + offset) % workers)
+            .find(|index| !live.iter().any(|(i, _)| i == index))
     }
 
     /// Whether an instance is starting on `worker`.

@@ -366,12 +366,17 @@ impl Shared {
         drop(list);
         match victim {
             Some(handle) => {
-                handle.request_evict(reason);
-                self.evicted.fetch_add(1, Ordering::Relaxed);
+                self.evict(&handle, reason);
                 true
             }
             None => false,
         }
+    }
+
+    /// Asks `handle`'s instance to stop, and counts it.
+    fn evict(&self, handle: &InstanceHandle, reason: EvictReason) {
+        handle.request_evict(reason);
+        self.evicted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Starts an instance of `spec` on `worker` and waits until it takes requests.
@@ -422,8 +427,7 @@ impl Shared {
         let mut memory: u64 = 0;
         for handle in &handles {
             if handle.evictable() && handle.idle_for() >= self.config.idle_timeout {
-                handle.request_evict(EvictReason::Idle);
-                self.evicted.fetch_add(1, Ordering::Relaxed);
+                self.evict(handle, EvictReason::Idle);
             } else {
                 memory += handle.memory();
             }
@@ -436,8 +440,7 @@ impl Shared {
                 break;
             }
             memory = memory.saturating_sub(handle.memory());
-            handle.request_evict(EvictReason::Budget);
-            self.evicted.fetch_add(1, Ordering::Relaxed);
+            self.evict(handle, EvictReason::Budget);
         }
     }
 }
