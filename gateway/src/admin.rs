@@ -14,32 +14,18 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use outpost_pool::{Pool, PoolStats};
 use tokio::net::TcpListener;
 
+use crate::endpoints::serve_endpoints;
+
 /// Serves the admin endpoints on `listener` until the task is dropped.
 pub async fn serve_admin(listener: TcpListener, pool: Arc<Pool>, ready: Arc<AtomicBool>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let pool = pool.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let pool = pool.clone();
-                let ready = ready.load(Ordering::Acquire);
-                async move { Ok::<_, std::convert::Infallible>(answer(&request, &pool, ready)) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    serve_endpoints(listener, move |request| {
+        let answer = answer(&request, &pool, ready.load(Ordering::Acquire));
+        async move { answer }
+    })
+    .await
 }
 
 fn answer(request: &Request<Incoming>, pool: &Pool, ready: bool) -> Response<Full<Bytes>> {

@@ -250,11 +250,7 @@ impl Apps {
             .filter_map(|index| {
                 let name = self.name_of(index, candidates);
                 match self.serving(index, candidates) {
-                    Some(deployment) => Some(AppEntry {
-                        name,
-                        routes: deployment.bundle().manifest.parsed_routes(),
-                        target: Target::Serving(deployment),
-                    }),
+                    Some(deployment) => Some(AppEntry::serving(name, deployment)),
                     None => self.sources[index]
                         .problem
                         .as_ref()

@@ -3,6 +3,7 @@
 //! and the file watcher of `outpost dev`. The `outpost` binary (src/main.rs) wires these to the pool and isolates.
 
 pub mod admin;
+pub mod endpoints;
 pub mod error;
 pub mod origin;
 pub mod routes;

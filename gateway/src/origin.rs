@@ -346,21 +346,9 @@ fn blocking<T>(call: impl FnOnce() -> T) -> T {
 /// Serves the origin API on `listener` (on a multi-threaded tokio runtime) until the task is
 /// dropped.
 pub async fn serve_origin(listener: tokio::net::TcpListener, origin: Arc<Origin>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+    crate::endpoints::serve_endpoints(listener, move |request| {
         let origin = origin.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let origin = origin.clone();
-                async move { Ok::<_, std::convert::Infallible>(origin.handle(request).await) }
-            });
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-        });
-    }
+        async move { origin.handle(request).await }
+    })
+    .await
 }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use outpost_bundle::{Bundle, Limits, Lock};
 use outpost_gateway::admin::serve_admin;
-use outpost_gateway::{serve, AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig, Target};
+use outpost_gateway::{serve, AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig};
 use outpost_isolate::IsolateEngine;
 use outpost_pool::{Deployment, Pool};
 use outpost_store::{write_atomically, BlobStore, DirBlobs};
@@ -237,11 +237,7 @@ impl Serving {
         loop {
             let entries: Vec<AppEntry> = published
                 .iter()
-                .map(|(name, d)| AppEntry {
-                    name: name.clone(),
-                    routes: d.bundle().manifest.parsed_routes(),
-                    target: Target::Serving(d.clone()),
-                })
+                .map(|(name, d)| AppEntry::serving(name.clone(), d.clone()))
                 .collect();
             match RouteTable::new(entries) {
                 Ok(table) => return self.routes.swap(table),

@@ -31,6 +31,17 @@ pub struct AppEntry {
     pub target: Target,
 }
 
+impl AppEntry {
+    /// An app served by `deployment`, on the routes of its manifest.
+    pub fn serving(name: String, deployment: Deployment) -> AppEntry {
+        AppEntry {
+            name,
+            routes: deployment.bundle().manifest.parsed_routes(),
+            target: Target::Serving(deployment),
+        }
+    }
+}
+
 /// Two apps claim the same route.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("route {route} is claimed by both {first} and {second}")]
