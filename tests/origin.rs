@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{app, http1, Node};
+use common::{app, http1, outpost, Node};
 use outpost_bundle::{load_app, Bundle};
 use serde_json::{json, Value};
 
@@ -242,24 +242,6 @@ async fn an_origin_without_tokens_stays_on_loopback() {
     assert!(stderr.contains("without a deploy token"), "{stderr}");
 }
 
-/// Runs `outpost ARGS...` with `token` as OUTPOST_TOKEN; returns success, stdout, stderr.
-fn outpost(args: &[&str], token: Option<&str>) -> (bool, String, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"));
-    command
-        .args(args)
-        .env_remove("OUTPOST_TOKEN")
-        .env_remove("OUTPOST_ORIGIN");
-    if let Some(token) = token {
-        command.env("OUTPOST_TOKEN", token);
-    }
-    let out = command.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn outpost_deploy_uploads_what_is_missing_and_activates() {
     let data = tempfile::tempdir().unwrap();
@@ -373,13 +355,10 @@ async fn a_kill_during_a_deploy_leaves_a_consistent_store() {
     let url = node.url.clone();
     let path = dir.path().to_path_buf();
     let deploying = std::thread::spawn(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .arg("deploy")
-            .arg(&path)
-            .args(["--origin", &url])
-            .env("OUTPOST_TOKEN", DEPLOY)
-            .output()
-            .unwrap()
+        outpost(
+            &["deploy", path.to_str().unwrap(), "--origin", &url],
+            Some(DEPLOY),
+        )
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
     drop(node); // SIGKILL
@@ -425,16 +404,14 @@ async fn a_kill_during_a_deploy_leaves_a_consistent_store() {
         }
     }
     // And the deploy can simply be run again.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .arg("deploy")
-        .arg(dir.path())
-        .args(["--origin", &node.url])
-        .env("OUTPOST_TOKEN", DEPLOY)
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
+    let (ok, _, err) = outpost(
+        &[
+            "deploy",
+            dir.path().to_str().unwrap(),
+            "--origin",
+            &node.url,
+        ],
+        Some(DEPLOY),
     );
+    assert!(ok, "{err}");
 }

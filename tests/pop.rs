@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{app, http1, Node};
+use common::{app, http1, outpost, Node};
 
 const DEPLOY: &str = "deploy-secret";
 const POP: &str = "pop-secret";
@@ -29,21 +29,12 @@ fn pop(origin_url: &str, data: &Path, name: &str) -> Node {
     Node::spawn(command)
 }
 
-fn deploy(dir: &Path, origin_url: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .arg("deploy")
-        .arg(dir)
-        .args(["--origin", origin_url])
-        .env("OUTPOST_TOKEN", DEPLOY)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+fn deploy(dir: &Path, origin_url: &str) {
+    let (ok, _, err) = outpost(
+        &["deploy", dir.to_str().unwrap(), "--origin", origin_url],
+        Some(DEPLOY),
     );
-    stdout
+    assert!(ok, "{err}");
 }
 
 fn hello(text: &str) -> tempfile::TempDir {
@@ -96,12 +87,11 @@ async fn deploys_and_rollbacks_reach_every_pop_which_serve_on_without_the_origin
     for node in &pops {
         until_serves(node, "version two").await;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["rollback", "site", "--origin", &origin_node.url])
-        .env("OUTPOST_TOKEN", DEPLOY)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (ok, _, err) = outpost(
+        &["rollback", "site", "--origin", &origin_node.url],
+        Some(DEPLOY),
+    );
+    assert!(ok, "{err}");
     for node in &pops {
         until_serves(node, "version one").await;
     }

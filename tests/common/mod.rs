@@ -248,3 +248,21 @@ pub async fn isolates(admin: &str) -> serde_json::Value {
         .await
         .unwrap()
 }
+
+/// Runs `outpost ARGS...` with `token` as OUTPOST_TOKEN; returns success, stdout, stderr.
+pub fn outpost(args: &[&str], token: Option<&str>) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command
+        .args(args)
+        .env_remove("OUTPOST_TOKEN")
+        .env_remove("OUTPOST_ORIGIN");
+    if let Some(token) = token {
+        command.env("OUTPOST_TOKEN", token);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
