@@ -179,9 +179,18 @@ impl NodeArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct OriginArgs {
-    /// Directory of the origin's state (blobs/ and catalog.db); created if missing.
+    /// Directory of the origin's state (blobs/ and catalog.db); created if missing. Needed
+    /// unless both --database and --blobs are given.
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// Keep the catalog in PostgreSQL (postgres://USER:PASSWORD@HOST:PORT/DB) instead of
+    /// DATA/catalog.db, so that several origin processes can share it.
+    #[arg(long, env = "OUTPOST_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+    /// Keep blobs in S3-compatible storage (s3://BUCKET[/PREFIX]?endpoint=URL&region=R)
+    /// instead of DATA/blobs; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    #[arg(long)]
+    pub blobs: Option<String>,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8788")]
     pub listen: SocketAddr,

@@ -24,10 +24,9 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use outpost_store::{BlobStore, Catalog, DirBlobs, StoreError};
+use outpost_store::{OriginStore, StoreError};
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tokio::sync::Notify;
 
 /// Largest blob or lock accepted in one request.
 const MAX_UPLOAD: usize = outpost_bundle::MAX_BUNDLE_BYTES as usize;
@@ -52,27 +51,16 @@ enum Access {
     Write,
 }
 
-/// The origin's state: blobs, catalog, and a signal for feed waiters.
+/// The origin: its store (blobs, catalog, change signal) behind the API's access rules.
 pub struct Origin {
-    blobs: DirBlobs,
-    catalog: Catalog,
+    store: OriginStore,
     tokens: Tokens,
-    changed: Notify,
 }
 
 impl Origin {
-    /// An origin keeping everything under `data` (`blobs/`, `catalog.db`).
-    pub fn open(data: &std::path::Path, tokens: Tokens) -> Result<Origin, StoreError> {
-        std::fs::create_dir_all(data).map_err(|source| StoreError::Io {
-            path: data.to_path_buf(),
-            source,
-        })?;
-        Ok(Origin {
-            blobs: DirBlobs::open(&data.join("blobs"))?,
-            catalog: Catalog::open(&data.join("catalog.db"))?,
-            tokens,
-            changed: Notify::new(),
-        })
+    /// The API over `store`, open to the holders of `tokens`.
+    pub fn new(store: OriginStore, tokens: Tokens) -> Origin {
+        Origin { store, tokens }
     }
 
     /// Whether writes and reads are open to anyone (no tokens configured).
@@ -133,28 +121,28 @@ impl Origin {
             (&Method::PUT, ["v1", "blobs", digest]) => {
                 need(Access::Write)?;
                 let body = read_body(request).await?;
-                blocking(|| self.blobs.put(digest, &body))?;
+                self.store.put_blob(digest, body).await?;
                 Ok(json_response(StatusCode::OK, &json!({ "sha256": digest })))
             }
             (&Method::HEAD, ["v1", "blobs", digest]) => {
-                let status = if blocking(|| self.blobs.has(digest))? {
+                let status = if self.store.has_blob(digest).await? {
                     StatusCode::OK
                 } else {
                     StatusCode::NOT_FOUND
                 };
                 Ok(empty(status))
             }
-            (&Method::GET, ["v1", "blobs", digest]) => match blocking(|| self.blobs.get(digest))? {
+            (&Method::GET, ["v1", "blobs", digest]) => match self.store.get_blob(digest).await? {
                 Some(bytes) => Ok(bytes_response(bytes, "application/octet-stream")),
                 None => Err(ApiError::NotFound(format!("no blob {digest}"))),
             },
             (&Method::POST, ["v1", "versions"]) => {
                 need(Access::Write)?;
                 let body = read_body(request).await?;
-                let id = blocking(|| self.catalog.create_version(&body, &self.blobs))?;
+                let id = self.store.create_version(&body).await?;
                 Ok(json_response(StatusCode::CREATED, &json!({ "id": id })))
             }
-            (&Method::GET, ["v1", "versions", id]) => match blocking(|| self.catalog.lock(id))? {
+            (&Method::GET, ["v1", "versions", id]) => match self.store.lock(id).await? {
                 Some(lock) => Ok(bytes_response(lock, "application/json")),
                 None => Err(ApiError::NotFound(format!("no version {id}"))),
             },
@@ -165,8 +153,7 @@ impl Origin {
                 let version = body["version"]
                     .as_str()
                     .ok_or_else(|| ApiError::BadRequest("body needs {\"version\": id}".into()))?;
-                let change = blocking(|| self.catalog.activate(app, version))?;
-                self.changed.notify_waiters();
+                let change = self.store.activate(app, version).await?;
                 Ok(json_response(StatusCode::OK, &json!(change)))
             }
             (&Method::POST, ["v1", "apps", app, "rollback"]) => {
@@ -179,24 +166,25 @@ impl Origin {
                         .map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
                     value["to"].as_str().map(str::to_string)
                 };
-                let change = blocking(|| self.catalog.rollback(app, to.as_deref()))?;
-                self.changed.notify_waiters();
+                let change = self.store.rollback(app, to.as_deref()).await?;
                 Ok(json_response(StatusCode::OK, &json!(change)))
             }
             (&Method::DELETE, ["v1", "apps", app]) => {
                 need(Access::Write)?;
-                let change = blocking(|| self.catalog.delete_app(app))?;
-                self.changed.notify_waiters();
+                let change = self.store.delete_app(app).await?;
                 Ok(json_response(StatusCode::OK, &json!(change)))
             }
             (&Method::GET, ["v1", "apps", app, "versions"]) => {
-                let versions = blocking(|| self.catalog.versions(app))?;
+                let versions = self.store.versions(app).await?;
                 Ok(json_response(StatusCode::OK, &json!(versions)))
             }
             (&Method::GET, ["v1", "apps"]) => {
                 // The head first: a client following the feed from it misses nothing.
-                let head = blocking(|| self.catalog.head())?;
-                let apps: Vec<serde_json::Value> = blocking(|| self.catalog.active())?
+                let head = self.store.head().await?;
+                let apps: Vec<serde_json::Value> = self
+                    .store
+                    .active()
+                    .await?
                     .into_iter()
                     .map(|(app, version)| json!({ "app": app, "version": version }))
                     .collect();
@@ -214,7 +202,7 @@ impl Origin {
                 // a follower then starts over.
                 let head = match changes.last() {
                     Some(change) => change.seq,
-                    None => blocking(|| self.catalog.head())?,
+                    None => self.store.head().await?,
                 };
                 Ok(json_response(
                     StatusCode::OK,
@@ -234,13 +222,13 @@ impl Origin {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register before looking, so a change between the look and the wait wakes us.
-            let notified = self.changed.notified();
-            let changes = blocking(|| self.catalog.changes(since, FEED_PAGE))?;
+            let notified = self.store.changed().notified();
+            let changes = self.store.changes(since, FEED_PAGE).await?;
             if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(changes);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(blocking(|| self.catalog.changes(since, FEED_PAGE))?);
+                return Ok(self.store.changes(since, FEED_PAGE).await?);
             }
         }
     }
@@ -320,13 +308,22 @@ impl ApiError {
             ApiError::Store(e) => match e {
                 StoreError::MissingBlobs(_) => StatusCode::CONFLICT,
                 StoreError::NoSuchVersion(_) | StoreError::NoSuchApp(_) => StatusCode::NOT_FOUND,
-                StoreError::Io { .. } | StoreError::Database(_) | StoreError::Poisoned => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::Io { .. }
+                | StoreError::Database(_)
+                | StoreError::Postgres(_)
+                | StoreError::Unavailable(_)
+                | StoreError::BadLocation(_)
+                | StoreError::Poisoned => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             },
         };
         let mut response = json_response(status, &json!({ "error": self.to_string() }));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -335,12 +332,6 @@ impl ApiError {
         }
         response
     }
-}
-
-/// Runs a store or catalog call (file I/O, fsync, SQLite) without holding up the other
-/// tasks of the runtime's thread. The origin runs on a multi-threaded runtime.
-fn blocking<T>(call: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(call)
 }
 
 /// Serves the origin API on `listener` (on a multi-threaded tokio runtime) until the task is

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use outpost_gateway::origin::{serve_origin, Origin, Tokens};
+use outpost_store::{Locations, OriginStore};
 use tokio::net::TcpListener;
 
 use crate::OriginArgs;
@@ -21,19 +22,25 @@ pub fn main(args: OriginArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let origin = Origin::open(&args.data, tokens)
-        .with_context(|| format!("opening {}", args.data.display()))?;
+    let locations = Locations {
+        data: args.data,
+        database: args.database,
+        blobs: args.blobs,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        let store = OriginStore::open(&locations)
+            .await
+            .context("opening the origin's store")?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
-        println!("outpost origin: data in {}", args.data.display());
+        println!("outpost origin: {}", store.description());
         println!(
             "outpost origin: listening on http://{}/",
             listener.local_addr()?
         );
-        let origin = Arc::new(origin);
+        let origin = Arc::new(Origin::new(store, tokens));
         tokio::select! {
             () = serve_origin(listener, origin) => {}
             _ = tokio::signal::ctrl_c() => println!("outpost origin: stopping"),

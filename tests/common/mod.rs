@@ -2,6 +2,8 @@
 //! real HTTP clients. Every test starts its own node; nothing is shared between tests.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -75,6 +75,11 @@ impl IsolateEngine {
             // process-wide and must be set before V8 starts).
             deno_core::v8::V8::set_flags_from_string(&format!("--wasm-max-mem-pages={wasm_pages}"));
             deno_core::JsRuntime::init_platform(None);
+            // Deno's TLS (for `fetch` to https://) uses rustls with aws-lc-rs; other crates
+            // in the process (object_store's HTTP client) enable rustls' ring provider too,
+            // and with two compiled in, rustls can no longer pick one by itself. An error
+            // means the process already chose one.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         });
         IsolateEngine { config }
     }

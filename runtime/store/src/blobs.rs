@@ -55,6 +55,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Blobs as files under a directory.
+#[derive(Clone)]
 pub struct DirBlobs {
     root: PathBuf,
 }
