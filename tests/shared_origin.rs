@@ -388,3 +388,47 @@ async fn a_kill_during_a_deploy_leaves_the_shared_store_consistent() {
     let follower = pop(&b.url, pop_data.path(), "pop");
     until_serves(&follower, "/", "big").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_answer_503_while_postgres_is_down_and_recover_when_it_returns() {
+    let mut shared = Shared::start().await;
+    let a = shared.origin();
+    let b = shared.origin();
+    let pop_data = tempfile::tempdir().unwrap();
+    let follower = pop(&b.url, pop_data.path(), "pop");
+    let v1 = hello("site", "version one");
+    deploy(v1.path(), &a.url);
+    until_serves(&follower, "/", "version one").await;
+
+    shared.postgres.kill();
+    let res = http1()
+        .get(a.url("/v1/apps"))
+        .bearer_auth(POP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("PostgreSQL"),
+        "{body}"
+    );
+    let v2 = hello("site", "version two");
+    let (ok, _, err) = outpost(
+        &["deploy", v2.path().to_str().unwrap(), "--origin", &a.url],
+        Some(DEPLOY),
+    );
+    assert!(!ok && err.contains("503"), "{err}");
+    // The PoP serves on meanwhile.
+    until_serves(&follower, "/", "version one").await;
+
+    // PostgreSQL returns: both origins reconnect by themselves, B's listener included, so
+    // its follower hears of a deploy made through A.
+    shared.postgres.restart();
+    deploy(v2.path(), &a.url);
+    until_serves(&follower, "/", "version two").await;
+    let (ok, out, err) = outpost(&["versions", "site", "--origin", &b.url], Some(DEPLOY));
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+}

@@ -53,10 +53,15 @@ struct Client {
     token: Option<String>,
 }
 
+/// How many times a request the origin answers `503` is sent.
+const ATTEMPTS: u32 = 3;
+
 impl Client {
     fn new(args: &OriginClientArgs) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
+            // A stalled origin fails the command; a large upload that makes progress does not.
+            .read_timeout(std::time::Duration::from_secs(60))
             .build()?;
         Ok(Client {
             http,
@@ -65,24 +70,40 @@ impl Client {
         })
     }
 
-    /// Sends a request; returns the status and the body as JSON (or as a JSON string).
+    /// Sends a request; returns the status and the body as JSON (or as a JSON string). A
+    /// `503` (the origin's database or blob storage did not answer) is tried again, after
+    /// the `Retry-After` it names, up to [`ATTEMPTS`] times in all.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<(StatusCode, Value)> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .body(body);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("the origin at {} cannot be reached", self.base))?;
+        let mut attempt = 1;
+        let response = loop {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .body(body.clone());
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("the origin at {} cannot be reached", self.base))?;
+            if response.status() != StatusCode::SERVICE_UNAVAILABLE || attempt == ATTEMPTS {
+                break response;
+            }
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1)
+                .min(5);
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            attempt += 1;
+        };
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));

@@ -14,10 +14,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A PostgreSQL server on 127.0.0.1 with a trusted superuser `outpost`.
 pub struct Postgres {
-    child: Child,
+    child: Option<Child>,
     /// `postgres://outpost@127.0.0.1:PORT/postgres`
     pub url: String,
-    _dir: tempfile::TempDir,
+    port: u16,
+    user: Option<(u32, u32)>,
+    dir: tempfile::TempDir,
 }
 
 /// The directory of PostgreSQL's server programs: `$OUTPOST_PG_BIN`, else the newest
@@ -111,43 +113,93 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut postgres = Postgres {
+            child: None,
+            url: String::new(),
+            port: 0,
+            user,
+            dir,
+        };
         // The port is picked free and then taken by the server: retry if another process
         // took it in between.
         for _ in 0..5 {
-            let port = free_port();
-            let log = std::fs::File::create(dir.path().join("postgres.log")).unwrap();
-            if let Some((uid, gid)) = user {
-                std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid), Some(gid))
-                    .unwrap();
+            postgres.port = free_port();
+            if postgres.run() {
+                postgres.url = format!("postgres://outpost@127.0.0.1:{}/postgres", postgres.port);
+                return postgres;
             }
-            let mut child = as_user(&mut Command::new(bin.join("postgres")), user)
-                .arg("-D")
-                .arg(&data)
-                .arg("-p")
-                .arg(port.to_string())
-                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-                .arg("-c")
-                .arg(format!("unix_socket_directories={}", dir.path().display()))
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting postgres");
-            if wait_for_postgres(&bin, port, &mut child) {
-                return Postgres {
-                    child,
-                    url: format!("postgres://outpost@127.0.0.1:{port}/postgres"),
-                    _dir: dir,
-                };
+        }
+        panic!(
+            "PostgreSQL did not start:\n{}",
+            std::fs::read_to_string(postgres.dir.path().join("postgres.log")).unwrap_or_default()
+        );
+    }
+
+    /// Starts the server on the data directory and port; whether it accepts connections.
+    fn run(&mut self) -> bool {
+        let bin = pg_bin();
+        let log_path = self.dir.path().join("postgres.log");
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(&log_path, Some(uid), Some(gid)).unwrap();
+        }
+        let mut child = as_user(&mut Command::new(bin.join("postgres")), self.user)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().display()
+            ))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting postgres");
+        let up = wait_for_postgres(&bin, self.port, &mut child);
+        if up {
+            self.child = Some(child);
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        up
+    }
+
+    /// Stops the server as a crash would: an immediate shutdown (SIGQUIT), which drops
+    /// every connection at once and skips the shutdown checkpoint, so the next start
+    /// recovers from the WAL. Unlike a SIGKILL it also ends the server's own children, which
+    /// would otherwise keep the port and shared memory for a while.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!(
-            "PostgreSQL did not start:\n{}",
-            std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default()
-        );
+    }
+
+    /// Starts the killed server again, on the same port with the same data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.run() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not restart");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Runs `sql` with psql and returns its unaligned output.
@@ -195,8 +247,7 @@ fn wait_for_postgres(bin: &Path, port: u16, child: &mut Child) -> bool {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

@@ -42,7 +42,7 @@ pub enum StoreError {
     NothingToRollBackTo(String),
     #[error("catalog database: {0}")]
     Database(#[from] rusqlite::Error),
-    #[error("catalog database: {}", postgres_message(.0))]
+    #[error("PostgreSQL catalog: {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// A shared backend (PostgreSQL, S3) did not answer; trying again later may work.
     #[error("{0}")]
