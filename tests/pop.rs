@@ -183,3 +183,23 @@ async fn a_corrupt_blob_never_activates() {
     );
     assert_eq!(until_serves(&pop_node, "good").await, "pop-x");
 }
+
+#[tokio::test]
+async fn identity_headers_can_be_turned_off() {
+    let origin_data = tempfile::tempdir().unwrap();
+    let origin_node = origin(origin_data.path());
+    let pop_data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command
+        .args(["pop", "--origin", &origin_node.url, "--name", "quiet"])
+        .args(["--identity-headers", "off", "--data"])
+        .arg(pop_data.path())
+        .env("OUTPOST_TOKEN", POP);
+    let quiet = Node::spawn(command);
+    let site = hello("served quietly");
+    deploy(site.path(), &origin_node.url);
+    until_serves(&quiet, "served quietly").await;
+    let res = http1().get(quiet.url("/")).send().await.unwrap();
+    assert!(res.headers().get("x-outpost-pop").is_none());
+    assert!(res.headers().get("x-outpost-version").is_none());
+}

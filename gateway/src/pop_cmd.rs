@@ -48,6 +48,10 @@ pub struct PopArgs {
     /// This PoP's name, sent as `x-outpost-pop` on every response.
     #[arg(long, default_value = "pop")]
     pub name: String,
+    /// Whether responses carry `x-outpost-pop: NAME` and `x-outpost-version: APP@VERSION`
+    /// (who answered, with what).
+    #[arg(long, value_enum, default_value = "on")]
+    pub identity_headers: crate::Switch,
     /// Address of the admin listener (/healthz, /readyz, /isolates).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
@@ -451,7 +455,10 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
 
     let config = ServeConfig {
         error_detail: args.error_detail,
-        pop_name: http::HeaderValue::from_str(&args.name).ok(),
+        pop_name: match args.identity_headers {
+            crate::Switch::On => http::HeaderValue::from_str(&args.name).ok(),
+            crate::Switch::Off => None,
+        },
     };
     tokio::select! {
         () = serve(listener, routes, config, pool) => {}
