@@ -75,6 +75,9 @@ struct State {
 }
 
 /// The PoP's local store: verified blobs, locks, and the state, each written atomically.
+/// Its file I/O (hashing, fsync) runs through [`off_thread`], never on the thread that
+/// accepts connections.
+#[derive(Clone)]
 struct LocalStore {
     root: PathBuf,
     blobs: DirBlobs,
@@ -98,11 +101,9 @@ impl LocalStore {
         }
     }
 
-    fn save_state(&self, state: &State) -> anyhow::Result<()> {
-        Ok(write_atomically(
-            &self.root.join("state.json"),
-            &serde_json::to_vec(state)?,
-        )?)
+    /// Writes the state (as serialized JSON).
+    fn save_state(&self, state: &[u8]) -> anyhow::Result<()> {
+        Ok(write_atomically(&self.root.join("state.json"), state)?)
     }
 
     fn lock_path(&self, id: &str) -> anyhow::Result<PathBuf> {
@@ -160,7 +161,12 @@ impl OriginClient {
     /// Fetches what version `id` needs into `store` (its lock, the blobs it lacks) and
     /// returns its bundle, verified.
     async fn fetch(&self, store: &LocalStore, id: &str) -> anyhow::Result<Bundle> {
-        let lock = match store.lock(id)? {
+        let lock = match off_thread(store, {
+            let id = id.to_string();
+            move |store| store.lock(&id)
+        })
+        .await?
+        {
             Some(lock) => lock,
             None => {
                 let lock = Lock::from_bytes(&self.get(&format!("/v1/versions/{id}")).await?)?;
@@ -174,19 +180,25 @@ impl OriginClient {
             }
         };
         // Blobs absent here, or damaged: fetched (again).
-        let missing: Vec<(String, u64)> = lock
+        let modules: Vec<(String, u64)> = lock
             .modules
             .iter()
-            .filter(|m| {
-                store
-                    .blobs
-                    .get(&m.sha256)
-                    .ok()
-                    .flatten()
-                    .is_none_or(|bytes| outpost_store::digest_of(&bytes) != m.sha256)
-            })
             .map(|m| (m.sha256.clone(), m.size))
             .collect();
+        let missing = off_thread(store, move |store| {
+            Ok(modules
+                .into_iter()
+                .filter(|(digest, _)| {
+                    store
+                        .blobs
+                        .get(digest)
+                        .ok()
+                        .flatten()
+                        .is_none_or(|bytes| outpost_store::digest_of(&bytes) != *digest)
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
         futures::stream::iter(missing)
             .map(|(digest, size)| async move {
                 let bytes = self.get(&format!("/v1/blobs/{digest}")).await?;
@@ -197,15 +209,29 @@ impl OriginClient {
                     );
                 }
                 // Verified against its digest, written to a temporary file, then renamed.
-                store.blobs.put(&digest, &bytes)?;
-                anyhow::Ok(())
+                off_thread(store, move |store| Ok(store.blobs.put(&digest, &bytes)?)).await
             })
             .buffer_unordered(FETCHES)
             .try_collect::<Vec<()>>()
             .await?;
-        store.save_lock(&lock)?;
-        store.bundle(id)
+        let id = id.to_string();
+        off_thread(store, move |store| {
+            store.save_lock(&lock)?;
+            store.bundle(&id)
+        })
+        .await
     }
+}
+
+/// Runs `call` on the local store on tokio's blocking threads.
+async fn off_thread<T: Send + 'static>(
+    store: &LocalStore,
+    call: impl FnOnce(&LocalStore) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(&store))
+        .await
+        .context("a store task panicked")?
 }
 
 pub fn main(args: PopArgs) -> anyhow::Result<()> {
@@ -309,7 +335,9 @@ impl Serving {
         if complete {
             self.state.seq = head;
         }
-        if let Err(e) = self.store.save_state(&self.state) {
+        let state = serde_json::to_vec(&self.state).unwrap_or_default();
+        let saved = off_thread(&self.store, move |store| store.save_state(&state)).await;
+        if let Err(e) = saved {
             eprintln!("outpost pop {}: saving its state failed: {e:#}", self.name);
         }
         self.publish();
