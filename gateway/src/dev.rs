@@ -9,11 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use outpost_bundle::{Limits, MANIFEST_FILE};
 use outpost_gateway::admin::serve_admin;
-use outpost_gateway::{serve, AppEntry, RouteTable, Routes, ServeConfig, Target};
+use outpost_gateway::{AppEntry, RouteTable, Routes, ServeConfig, Target};
 use outpost_isolate::{Egress, IsolateEngine};
 use outpost_pool::{Deployment, Pool};
 use tokio::net::TcpListener;
 
+use crate::front_door::{FrontDoor, Role};
 use crate::DevArgs;
 
 /// How long after a change the apps are reread, so that a burst of writes is read once.
@@ -68,6 +69,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
     };
     println!("outpost dev: listening on http://{addr}/");
 
+    let hosts = apps.hosts();
     let watched: Vec<PathBuf> = apps.sources.iter().map(|s| s.watch_root()).collect();
     let (_watcher, mut changes) =
         outpost_gateway::watch::watch(&watched).context("watching the apps' files")?;
@@ -81,14 +83,19 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
 
     let config = ServeConfig {
         error_detail: args.error_detail,
-        pop_name: None,
+        ..ServeConfig::default()
     };
-    tokio::select! {
-        () = serve(listener, routes, config, pool) => {}
-        _ = tokio::signal::ctrl_c() => {
-            println!("outpost dev: stopping");
-        }
-    }
+    let front = FrontDoor::open(
+        &args.front,
+        Role::Dev { hosts },
+        "outpost dev",
+        listener,
+        routes,
+        config,
+        pool,
+    )
+    .await?;
+    front.run_until_stopped().await;
     reloads.abort();
     if let Some(admin) = admin {
         admin.abort();
@@ -170,6 +177,24 @@ struct Apps {
 }
 
 impl Apps {
+    /// The hosts the apps answer by name: `NAME.localhost`, and their routes' exact hosts.
+    fn hosts(&self) -> Vec<String> {
+        let mut hosts = Vec::new();
+        for source in &self.sources {
+            let Some(deployment) = &source.current else {
+                continue;
+            };
+            let manifest = &deployment.bundle().manifest;
+            hosts.push(format!("{}.localhost", manifest.name));
+            for pattern in &manifest.routes {
+                if let Ok(route) = outpost_bundle::Route::parse(pattern) {
+                    hosts.extend(route.exact_host().map(str::to_string));
+                }
+            }
+        }
+        hosts
+    }
+
     /// Reads every app again, loads those that changed, and swaps the route table once. An
     /// app whose new version does not load (or claims another app's route) keeps its
     /// previous version serving.

@@ -8,8 +8,11 @@ pub mod error;
 pub mod origin;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod watch;
 
 pub use error::{GatewayError, Kind, Source};
 pub use routes::{AppEntry, DuplicateRoute, RouteTable, Routes, Target};
-pub use server::{serve, ErrorDetail, ServeConfig};
+pub use server::{
+    serve, ConnectionLimits, ErrorDetail, ServeConfig, Shutdown, ShutdownSignal, Transport,
+};

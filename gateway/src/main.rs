@@ -3,6 +3,7 @@
 
 mod deploy_cmd;
 mod dev;
+mod front_door;
 mod origin_cmd;
 mod pop_cmd;
 
@@ -70,6 +71,8 @@ pub struct DevArgs {
     /// What a client sees of an app's load error: `full` (file:line) or `short`.
     #[arg(long, value_enum, default_value = "full")]
     pub error_detail: ErrorDetail,
+    #[command(flatten)]
+    pub front: front_door::FrontDoorArgs,
 }
 
 /// Settings of a node that serves apps (shared by the roles that run isolates).

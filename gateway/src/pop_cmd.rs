@@ -15,7 +15,9 @@ use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use outpost_bundle::{Bundle, Limits, Lock};
 use outpost_gateway::admin::serve_admin;
-use outpost_gateway::{serve, AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig};
+use outpost_gateway::{AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig};
+
+use crate::front_door::{FrontDoor, Role};
 use outpost_isolate::IsolateEngine;
 use outpost_pool::{Deployment, Pool};
 use outpost_store::{write_atomically, BlobStore, DirBlobs};
@@ -63,6 +65,8 @@ pub struct PopArgs {
     /// What a client sees of an app's load error.
     #[arg(long, value_enum, default_value = "short")]
     pub error_detail: ErrorDetail,
+    #[command(flatten)]
+    pub front: crate::front_door::FrontDoorArgs,
 }
 
 /// What the PoP serves, as kept on disk.
@@ -487,11 +491,20 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
             crate::Switch::On => http::HeaderValue::from_str(&args.name).ok(),
             crate::Switch::Off => None,
         },
+        ..ServeConfig::default()
     };
-    tokio::select! {
-        () = serve(listener, routes, config, pool) => {}
-        _ = tokio::signal::ctrl_c() => println!("outpost pop {}: stopping", args.name),
-    }
+    let label = format!("outpost pop {}", args.name);
+    let front = FrontDoor::open(
+        &args.front,
+        Role::Pop,
+        &label,
+        listener,
+        routes,
+        config,
+        pool,
+    )
+    .await?;
+    front.run_until_stopped().await;
     follow.abort();
     std::process::exit(0)
 }

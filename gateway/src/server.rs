@@ -1,6 +1,8 @@
-//! The HTTP listener: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) through hyper, the
-//! route to an app, admission checks against its limits, and dispatch of each request to
-//! the app's deployment.
+//! The HTTP listeners: HTTP/1.1 and HTTP/2 through hyper, in cleartext (HTTP/2 with prior
+//! knowledge) or over TLS (ALPN `h2`, `http/1.1`); the route to an app, admission checks
+//! against its limits, and dispatch of each request to the app's deployment. Connections are
+//! bounded (count, header size and count, time to send headers, streams per connection) and
+//! drained on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +14,12 @@ use http::{header, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use outpost_pool::{Body, DispatchError, Pool, Task};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{GatewayError, Kind};
 use crate::routes::{Routes, Target};
@@ -28,6 +32,8 @@ pub struct ServeConfig {
     /// The node's name, sent as `x-outpost-pop` with the serving version as
     /// `x-outpost-version` (a PoP's `--name`); nothing when unset.
     pub pop_name: Option<http::HeaderValue>,
+    /// What a client connection may hold and take.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServeConfig {
@@ -35,7 +41,99 @@ impl Default for ServeConfig {
         ServeConfig {
             error_detail: ErrorDetail::Short,
             pop_name: None,
+            connections: ConnectionLimits::default(),
         }
+    }
+}
+
+/// Bounds on client connections, against clients that hold them open or flood them.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Connections open at once, per listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time for a client to send a request's headers (HTTP/1.1; also the idle time allowed
+    /// between keep-alive requests) and to complete a TLS handshake: a slow client
+    /// (slowloris) is cut off after it.
+    pub header_read_timeout: Duration,
+    /// Headers in one request; more get 431.
+    pub max_headers: usize,
+    /// Bytes of one request's head (request line and headers); more get 431.
+    pub max_header_bytes: usize,
+    /// Concurrent streams on one HTTP/2 (or HTTP/3) connection.
+    pub max_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_streams: 128,
+        }
+    }
+}
+
+/// How a listener's connections are secured.
+#[derive(Clone)]
+pub enum Transport {
+    /// Cleartext: HTTP/1.1, or HTTP/2 with prior knowledge. Requests are `http:`.
+    Plain,
+    /// TLS, the certificate picked by SNI; ALPN `h2` or `http/1.1`. Requests are `https:`.
+    Tls(Arc<rustls::ServerConfig>),
+}
+
+impl Transport {
+    fn scheme(&self) -> http::uri::Scheme {
+        match self {
+            Transport::Plain => http::uri::Scheme::HTTP,
+            Transport::Tls(_) => http::uri::Scheme::HTTPS,
+        }
+    }
+}
+
+/// Tells listeners and their connections to stop: listeners stop accepting, connections
+/// finish the requests they hold (HTTP/2 sends GOAWAY, idle HTTP/1.1 connections close).
+pub struct Shutdown {
+    signal: watch::Sender<bool>,
+}
+
+/// What a listener and each of its connections hold to hear of a [`Shutdown`]; the
+/// shutdown knows everything drained when the last of them is dropped.
+#[derive(Clone)]
+pub struct ShutdownSignal(watch::Receiver<bool>);
+
+impl ShutdownSignal {
+    fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once shutdown begins.
+    async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> (Shutdown, ShutdownSignal) {
+        let (signal, watcher) = watch::channel(false);
+        (Shutdown { signal }, ShutdownSignal(watcher))
+    }
+
+    /// Begins shutting down and waits until every listener and connection is done, or
+    /// `timeout` passes; returns whether everything drained in time.
+    pub async fn drain(self, timeout: Duration) -> bool {
+        let _ = self.signal.send(true);
+        tokio::time::timeout(timeout, self.signal.closed())
+            .await
+            .is_ok()
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown::new().0
     }
 }
 
@@ -48,24 +146,47 @@ pub enum ErrorDetail {
     Short,
 }
 
-/// Accepts connections on `listener` until the task is dropped. Each connection is served on
-/// one of the pool's worker threads (round robin), next to that worker's isolates, so its
-/// requests cross no thread on the way to the app.
+/// What every connection of a listener shares.
+struct Listening {
+    routes: Arc<Routes>,
+    config: Arc<ServeConfig>,
+    transport: Transport,
+    local: Option<SocketAddr>,
+}
+
+/// Accepts connections on `listener` until `shutdown` begins (or the task is dropped). Each
+/// connection is served on one of the pool's worker threads (round robin), next to that
+/// worker's isolates, so its requests cross no thread on the way to the app; a TLS handshake
+/// happens there too.
 pub async fn serve(
     listener: TcpListener,
+    transport: Transport,
     routes: Arc<Routes>,
     config: ServeConfig,
     pool: Arc<Pool>,
+    mut shutdown: ShutdownSignal,
 ) {
-    let config = Arc::new(config);
-    let local = listener.local_addr().ok();
+    let open = Arc::new(Semaphore::new(config.connections.max_connections));
+    let listening = Arc::new(Listening {
+        routes,
+        config: Arc::new(config),
+        transport,
+        local: listener.local_addr().ok(),
+    });
     let mut next_worker = 0usize;
     loop {
-        let stream = match listener
-            .accept()
-            .await
-            .and_then(|(stream, _)| stream.into_std())
-        {
+        if shutdown.is_set() {
+            return;
+        }
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => permit.expect("never closed"),
+            () = shutdown.wait() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.wait() => return,
+        };
+        let stream = match accepted.and_then(|(stream, _)| stream.into_std()) {
             Ok(stream) => stream,
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -74,10 +195,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let routes = routes.clone();
-        let config = config.clone();
+        let listening = listening.clone();
+        let signal = shutdown.clone();
         let task: Task =
-            Box::new(move || Box::pin(serve_connection(stream, routes, config, local)));
+            Box::new(move || Box::pin(serve_connection(stream, listening, signal, permit)));
         next_worker = next_worker.wrapping_add(1);
         if pool.spawn_on(next_worker, task).await.is_err() {
             tracing::error!("no worker thread takes connections any more");
@@ -86,12 +207,13 @@ pub async fn serve(
     }
 }
 
-/// Serves one connection (HTTP/1.1, or HTTP/2 with prior knowledge) on the current thread.
+/// Serves one connection on the current thread: the TLS handshake if any, then HTTP/1.1 or
+/// HTTP/2, until it ends or shutdown drains it.
 async fn serve_connection(
     stream: std::net::TcpStream,
-    routes: Arc<Routes>,
-    config: Arc<ServeConfig>,
-    local: Option<SocketAddr>,
+    listening: Arc<Listening>,
+    shutdown: ShutdownSignal,
+    _permit: OwnedSemaphorePermit,
 ) {
     let stream = match TcpStream::from_std(stream) {
         Ok(stream) => stream,
@@ -101,27 +223,86 @@ async fn serve_connection(
         }
     };
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |request| {
-        let routes = routes.clone();
-        let config = config.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(request, &routes, &config, local).await) }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!("connection ended: {e}");
+    match &listening.transport {
+        Transport::Plain => serve_http(stream, &listening, shutdown).await,
+        Transport::Tls(tls) => {
+            let handshake = accept_tls(stream, tls.clone(), &listening.routes);
+            let limit = listening.config.connections.header_read_timeout;
+            match tokio::time::timeout(limit, handshake).await {
+                Ok(Ok(stream)) => serve_http(stream, &listening, shutdown).await,
+                Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
     }
 }
 
-async fn handle(
-    request: Request<Incoming>,
+/// Completes a TLS handshake. Once the ClientHello is in, an app serving the host it names
+/// and without an isolate on this worker starts one, while the handshake completes.
+async fn accept_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
     routes: &Routes,
-    config: &ServeConfig,
-    local: Option<SocketAddr>,
-) -> Response<Body> {
-    match route(request, routes, config, local).await {
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = rustls::server::Acceptor::default();
+    let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
+    if let Some(host) = start.client_hello().server_name() {
+        if let Some(app) = routes.current().lookup(host, "/") {
+            if let Target::Serving(deployment) = &app.target {
+                deployment.prewarm();
+            }
+        }
+    }
+    start.into_stream(config).await
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends; once shutdown begins, the
+/// connection finishes what it holds and closes.
+async fn serve_http<I>(io: I, listening: &Arc<Listening>, mut shutdown: ShutdownSignal)
+where
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let for_service = listening.clone();
+    let service = service_fn(move |request| {
+        let listening = for_service.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(request, &listening).await) }
+    });
+    let limits = &listening.config.connections;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("connection ended: {e}");
+                }
+                return;
+            }
+            () = shutdown.wait(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+async fn handle(request: Request<Incoming>, listening: &Listening) -> Response<Body> {
+    let scheme = listening.transport.scheme();
+    let config = &listening.config;
+    match route(request, &listening.routes, config, scheme, listening.local).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -131,10 +312,11 @@ async fn route(
     request: Request<Incoming>,
     routes: &Routes,
     config: &ServeConfig,
+    scheme: http::uri::Scheme,
     local: Option<SocketAddr>,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = request.into_parts();
-    parts.uri = absolute_uri(&parts, local)?;
+    parts.uri = absolute_uri(&parts, scheme, local)?;
     let table = routes.current();
     let host = parts.uri.authority().map_or("", |a| a.as_str());
     let app = table
@@ -226,10 +408,11 @@ fn too_large(max_body_bytes: u64) -> GatewayError {
     )
 }
 
-/// `http://host/path?query`: the authority of an HTTP/2 request, else its Host header, else
-/// the listener's address.
+/// `scheme://host/path?query`: the authority of an HTTP/2 request, else its Host header,
+/// else the listener's address; the scheme is the listener's (`https` over TLS).
 fn absolute_uri(
     parts: &http::request::Parts,
+    scheme: http::uri::Scheme,
     local: Option<SocketAddr>,
 ) -> Result<Uri, GatewayError> {
     let bad = |what: &str| GatewayError::new(Kind::BadRequest, what.to_string());
@@ -253,7 +436,7 @@ fn absolute_uri(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(path)
         .build()
@@ -275,13 +458,20 @@ mod tests {
     #[test]
     fn builds_absolute_urls() {
         let local = Some("127.0.0.1:8787".parse().unwrap());
-        let uri = absolute_uri(&parts("/a?b=1", Some("example.com")), local).unwrap();
+        let http = || http::uri::Scheme::HTTP;
+        let uri = absolute_uri(&parts("/a?b=1", Some("example.com")), http(), local).unwrap();
         assert_eq!(uri.to_string(), "http://example.com/a?b=1");
-        let uri = absolute_uri(&parts("/", None), local).unwrap();
+        let uri = absolute_uri(&parts("/", None), http(), local).unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:8787/");
-        let uri = absolute_uri(&parts("http://h2.example/x", None), local).unwrap();
+        let uri = absolute_uri(&parts("http://h2.example/x", None), http(), local).unwrap();
         assert_eq!(uri.to_string(), "http://h2.example/x");
-        let err = absolute_uri(&parts("/", Some("bad host")), local).unwrap_err();
+        let uri = absolute_uri(
+            &parts("/s", Some("a.test")),
+            http::uri::Scheme::HTTPS,
+            local,
+        );
+        assert_eq!(uri.unwrap().to_string(), "https://a.test/s");
+        let err = absolute_uri(&parts("/", Some("bad host")), http(), local).unwrap_err();
         assert_eq!(err.kind, Kind::BadRequest);
     }
 }

@@ -103,6 +103,27 @@ impl Node {
         self.kept.push(dir);
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit; its status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outpost still runs {timeout:?} after SIGTERM\nstdout: {:#?}",
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The node's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -220,6 +220,29 @@ impl Deployment {
         Err(DispatchError::Overloaded)
     }
 
+    /// Starts an instance on the calling worker if the app has none live or starting there,
+    /// without waiting for it: a request for the app is probably on its way (a TLS
+    /// ClientHello on this worker named one of its hosts), and its isolate can start while
+    /// the handshake completes. Does nothing off the pool's workers, while the app backs
+    /// off after failures, or at its instance cap.
+    pub fn prewarm(&self) {
+        let inner = &self.inner;
+        let Some(here) = current_worker(inner.pool.id) else {
+            return;
+        };
+        let worker = here % inner.slots.len();
+        if inner.slots[worker].usable().is_some() || self.is_starting(worker) {
+            return;
+        }
+        if self.live_instances() + self.starts_under_way()
+            >= inner.pool.config.max_instances_per_app
+        {
+            return;
+        }
+        let deadline = Instant::now() + inner.limits.timeout;
+        drop(self.starting(worker, deadline, Purpose::Request));
+    }
+
     /// Starts one more instance, on a worker without one, when the app may have more; does
     /// not wait for it.
     fn scale_out(&self, live: &[(usize, Arc<Live>)], first: usize, deadline: Instant) {

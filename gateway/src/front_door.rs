@@ -1,0 +1,233 @@
+//! The listeners a node serves apps on, for `dev` and `pop` alike: cleartext HTTP, and with
+//! `--https` TLS (certificates by SNI from `--certs`, reloaded when the directory changes;
+//! `dev` makes its own for localhost); connection limits; and the shutdown on SIGTERM or
+//! SIGINT that stops accepting, lets in-flight requests finish (bounded), then exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use outpost_gateway::tls::{self, Certificates};
+use outpost_gateway::{serve, ConnectionLimits, Routes, ServeConfig, Shutdown, Transport};
+use outpost_pool::Pool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// `--https`, certificates, connection limits and the drain timeout.
+#[derive(Debug, clap::Args)]
+pub struct FrontDoorArgs {
+    /// Also serve HTTPS (TLS; HTTP/2 and HTTP/1.1 by ALPN) on ADDR (port 0 picks one; the
+    /// address is printed). `outpost dev --https` alone uses 127.0.0.1:8443 with a
+    /// development certificate for localhost and *.localhost.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8443")]
+    pub https: Option<SocketAddr>,
+    /// Directory of certificates for --https, picked by SNI: NAME.pem holds a chain (leaf
+    /// first) and its key (or the key is in NAME.key). Reloaded when the directory changes.
+    #[arg(long, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Certificate (a .pem with its key) for TLS clients whose SNI names no certificate in
+    /// --certs; without it their handshake fails.
+    #[arg(long, value_name = "FILE")]
+    pub default_cert: Option<PathBuf>,
+    /// Most client connections open at once, per listener.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Milliseconds a client has to send a request's headers (or to finish a TLS
+    /// handshake, or between keep-alive requests) before it is cut off.
+    #[arg(long, default_value_t = ConnectionLimits::default().header_read_timeout.as_millis() as u64)]
+    pub header_timeout_ms: u64,
+    /// Most headers in one request (then 431).
+    #[arg(long, default_value_t = ConnectionLimits::default().max_headers)]
+    pub max_headers: usize,
+    /// Most bytes of one request's head (then 431).
+    #[arg(long, default_value_t = ConnectionLimits::default().max_header_bytes)]
+    pub max_header_bytes: usize,
+    /// Most concurrent streams on one HTTP/2 connection.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_streams)]
+    pub max_streams: u32,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the node exits.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+}
+
+impl FrontDoorArgs {
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
+            max_headers: self.max_headers.max(1),
+            max_header_bytes: self.max_header_bytes,
+            max_streams: self.max_streams.max(1),
+        }
+    }
+}
+
+/// Where `dev` keeps its development certificate authority: `$OUTPOST_HOME/dev-tls`, by
+/// default `~/.outpost/dev-tls`.
+fn dev_tls_home() -> PathBuf {
+    let home = std::env::var_os("OUTPOST_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".outpost")))
+        .unwrap_or_else(|| PathBuf::from(".outpost"));
+    home.join("dev-tls")
+}
+
+/// Which role serves: decides where certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// `outpost dev`: without `--certs`, a development certificate that also names these
+    /// hosts (each app's `NAME.localhost` and the exact hosts of its routes).
+    Dev {
+        hosts: Vec<String>,
+    },
+    Pop,
+}
+
+/// Running listeners, stopped together.
+pub struct FrontDoor {
+    shutdown: Shutdown,
+    listeners: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
+    label: String,
+    /// Keeps the certificate directory watched.
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl FrontDoor {
+    /// Starts serving on `http` and, with `--https`, on a TLS listener too.
+    pub async fn open(
+        args: &FrontDoorArgs,
+        role: Role,
+        label: &str,
+        http: TcpListener,
+        routes: Arc<Routes>,
+        mut config: ServeConfig,
+        pool: Arc<Pool>,
+    ) -> anyhow::Result<FrontDoor> {
+        config.connections = args.limits();
+        let (shutdown, signal) = Shutdown::new();
+        let mut door = FrontDoor {
+            shutdown,
+            listeners: Vec::new(),
+            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+            label: label.to_string(),
+            _watcher: None,
+        };
+        if let Some(addr) = args.https {
+            let certificates = certificates(args, &role, label)?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (https)"))?;
+            println!(
+                "{label}: listening on https://{}/ (certificates from {})",
+                listener.local_addr()?,
+                certificates.dir().display()
+            );
+            door._watcher = Some(watch_certificates(certificates.clone(), label)?);
+            let transport = Transport::Tls(tls::server_config(certificates));
+            door.listeners.push(tokio::spawn(serve(
+                listener,
+                transport,
+                routes.clone(),
+                config.clone(),
+                pool.clone(),
+                signal.clone(),
+            )));
+        }
+        door.listeners.push(tokio::spawn(serve(
+            http,
+            Transport::Plain,
+            routes,
+            config,
+            pool,
+            signal,
+        )));
+        Ok(door)
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops accepting and waits (up to the drain
+    /// timeout) for in-flight requests to finish.
+    pub async fn run_until_stopped(self) {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match terminate.as_mut() {
+                    Some(terminate) => terminate.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        println!(
+            "{}: stopping; in-flight requests have {} s to finish",
+            self.label,
+            self.drain_timeout.as_secs()
+        );
+        let label = self.label.clone();
+        if self.shutdown.drain(self.drain_timeout).await {
+            println!("{label}: drained");
+        } else {
+            println!("{label}: drain timeout passed; exiting with requests in flight");
+        }
+        for listener in self.listeners {
+            listener.abort();
+        }
+    }
+}
+
+/// The certificates to serve: `--certs`, or for `dev` without it, the development
+/// certificate (made on first use) with a hint on trusting it.
+fn certificates(
+    args: &FrontDoorArgs,
+    role: &Role,
+    label: &str,
+) -> anyhow::Result<Arc<Certificates>> {
+    let dir = match (&args.certs, role) {
+        (Some(dir), _) => dir.clone(),
+        (None, Role::Pop) => anyhow::bail!("--https needs --certs DIR (NAME.pem files)"),
+        (None, Role::Dev { hosts }) => {
+            let home = dev_tls_home();
+            let dev = tls::dev_certificate(&home, hosts)?;
+            println!(
+                "{label}: HTTPS uses a development certificate for localhost and *.localhost, \
+                 signed by a local authority: trust {} (curl --cacert {0} …; or add it to your \
+                 system's or browser's trusted roots)",
+                dev.ca.display()
+            );
+            dev.dir
+        }
+    };
+    Certificates::load(&dir, args.default_cert.as_deref())
+        .with_context(|| format!("loading certificates from {}", dir.display()))
+}
+
+/// Reloads `certificates` whenever their directory changes; a failed reload keeps the
+/// certificates in use and says why.
+fn watch_certificates(
+    certificates: Arc<Certificates>,
+    label: &str,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    let dir = certificates.dir().to_path_buf();
+    let (watcher, mut changes) = outpost_gateway::watch::watch(std::slice::from_ref(&dir))
+        .with_context(|| format!("watching {}", dir.display()))?;
+    let label = label.to_string();
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            // Let a burst of writes (a certificate and its key) settle.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while changes.try_recv().is_ok() {}
+            let certificates = certificates.clone();
+            match tokio::task::spawn_blocking(move || certificates.reload()).await {
+                Ok(Ok(names)) => println!("{label}: certificates reloaded: {}", names.join(", ")),
+                Ok(Err(e)) => {
+                    eprintln!("{label}: certificates not reloaded, the previous ones stay: {e}")
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    Ok(watcher)
+}

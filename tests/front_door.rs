@@ -1,0 +1,393 @@
+//! The front door with real clients: HTTPS over HTTP/1.1 and HTTP/2 (reqwest and curl),
+//! certificates picked by SNI and reloaded without a restart, an unknown SNI, the
+//! development certificate of `outpost dev --https`, header limits (431), a slowloris client
+//! cut off while others are served, 100 concurrent streams on one HTTP/2 connection, and a
+//! graceful shutdown that finishes the request in flight.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{app, http1, http2, Node};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+
+const URL_APP: &str = "export default { fetch(request) { return new Response(request.url); } };\n";
+
+/// `outpost dev PATH --https 127.0.0.1:0 ARGS…` with its own OUTPOST_HOME; the node and its
+/// HTTPS address.
+fn https_node(path: &Path, home: &Path, args: &[&str]) -> (Node, SocketAddr) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command
+        .arg("dev")
+        .arg(path)
+        .args(["--https", "127.0.0.1:0"])
+        .args(args)
+        .env("OUTPOST_HOME", home);
+    let mut node = Node::spawn(command);
+    let line = node.wait_for_stdout("listening on https://", Duration::from_secs(30));
+    let addr = line
+        .split("https://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (node, addr)
+}
+
+/// An HTTPS client trusting `ca_pem`, resolving every name in `hosts` to `addr`.
+fn https_client(ca_pem: &[u8], addr: SocketAddr, hosts: &[&str]) -> reqwest::ClientBuilder {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).unwrap())
+        .timeout(Duration::from_secs(30));
+    for host in hosts {
+        builder = builder.resolve(host, addr);
+    }
+    builder
+}
+
+/// A certificate authority for tests, and certificates it signs.
+struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test authority");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A `.pem` (chain and key) for `names`, with serial `serial` to tell copies apart.
+    fn leaf(&self, names: &[&str]) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| SanType::DnsName(n.to_string().try_into().unwrap()))
+            .collect();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+}
+
+#[tokio::test]
+async fn dev_https_serves_http1_and_http2_with_https_urls() {
+    let home = tempfile::tempdir().unwrap();
+    let site = app("site", URL_APP);
+    let (node, addr) = https_node(site.path(), home.path(), &[]);
+    let ca = std::fs::read(home.path().join("dev-tls/ca.pem")).unwrap();
+    assert!(
+        node.stdout()
+            .iter()
+            .any(|l| l.contains("trust") && l.contains("ca.pem")),
+        "{:?}",
+        node.stdout()
+    );
+    let port = addr.port();
+    for (version, client) in [
+        (
+            reqwest::Version::HTTP_11,
+            https_client(&ca, addr, &["site.localhost"]).http1_only(),
+        ),
+        (
+            reqwest::Version::HTTP_2,
+            https_client(&ca, addr, &["site.localhost"]),
+        ),
+    ] {
+        let res = client
+            .build()
+            .unwrap()
+            .get(format!("https://site.localhost:{port}/path?q=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.version(), version);
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.text().await.unwrap(),
+            format!("https://site.localhost:{port}/path?q=1")
+        );
+    }
+    // curl, negotiating HTTP/2 by ALPN.
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "-w", "\n%{http_version}", "--cacert"])
+        .arg(home.path().join("dev-tls/ca.pem"))
+        .arg("--resolve")
+        .arg(format!("site.localhost:{port}:127.0.0.1"))
+        .arg(format!("https://site.localhost:{port}/c"))
+        .output()
+        .expect("curl is installed (tests/install-services.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [&*format!("https://site.localhost:{port}/c"), "2"]
+    );
+    // Cleartext goes on as before, with http: URLs.
+    let (status, body) = common::get(&node, "/x").await;
+    assert_eq!((status, body.starts_with("http://")), (200, true), "{body}");
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_unknown_names_fail_and_new_certificates_load_live() {
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("a.pem"), ca.leaf(&["a.test"])).unwrap();
+    std::fs::write(certs.path().join("b.pem"), ca.leaf(&["*.b.test", "b.test"])).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let site = app("site", URL_APP);
+    let certs_arg = certs.path().to_str().unwrap();
+    let (node, addr) = https_node(site.path(), home.path(), &["--certs", certs_arg]);
+    let port = addr.port();
+    let hosts = ["a.test", "b.test", "www.b.test", "c.test"];
+    let client = || {
+        https_client(ca.pem.as_bytes(), addr, &hosts)
+            .build()
+            .unwrap()
+    };
+    // The client checks the name: each host answering proves its own certificate was sent.
+    for host in ["a.test", "b.test", "www.b.test"] {
+        let res = client()
+            .get(format!("https://{host}:{port}/"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e:?}"));
+        assert_eq!(res.status(), 200, "{host}");
+    }
+    // No certificate names c.test and there is no default: the handshake fails.
+    let err = client()
+        .get(format!("https://c.test:{port}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+
+    // A certificate for c.test dropped into the directory serves without a restart.
+    std::fs::write(certs.path().join("c.pem"), ca.leaf(&["c.test"])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(res) = client().get(format!("https://c.test:{port}/")).send().await {
+            assert_eq!(res.status(), 200);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "c.test never served: {:?}",
+            node.stdout()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A broken file does not take the others down.
+    std::fs::write(certs.path().join("d.pem"), "garbage").unwrap();
+    let mut node = node;
+    node.wait_for_stderr("certificates not reloaded", Duration::from_secs(20));
+    let res = client()
+        .get(format!("https://a.test:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn an_unknown_sni_gets_the_default_certificate_when_there_is_one() {
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("a.pem"), ca.leaf(&["a.test"])).unwrap();
+    let fallback = tempfile::tempdir().unwrap();
+    let default_pem = fallback.path().join("default.pem");
+    std::fs::write(&default_pem, ca.leaf(&["default.test"])).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let site = app("site", URL_APP);
+    let (_node, addr) = https_node(
+        site.path(),
+        home.path(),
+        &[
+            "--certs",
+            certs.path().to_str().unwrap(),
+            "--default-cert",
+            default_pem.to_str().unwrap(),
+        ],
+    );
+    // Asked for other.test, the server sends default.test's certificate: a client that
+    // checks names refuses it, one that checks only the chain sees default.test.
+    let strict = https_client(ca.pem.as_bytes(), addr, &["other.test"])
+        .build()
+        .unwrap();
+    let err = strict
+        .get(format!("https://other.test:{}/", addr.port()))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
+    let lenient = https_client(ca.pem.as_bytes(), addr, &["other.test"])
+        .danger_accept_invalid_hostnames(true)
+        .tls_info(true)
+        .build()
+        .unwrap();
+    let res = lenient
+        .get(format!("https://other.test:{}/", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    let info = res.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
+    let der = info.peer_certificate().unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(
+        format!("{:?}", san.value.general_names),
+        "[DNSName(\"default.test\")]"
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let node = Node::start(
+        app("site", URL_APP).path(),
+        &["--max-headers", "50", "--max-header-bytes", "16384"],
+    );
+    let big = "x".repeat(20_000);
+    let res = http1()
+        .get(node.url("/"))
+        .header("x-big", &big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 431);
+    let mut request = http1().get(node.url("/"));
+    for i in 0..60 {
+        request = request.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(request.send().await.unwrap().status(), 431);
+    // Within the limits, fine; over HTTP/2 too big a header list is refused as well.
+    assert_eq!(
+        http1().get(node.url("/")).send().await.unwrap().status(),
+        200
+    );
+    let h2 = http2()
+        .get(node.url("/"))
+        .header("x-big", &big)
+        .send()
+        .await;
+    assert!(h2.as_ref().map_or(true, |r| r.status() == 431), "{h2:?}");
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_off_without_hurting_others() {
+    let site = app("site", URL_APP);
+    let node = Node::start(site.path(), &["--header-timeout-ms", "1000"]);
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let slow = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let started = Instant::now();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: site\r\n")
+            .unwrap();
+        // One header byte every 200 ms, never finishing the head.
+        let dripping = {
+            let mut stream = stream.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    if stream.write_all(b"x").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let cut_after = started.elapsed();
+        let _ = dripping.join();
+        (cut_after, String::from_utf8_lossy(&answer).into_owned())
+    });
+    // Meanwhile everyone else is served.
+    for _ in 0..10 {
+        let (status, _) = common::get(&node, "/").await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (cut_after, answer) = slow.join().unwrap();
+    assert!(
+        cut_after < Duration::from_secs(15),
+        "the slow client was cut off after {cut_after:?}"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn one_http2_connection_carries_100_concurrent_streams() {
+    // Each request holds its stream for a second and answers how many were open at once
+    // at its end: 100 only if the connection carried all 100 together.
+    let site = app(
+        "site",
+        "let open = 0; let peak = 0;\n\
+         export default { async fetch() { open++; peak = Math.max(peak, open); await new Promise(r => setTimeout(r, 1000)); open--; return new Response(String(peak)); } };\n",
+    );
+    let node = Node::start(site.path(), &[]);
+    let client = http2();
+    let requests = (0..100).map(|_| {
+        let request = client.get(node.url("/")).send();
+        async move {
+            let res = request.await.unwrap();
+            assert_eq!(res.version(), reqwest::Version::HTTP_2);
+            assert_eq!(res.status(), 200);
+            res.text().await.unwrap().parse::<u32>().unwrap()
+        }
+    });
+    let peaks = futures::future::join_all(requests).await;
+    assert_eq!(peaks.into_iter().max(), Some(100));
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_request_in_flight_then_exits_0() {
+    let site = app(
+        "site",
+        "export default { async fetch() { await new Promise(r => setTimeout(r, 1500)); return new Response('finished'); } };\n",
+    );
+    let mut node = Node::start(site.path(), &[]);
+    let url = node.url("/");
+    let in_flight = tokio::spawn(async move { http1().get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = node.terminate(Duration::from_secs(20));
+        (status, node.stdout())
+    });
+    let res = in_flight.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "finished");
+    let (status, stdout) = status.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(stdout.iter().any(|l| l.contains("drained")), "{stdout:?}");
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
