@@ -391,3 +391,135 @@ async fn sigterm_drains_the_request_in_flight_then_exits_0() {
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// One HTTP/3 exchange with an h3-quinn client trusting `ca_pem`: sends `chunks` as the
+/// body (each its own DATA frame) and returns the response head and the body's chunks.
+async fn h3_exchange(
+    addr: SocketAddr,
+    host: &str,
+    ca_pem: &[u8],
+    request: http::Request<()>,
+    chunks: &[&[u8]],
+) -> (http::Response<()>, Vec<bytes::Bytes>) {
+    use bytes::Buf;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let connection = endpoint.connect(addr, host).unwrap().await.unwrap();
+    let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(connection))
+        .await
+        .unwrap();
+    let driving = tokio::spawn(async move {
+        futures::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let mut stream = sender.send_request(request).await.unwrap();
+    for chunk in chunks {
+        stream
+            .send_data(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    stream.finish().await.unwrap();
+    let response = stream.recv_response().await.unwrap();
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        body.push(chunk.copy_to_bytes(chunk.remaining()));
+    }
+    drop(sender);
+    driving.abort();
+    endpoint.close(0u32.into(), b"done");
+    (response, body)
+}
+
+#[tokio::test]
+async fn http3_serves_the_same_apps_streaming_both_ways() {
+    let home = tempfile::tempdir().unwrap();
+    let site = app(
+        "site",
+        "export default { async fetch(request) {\n\
+           const url = new URL(request.url);\n\
+           if (url.pathname === '/upload') {\n\
+             let chunks = 0, bytes = 0;\n\
+             for await (const chunk of request.body) { chunks++; bytes += chunk.byteLength; }\n\
+             return new Response(`${request.method} ${bytes} bytes`);\n\
+           }\n\
+           if (url.pathname === '/throw') throw new Error('broken');\n\
+           if (url.pathname === '/stream') {\n\
+             let i = 0;\n\
+             const body = new ReadableStream({ async pull(c) {\n\
+               await new Promise(r => setTimeout(r, 20));\n\
+               if (i < 5) c.enqueue(new TextEncoder().encode(`part ${i++};`)); else c.close();\n\
+             } });\n\
+             return new Response(body);\n\
+           }\n\
+           return new Response(request.url + ' ' + (request.body === null ? 'no body' : 'body'));\n\
+         } };\n",
+    );
+    let (_node, addr) = https_node(site.path(), home.path(), &[]);
+    let ca = std::fs::read(home.path().join("dev-tls/ca.pem")).unwrap();
+    let port = addr.port();
+
+    // TLS responses announce HTTP/3 on the same port.
+    let res = https_client(&ca, addr, &["site.localhost"])
+        .build()
+        .unwrap()
+        .get(format!("https://site.localhost:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["alt-svc"],
+        format!("h3=\":{port}\"; ma=86400")
+    );
+
+    let get = http::Request::get(format!("https://site.localhost:{port}/hello?x=1"))
+        .body(())
+        .unwrap();
+    let (head, body) = h3_exchange(addr, "site.localhost", &ca, get, &[]).await;
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        body.concat(),
+        format!("https://site.localhost:{port}/hello?x=1 no body").as_bytes()
+    );
+
+    // An upload in several DATA frames reaches the handler as a stream.
+    let post = http::Request::post(format!("https://site.localhost:{port}/upload"))
+        .body(())
+        .unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let chunks: Vec<&[u8]> = (0..16).map(|_| chunk.as_slice()).collect();
+    let (head, body) = h3_exchange(addr, "site.localhost", &ca, post, &chunks).await;
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        body.concat(),
+        format!("POST {} bytes", 16 * 64 * 1024).as_bytes()
+    );
+
+    // A streamed response arrives in pieces.
+    let stream = http::Request::get(format!("https://site.localhost:{port}/stream"))
+        .body(())
+        .unwrap();
+    let (head, body) = h3_exchange(addr, "site.localhost", &ca, stream, &[]).await;
+    assert_eq!(head.status(), 200);
+    assert_eq!(body.concat(), b"part 0;part 1;part 2;part 3;part 4;");
+    assert!(body.len() > 1, "streamed in {} piece(s)", body.len());
+
+    // Errors map as elsewhere: a handler that throws is a 500.
+    let throw = http::Request::get(format!("https://site.localhost:{port}/throw"))
+        .body(())
+        .unwrap();
+    let (head, _) = h3_exchange(addr, "site.localhost", &ca, throw, &[]).await;
+    assert_eq!(head.status(), 500);
+}

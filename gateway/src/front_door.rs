@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use outpost_gateway::quic;
 use outpost_gateway::tls::{self, Certificates};
 use outpost_gateway::{serve, ConnectionLimits, Routes, ServeConfig, Shutdown, Transport};
 use outpost_pool::Pool;
@@ -31,6 +32,10 @@ pub struct FrontDoorArgs {
     /// --certs; without it their handshake fails.
     #[arg(long, value_name = "FILE")]
     pub default_cert: Option<PathBuf>,
+    /// With --https, also serve HTTP/3 (QUIC) on the same port number over UDP, announced
+    /// to TLS clients with `Alt-Svc`.
+    #[arg(long, value_enum, default_value = "on")]
+    pub http3: crate::Switch,
     /// Most client connections open at once, per listener.
     #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
@@ -120,9 +125,27 @@ impl FrontDoor {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr} (https)"))?;
+            let bound = listener.local_addr()?;
+            let mut tls_config = config.clone();
+            let mut protocols = "HTTP/1.1, HTTP/2";
+            if args.http3 == crate::Switch::On {
+                // QUIC on the same port number, over UDP.
+                let endpoint = quic::endpoint(bound, certificates.clone(), &config.connections)
+                    .with_context(|| format!("listening on udp {bound} (HTTP/3)"))?;
+                tls_config.alt_svc =
+                    http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", bound.port()))
+                        .ok();
+                protocols = "HTTP/1.1, HTTP/2; HTTP/3 on udp";
+                door.listeners.push(tokio::spawn(quic::serve_h3(
+                    endpoint,
+                    routes.clone(),
+                    tls_config.clone(),
+                    pool.clone(),
+                    signal.clone(),
+                )));
+            }
             println!(
-                "{label}: listening on https://{}/ (certificates from {})",
-                listener.local_addr()?,
+                "{label}: listening on https://{bound}/ ({protocols}; certificates from {})",
                 certificates.dir().display()
             );
             door._watcher = Some(watch_certificates(certificates.clone(), label)?);
@@ -131,7 +154,7 @@ impl FrontDoor {
                 listener,
                 transport,
                 routes.clone(),
-                config.clone(),
+                tls_config,
                 pool.clone(),
                 signal.clone(),
             )));

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod endpoints;
 pub mod error;
 pub mod origin;
+pub mod quic;
 pub mod routes;
 pub mod server;
 pub mod tls;

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{header, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -34,6 +33,8 @@ pub struct ServeConfig {
     pub pop_name: Option<http::HeaderValue>,
     /// What a client connection may hold and take.
     pub connections: ConnectionLimits,
+    /// `Alt-Svc` sent with every response (a TLS listener's, announcing HTTP/3).
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 impl Default for ServeConfig {
@@ -42,6 +43,7 @@ impl Default for ServeConfig {
             error_detail: ErrorDetail::Short,
             pop_name: None,
             connections: ConnectionLimits::default(),
+            alt_svc: None,
         }
     }
 }
@@ -105,12 +107,12 @@ pub struct Shutdown {
 pub struct ShutdownSignal(watch::Receiver<bool>);
 
 impl ShutdownSignal {
-    fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         *self.0.borrow()
     }
 
     /// Resolves once shutdown begins.
-    async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 }
@@ -147,11 +149,12 @@ pub enum ErrorDetail {
 }
 
 /// What every connection of a listener shares.
-struct Listening {
-    routes: Arc<Routes>,
-    config: Arc<ServeConfig>,
-    transport: Transport,
-    local: Option<SocketAddr>,
+pub(crate) struct Listening {
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) config: Arc<ServeConfig>,
+    /// `https` for requests that came over TLS or QUIC.
+    pub(crate) scheme: http::uri::Scheme,
+    pub(crate) local: Option<SocketAddr>,
 }
 
 /// Accepts connections on `listener` until `shutdown` begins (or the task is dropped). Each
@@ -170,7 +173,7 @@ pub async fn serve(
     let listening = Arc::new(Listening {
         routes,
         config: Arc::new(config),
-        transport,
+        scheme: transport.scheme(),
         local: listener.local_addr().ok(),
     });
     let mut next_worker = 0usize;
@@ -197,8 +200,12 @@ pub async fn serve(
         };
         let listening = listening.clone();
         let signal = shutdown.clone();
-        let task: Task =
-            Box::new(move || Box::pin(serve_connection(stream, listening, signal, permit)));
+        let transport = transport.clone();
+        let task: Task = Box::new(move || {
+            Box::pin(serve_connection(
+                stream, transport, listening, signal, permit,
+            ))
+        });
         next_worker = next_worker.wrapping_add(1);
         if pool.spawn_on(next_worker, task).await.is_err() {
             tracing::error!("no worker thread takes connections any more");
@@ -211,6 +218,7 @@ pub async fn serve(
 /// HTTP/2, until it ends or shutdown drains it.
 async fn serve_connection(
     stream: std::net::TcpStream,
+    transport: Transport,
     listening: Arc<Listening>,
     shutdown: ShutdownSignal,
     _permit: OwnedSemaphorePermit,
@@ -223,16 +231,26 @@ async fn serve_connection(
         }
     };
     let _ = stream.set_nodelay(true);
-    match &listening.transport {
+    match transport {
         Transport::Plain => serve_http(stream, &listening, shutdown).await,
         Transport::Tls(tls) => {
-            let handshake = accept_tls(stream, tls.clone(), &listening.routes);
+            let handshake = accept_tls(stream, tls, &listening.routes);
             let limit = listening.config.connections.header_read_timeout;
             match tokio::time::timeout(limit, handshake).await {
                 Ok(Ok(stream)) => serve_http(stream, &listening, shutdown).await,
                 Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
+        }
+    }
+}
+
+/// Starts an isolate on this worker for the app serving `host` (a TLS ClientHello's name)
+/// if it has none here: the request follows the handshake.
+pub(crate) fn prewarm(routes: &Routes, host: &str) {
+    if let Some(app) = routes.current().lookup(host, "/") {
+        if let Target::Serving(deployment) = &app.target {
+            deployment.prewarm();
         }
     }
 }
@@ -247,11 +265,7 @@ async fn accept_tls(
     let acceptor = rustls::server::Acceptor::default();
     let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
     if let Some(host) = start.client_hello().server_name() {
-        if let Some(app) = routes.current().lookup(host, "/") {
-            if let Target::Serving(deployment) = &app.target {
-                deployment.prewarm();
-            }
-        }
+        prewarm(routes, host);
     }
     start.into_stream(config).await
 }
@@ -299,17 +313,44 @@ where
     }
 }
 
-async fn handle(request: Request<Incoming>, listening: &Listening) -> Response<Body> {
-    let scheme = listening.transport.scheme();
-    let config = &listening.config;
-    match route(request, &listening.routes, config, scheme, listening.local).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
+/// A request body as a protocol delivers it (hyper's for HTTP/1.1 and HTTP/2, a stream's
+/// data frames for HTTP/3).
+pub(crate) trait RequestBody:
+    hyper::body::Body<Data = bytes::Bytes, Error = Self::Failure> + Send + 'static
+{
+    type Failure: Into<outpost_pool::BoxError>;
 }
 
-async fn route(
-    request: Request<Incoming>,
+impl<B, E> RequestBody for B
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = E> + Send + 'static,
+    E: Into<outpost_pool::BoxError>,
+{
+    type Failure = E;
+}
+
+/// Answers one request on a listener: routes it, dispatches it, maps failures to statuses.
+pub(crate) async fn handle<B: RequestBody>(
+    request: Request<B>,
+    listening: &Listening,
+) -> Response<Body> {
+    let scheme = listening.scheme.clone();
+    let config = &listening.config;
+    let mut response =
+        match route(request, &listening.routes, config, scheme, listening.local).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        };
+    if let Some(alt_svc) = &config.alt_svc {
+        response
+            .headers_mut()
+            .insert(header::ALT_SVC, alt_svc.clone());
+    }
+    response
+}
+
+async fn route<B: RequestBody>(
+    request: Request<B>,
     routes: &Routes,
     config: &ServeConfig,
     scheme: http::uri::Scheme,
@@ -363,9 +404,9 @@ fn load_failed(config: &ServeConfig, app: &str, reason: &str) -> GatewayError {
 /// Checks a request against the app's body limit. A body that turns out larger than it
 /// claims (or chunked past the limit) ends with an error where the limit is passed, and the
 /// returned flag is set, so the client gets 413 whatever the app did.
-fn admit(
+fn admit<B: RequestBody>(
     parts: http::request::Parts,
-    body: Incoming,
+    body: B,
     max_body_bytes: u64,
 ) -> Result<(Request<Body>, Option<Arc<AtomicBool>>), GatewayError> {
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
@@ -380,8 +421,8 @@ fn admit(
     }
     if hyper::body::Body::is_end_stream(&body) {
         // Nothing to limit (a GET): no wrapper, no flag.
-        let body = body
-            .map_err(|e| -> outpost_pool::BoxError { e.into() })
+        let body = http_body_util::Empty::new()
+            .map_err(|never| match never {})
             .boxed_unsync();
         return Ok((Request::from_parts(parts, body), None));
     }
@@ -390,6 +431,7 @@ fn admit(
     let flag = overflow.clone();
     let body = Limited::new(body, limit)
         .map_err(move |e| -> outpost_pool::BoxError {
+            let e: outpost_pool::BoxError = e;
             if e.is::<http_body_util::LengthLimitError>() {
                 flag.store(true, Ordering::Release);
                 "the request body is larger than the app accepts".into()

@@ -224,6 +224,19 @@ pub fn server_config(certificates: Arc<Certificates>) -> Arc<rustls::ServerConfi
     Arc::new(config)
 }
 
+/// The rustls configuration of the HTTP/3 listener: the same certificates, TLS 1.3 only (as
+/// QUIC requires), ALPN `h3`.
+pub fn quic_server_config(certificates: Arc<Certificates>) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("the provider supports TLS 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    Arc::new(config)
+}
+
 /// The files of the development certificate authority and the certificate it signs.
 #[derive(Debug, Clone)]
 pub struct DevCertificate {
