@@ -1,21 +1,53 @@
-//! A bounded HTTP/1.1 load generator: `--connections` keep-alive connections send GET
-//! requests back to back until `--requests` were answered or `--duration` passed, whichever
-//! comes first. Prints requests/s and latency percentiles. Loopback targets only.
+//! A bounded HTTP load generator: `--connections` keep-alive connections send GET requests
+//! back to back until `--requests` were answered or `--duration` passed, whichever comes
+//! first. Prints requests/s and latency percentiles. Loopback targets only.
+//!
+//! `--protocol h1|h2|h3`: HTTP/1.1, HTTP/2 (prior knowledge on http://, ALPN on https://)
+//! or HTTP/3 (https:// only, over QUIC); an https:// URL trusts `--cacert`, and its host
+//! name is sent as SNI (it is resolved to `--connect` when given). `--fresh-connections`
+//! opens a new connection (and TLS handshake) for every request: a handshake rate.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bytes::{Buf, Bytes};
 use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    H1,
+    H2,
+    H3,
+}
 
 #[derive(Parser)]
 struct Args {
-    /// Target URL (http://127.0.0.1:PORT/path); only loopback addresses are accepted.
+    /// Target URL (http:// or https://HOST:PORT/path); only loopback addresses are accepted.
     url: String,
+    /// HTTP version to speak.
+    #[arg(long, value_enum, default_value = "h1")]
+    protocol: Protocol,
+    /// PEM certificate of the authority to trust for https:// URLs.
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
+    /// Connect here instead of resolving the URL's host (which is still the SNI and Host).
+    #[arg(long)]
+    connect: Option<SocketAddr>,
+    /// A new connection for every request (measures connection setup and TLS handshakes).
+    #[arg(long)]
+    fresh_connections: bool,
+    /// Instead of load: one request each, on a fresh connection, to hosts `app0`… `appN-1`
+    /// under the URL's host (`appI.localhost` for https://localhost:PORT/), one after the
+    /// other; their latency is each app's cold start seen by a client (with the connection
+    /// setup and handshake).
+    #[arg(long)]
+    cold_hosts: Option<usize>,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -34,23 +66,41 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let uri: hyper::Uri = args.url.parse().context("url")?;
-    let host = uri.host().context("url has no host")?;
-    let port = uri.port_u16().unwrap_or(80);
-    let addr: SocketAddr = tokio::net::lookup_host((host, port))
-        .await?
-        .next()
-        .context("resolve")?;
+    let host = uri.host().context("url has no host")?.to_string();
+    let tls = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let addr: SocketAddr = match args.connect {
+        Some(addr) => addr,
+        None => tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .context("resolve")?,
+    };
     if !addr.ip().is_loopback() {
         bail!("{addr} is not a loopback address: load tests stay on this machine");
     }
-    let path = uri
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "/".into());
+    if args.protocol == Protocol::H3 && !tls {
+        bail!("HTTP/3 needs an https:// URL");
+    }
+    let target = Arc::new(Target {
+        addr,
+        uri: uri.clone(),
+        authority: uri.authority().context("url has no authority")?.to_string(),
+        host,
+        protocol: args.protocol,
+        tls: if tls {
+            Some(tls_config(args.cacert.as_deref(), args.protocol)?)
+        } else {
+            None
+        },
+    });
 
+    if let Some(hosts) = args.cold_hosts {
+        return cold_hosts(&target, hosts).await;
+    }
     let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);
-    run(addr, &path, &args, warmup_end, true).await?;
-    let (latencies, errors, elapsed) = run(addr, &path, &args, Instant::now(), false).await?;
+    run(&target, &args, warmup_end, true).await?;
+    let (latencies, errors, elapsed) = run(&target, &args, Instant::now(), false).await?;
 
     let mut latencies = latencies;
     latencies.sort_unstable();
@@ -71,11 +121,193 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One request per host `appI.HOST`, each on a new connection, one after the other.
+async fn cold_hosts(target: &Target, hosts: usize) -> anyhow::Result<()> {
+    let mut latencies = Vec::new();
+    for i in 0..hosts {
+        let host = format!("app{i}.{}", target.host);
+        let authority = match target.uri.port_u16() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.clone(),
+        };
+        let uri: hyper::Uri = format!(
+            "{}://{authority}{}",
+            target.uri.scheme_str().unwrap_or("http"),
+            target.uri.path()
+        )
+        .parse()?;
+        let one = Target {
+            addr: target.addr,
+            uri,
+            authority,
+            host,
+            protocol: target.protocol,
+            tls: target.tls.clone(),
+        };
+        let t = Instant::now();
+        let ok = Connection::open(&one).await?.get(&one).await?;
+        if !ok {
+            bail!("{} answered an error", one.host);
+        }
+        latencies.push(t.elapsed().as_micros() as u64);
+    }
+    latencies.sort_unstable();
+    let n = latencies.len();
+    let pct = |p: f64| latencies[((n as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
+    println!(
+        "cold hosts {n}  first-request latency ms p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+    Ok(())
+}
+
+/// Where and how to connect.
+struct Target {
+    addr: SocketAddr,
+    uri: hyper::Uri,
+    authority: String,
+    host: String,
+    protocol: Protocol,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A client TLS configuration trusting `cacert`, offering the protocol's ALPN.
+fn tls_config(
+    cacert: Option<&std::path::Path>,
+    protocol: Protocol,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let cacert = cacert.context("an https:// URL needs --cacert")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(cacert)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![match protocol {
+        Protocol::H1 => b"http/1.1".to_vec(),
+        Protocol::H2 => b"h2".to_vec(),
+        Protocol::H3 => b"h3".to_vec(),
+    }];
+    Ok(Arc::new(config))
+}
+
+/// One open connection that sends requests one at a time.
+enum Connection {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+    H3 {
+        sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+        _endpoint: quinn::Endpoint,
+        driver: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Connection::H3 { driver, .. } = self {
+            driver.abort();
+        }
+    }
+}
+
+impl Connection {
+    async fn open(target: &Target) -> anyhow::Result<Connection> {
+        if target.protocol == Protocol::H3 {
+            let tls = target.tls.clone().context("HTTP/3 needs TLS")?;
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.as_ref().clone())?;
+            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+            endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+            let connection = endpoint.connect(target.addr, &target.host)?.await?;
+            let (mut driver, sender) =
+                h3::client::new(h3_quinn::Connection::new(connection)).await?;
+            let driver = tokio::spawn(async move {
+                std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+            });
+            return Ok(Connection::H3 {
+                sender,
+                _endpoint: endpoint,
+                driver,
+            });
+        }
+        let stream = TcpStream::connect(target.addr).await?;
+        stream.set_nodelay(true)?;
+        match &target.tls {
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(target.host.clone())?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, stream)
+                    .await?;
+                Connection::handshake(target.protocol, TokioIo::new(stream)).await
+            }
+            None => Connection::handshake(target.protocol, TokioIo::new(stream)).await,
+        }
+    }
+
+    async fn handshake<I>(protocol: Protocol, io: I) -> anyhow::Result<Connection>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        Ok(match protocol {
+            Protocol::H1 => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(conn);
+                Connection::H1(sender)
+            }
+            _ => {
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(conn);
+                Connection::H2(sender)
+            }
+        })
+    }
+
+    /// Sends one GET and reads the whole response; whether it was a success.
+    async fn get(&mut self, target: &Target) -> anyhow::Result<bool> {
+        match self {
+            Connection::H1(sender) => {
+                let request = Request::get(target.uri.path())
+                    .header("host", &target.authority)
+                    .body(Empty::new())?;
+                sender.ready().await?;
+                let response = sender.send_request(request).await?;
+                let ok = response.status().is_success();
+                response.into_body().collect().await?;
+                Ok(ok)
+            }
+            Connection::H2(sender) => {
+                let request = Request::get(target.uri.clone()).body(Empty::new())?;
+                sender.ready().await?;
+                let response = sender.send_request(request).await?;
+                let ok = response.status().is_success();
+                response.into_body().collect().await?;
+                Ok(ok)
+            }
+            Connection::H3 { sender, .. } => {
+                let request = Request::get(target.uri.clone()).body(())?;
+                let mut stream = sender.send_request(request).await?;
+                stream.finish().await?;
+                let response = stream.recv_response().await?;
+                while let Some(mut chunk) = stream.recv_data().await? {
+                    chunk.advance(chunk.remaining());
+                }
+                Ok(response.status().is_success())
+            }
+        }
+    }
+}
+
 /// Runs the load; in warm-up mode until `until`, else within the request and time bounds.
 /// Returns latencies in µs, the error count and the elapsed time.
 async fn run(
-    addr: SocketAddr,
-    path: &str,
+    target: &Arc<Target>,
     args: &Args,
     until: Instant,
     warmup: bool,
@@ -87,27 +319,25 @@ async fn run(
         start + Duration::from_secs_f64(args.duration)
     };
     let per_connection = args.requests.div_ceil(args.connections as u64);
+    let fresh = args.fresh_connections;
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
-        let path = path.to_string();
+        let target = target.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
+            let mut connection = if fresh {
+                None
+            } else {
+                Some(Connection::open(&target).await?)
+            };
             let mut sent = 0u64;
             while Instant::now() < deadline && (warmup || sent < per_connection) {
-                let request = Request::get(path.as_str())
-                    .header("host", addr.to_string())
-                    .body(Empty::<bytes::Bytes>::new())?;
                 let t = Instant::now();
-                sender.ready().await?;
-                let response = sender.send_request(request).await?;
-                let ok = response.status().is_success();
-                response.into_body().collect().await?;
+                let ok = match connection.as_mut() {
+                    Some(connection) => connection.get(&target).await?,
+                    None => Connection::open(&target).await?.get(&target).await?,
+                };
                 if ok {
                     latencies.push(t.elapsed().as_micros() as u64);
                 } else {

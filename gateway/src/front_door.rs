@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use outpost_gateway::quic;
 use outpost_gateway::tls::{self, Certificates};
-use outpost_gateway::{serve, ConnectionLimits, Routes, ServeConfig, Shutdown, Transport};
+use outpost_gateway::{serve, ConnectionLimits, Prewarm, Routes, ServeConfig, Shutdown, Transport};
 use outpost_pool::Pool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -36,6 +36,10 @@ pub struct FrontDoorArgs {
     /// to TLS clients with `Alt-Svc`.
     #[arg(long, value_enum, default_value = "on")]
     pub http3: crate::Switch,
+    /// Start an app's isolate when a TLS/QUIC handshake names its host (`sni`), or only
+    /// when its request arrives (`off`).
+    #[arg(long, value_enum, default_value = "sni")]
+    pub prewarm: Prewarm,
     /// Most client connections open at once, per listener.
     #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
@@ -112,6 +116,7 @@ impl FrontDoor {
         pool: Arc<Pool>,
     ) -> anyhow::Result<FrontDoor> {
         config.connections = args.limits();
+        config.prewarm = args.prewarm;
         let (shutdown, signal) = Shutdown::new();
         let mut door = FrontDoor {
             shutdown,

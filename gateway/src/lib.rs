@@ -15,5 +15,5 @@ pub mod watch;
 pub use error::{GatewayError, Kind, Source};
 pub use routes::{AppEntry, DuplicateRoute, RouteTable, Routes, Target};
 pub use server::{
-    serve, ConnectionLimits, ErrorDetail, ServeConfig, Shutdown, ShutdownSignal, Transport,
+    serve, ConnectionLimits, ErrorDetail, Prewarm, ServeConfig, Shutdown, ShutdownSignal, Transport,
 };

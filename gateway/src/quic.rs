@@ -108,7 +108,7 @@ async fn serve_connection(
     if let Ok(data) = connecting.handshake_data().await {
         if let Ok(data) = data.downcast::<quinn::crypto::rustls::HandshakeData>() {
             if let Some(name) = &data.server_name {
-                server::prewarm(&listening.routes, name);
+                server::prewarm(&listening, name);
             }
         }
     }

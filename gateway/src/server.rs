@@ -35,6 +35,18 @@ pub struct ServeConfig {
     pub connections: ConnectionLimits,
     /// `Alt-Svc` sent with every response (a TLS listener's, announcing HTTP/3).
     pub alt_svc: Option<http::HeaderValue>,
+    /// Whether a TLS or QUIC handshake naming an app's host starts its isolate.
+    pub prewarm: Prewarm,
+}
+
+/// When isolates start ahead of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prewarm {
+    /// When a TLS ClientHello (or QUIC's) names a host whose app has no isolate on the
+    /// connection's worker: it starts while the handshake completes.
+    Sni,
+    /// Only when a request arrives.
+    Off,
 }
 
 impl Default for ServeConfig {
@@ -44,6 +56,7 @@ impl Default for ServeConfig {
             pop_name: None,
             connections: ConnectionLimits::default(),
             alt_svc: None,
+            prewarm: Prewarm::Sni,
         }
     }
 }
@@ -234,7 +247,7 @@ async fn serve_connection(
     match transport {
         Transport::Plain => serve_http(stream, &listening, shutdown).await,
         Transport::Tls(tls) => {
-            let handshake = accept_tls(stream, tls, &listening.routes);
+            let handshake = accept_tls(stream, tls, &listening);
             let limit = listening.config.connections.header_read_timeout;
             match tokio::time::timeout(limit, handshake).await {
                 Ok(Ok(stream)) => serve_http(stream, &listening, shutdown).await,
@@ -246,9 +259,12 @@ async fn serve_connection(
 }
 
 /// Starts an isolate on this worker for the app serving `host` (a TLS ClientHello's name)
-/// if it has none here: the request follows the handshake.
-pub(crate) fn prewarm(routes: &Routes, host: &str) {
-    if let Some(app) = routes.current().lookup(host, "/") {
+/// if it has none here and the listener pre-warms: the request follows the handshake.
+pub(crate) fn prewarm(listening: &Listening, host: &str) {
+    if listening.config.prewarm == Prewarm::Off {
+        return;
+    }
+    if let Some(app) = listening.routes.current().lookup(host, "/") {
         if let Target::Serving(deployment) = &app.target {
             deployment.prewarm();
         }
@@ -260,12 +276,12 @@ pub(crate) fn prewarm(routes: &Routes, host: &str) {
 async fn accept_tls(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
-    routes: &Routes,
+    listening: &Listening,
 ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
     let acceptor = rustls::server::Acceptor::default();
     let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
     if let Some(host) = start.client_hello().server_name() {
-        prewarm(routes, host);
+        prewarm(listening, host);
     }
     start.into_stream(config).await
 }
