@@ -5,12 +5,19 @@
 # without SNI pre-warm. Clients: bench/src/load.rs (hyper, tokio-rustls, quinn + h3).
 # Bounded: each load run stops after DURATION seconds or REQUESTS responses. Loopback only.
 #
-# Knobs: DURATION (s, default 10), CONNECTIONS (default 64), REQUESTS (default 2000000),
-#        WORKERS (default 1), COLD_APPS (default 100).
+# The same number of requests is in flight for every protocol (CONNECTIONS): HTTP/1.1 on
+# CONNECTIONS connections; HTTP/2 and HTTP/3 multiplexed as clients use them, STREAMS per
+# connection on CONNECTIONS/STREAMS connections (and, for comparison, HTTP/2 with one stream
+# on each of CONNECTIONS connections).
+#
+# Knobs: DURATION (s, default 10), CONNECTIONS (default 64), STREAMS (default 8),
+#        REQUESTS (default 2000000), WORKERS (default 1), COLD_APPS (default 100),
+#        RTT_MS (simulated round trip for the cold-app runs, default 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
+STREAMS=${STREAMS:-8}
 REQUESTS=${REQUESTS:-2000000}
 WORKERS=${WORKERS:-1}
 COLD_APPS=${COLD_APPS:-100}
@@ -42,22 +49,24 @@ start() {
 }
 
 load() {
-  target/release/outpost-load "$@" --connections "$CONNECTIONS" --duration "$DURATION" \
-    --requests "$REQUESTS" --cacert "$ca"
+  target/release/outpost-load "$@" --duration "$DURATION" --requests "$REQUESTS" --cacert "$ca"
 }
+multiplexed=(--connections $((CONNECTIONS / STREAMS)) --streams "$STREAMS")
 rps() { sed -E 's/.*req\/s ([0-9]+).*/\1/' <<<"$1"; }
 
-echo "== hello over each protocol (workers $WORKERS, $CONNECTIONS connections, ${DURATION}s each)"
+echo "== hello over each protocol (workers $WORKERS, $CONNECTIONS requests in flight, ${DURATION}s each)"
 start examples/hello
 https_url="https://hello.localhost:$https_port/"
 connect="127.0.0.1:$https_port"
-plain=$(load "$http_url/" --protocol h1); echo "cleartext HTTP/1.1  $plain"
-tls1=$(load "$https_url" --connect "$connect" --protocol h1); echo "TLS + HTTP/1.1      $tls1"
-tls2=$(load "$https_url" --connect "$connect" --protocol h2); echo "TLS + HTTP/2        $tls2"
-h3=$(load "$https_url" --connect "$connect" --protocol h3); echo "HTTP/3 (QUIC)       $h3"
+one_each=(--connections "$CONNECTIONS")
+plain=$(load "$http_url/" --protocol h1 "${one_each[@]}"); echo "cleartext HTTP/1.1          $plain"
+tls1=$(load "$https_url" --connect "$connect" --protocol h1 "${one_each[@]}"); echo "TLS + HTTP/1.1              $tls1"
+tls2=$(load "$https_url" --connect "$connect" --protocol h2 "${multiplexed[@]}"); echo "TLS + HTTP/2 (multiplexed)  $tls2"
+tls2one=$(load "$https_url" --connect "$connect" --protocol h2 "${one_each[@]}"); echo "TLS + HTTP/2 (1 stream/conn) $tls2one"
+h3=$(load "$https_url" --connect "$connect" --protocol h3 "${multiplexed[@]}"); echo "HTTP/3 (multiplexed)        $h3"
 python3 - <<EOF
-plain, tls1, tls2, h3 = $(rps "$plain"), $(rps "$tls1"), $(rps "$tls2"), $(rps "$h3")
-print(f"of cleartext HTTP/1.1: TLS+h1 {tls1/plain:.0%}  TLS+h2 {tls2/plain:.0%}  HTTP/3 {h3/plain:.0%}")
+plain, tls1, tls2, tls2one, h3 = $(rps "$plain"), $(rps "$tls1"), $(rps "$tls2"), $(rps "$tls2one"), $(rps "$h3")
+print(f"of cleartext HTTP/1.1: TLS+h1 {tls1/plain:.0%}  TLS+h2 {tls2/plain:.0%} (1 stream/conn {tls2one/plain:.0%})  HTTP/3 {h3/plain:.0%}")
 EOF
 
 echo "== new TLS connections (one request each, 16 at a time, ${DURATION}s)"
@@ -72,12 +81,18 @@ for i in $(seq 0 $((COLD_APPS - 1))); do
   printf 'name = "app%s"\n' "$i" >"$apps/app$i/outpost.toml"
   printf 'export default { fetch() { return new Response("app %s"); } };\n' "$i" >"$apps/app$i/src/index.js"
 done
-for prewarm in off sni; do
-  # dev starts one isolate per app at load; they idle out so that every app starts cold.
-  start "$apps" --prewarm "$prewarm" --max-isolates $((COLD_APPS + 10)) --idle-timeout-secs 1
-  sleep 3
-  printf 'prewarm %-4s ' "$prewarm"
-  target/release/outpost-load "https://localhost:$https_port/" --connect "127.0.0.1:$https_port" --protocol h1 \
-    --cacert "$ca" --cold-hosts "$COLD_APPS"
-  kill "$server"
+# Over loopback a handshake costs no round trip, so a simulated RTT (RTT_MS, default 20)
+# gives pre-warm the time it has on a real network; with no spare runtime ready (spares 0)
+# the isolate's whole start can hide behind it.
+for spares in 0 1; do
+  for prewarm in off sni; do
+    # dev starts one isolate per app at load; they idle out so that every app starts cold.
+    start "$apps" --prewarm "$prewarm" --spares "$spares" --max-isolates $((COLD_APPS + 10)) \
+      --idle-timeout-secs 1
+    sleep 3
+    printf 'spares %s prewarm %-4s rtt %s ms  ' "$spares" "$prewarm" "${RTT_MS:-20}"
+    target/release/outpost-load "https://localhost:$https_port/" --connect "127.0.0.1:$https_port" \
+      --protocol h1 --cacert "$ca" --cold-hosts "$COLD_APPS" --rtt-ms "${RTT_MS:-20}"
+    kill "$server"
+  done
 done

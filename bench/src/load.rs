@@ -48,6 +48,15 @@ struct Args {
     /// setup and handshake).
     #[arg(long)]
     cold_hosts: Option<usize>,
+    /// Requests in flight at once on each HTTP/2 or HTTP/3 connection (in flight in all:
+    /// connections × streams); HTTP/1.1 has one.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Simulated round-trip time in ms for TCP connections: every byte is held for half of
+    /// it on the way out and half on the way back (loopback has almost none, which hides
+    /// what a handshake costs a client far away).
+    #[arg(long, default_value_t = 0.0)]
+    rtt_ms: f64,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -83,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("HTTP/3 needs an https:// URL");
     }
     let target = Arc::new(Target {
+        one_way: Duration::from_secs_f64(args.rtt_ms / 2000.0),
         addr,
         uri: uri.clone(),
         authority: uri.authority().context("url has no authority")?.to_string(),
@@ -137,6 +147,7 @@ async fn cold_hosts(target: &Target, hosts: usize) -> anyhow::Result<()> {
         )
         .parse()?;
         let one = Target {
+            one_way: target.one_way,
             addr: target.addr,
             uri,
             authority,
@@ -164,8 +175,45 @@ async fn cold_hosts(target: &Target, hosts: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `stream` behind a pipe that holds every chunk for `one_way` in each direction.
+fn delayed(stream: TcpStream, one_way: Duration) -> tokio::io::DuplexStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (near, far) = tokio::io::duplex(256 * 1024);
+    let (far_read, far_write) = tokio::io::split(far);
+    let (tcp_read, tcp_write) = stream.into_split();
+    fn pump(
+        mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+        mut to: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+        one_way: Duration,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(1024);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((at, chunk)) = rx.recv().await {
+                tokio::time::sleep_until((at + one_way).into()).await;
+                if to.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown().await;
+        });
+    }
+    pump(far_read, tcp_write, one_way);
+    pump(tcp_read, far_write, one_way);
+    near
+}
+
 /// Where and how to connect.
 struct Target {
+    /// Delay added to each direction of TCP connections.
+    one_way: Duration,
     addr: SocketAddr,
     uri: hyper::Uri,
     authority: String,
@@ -198,21 +246,38 @@ fn tls_config(
     Ok(Arc::new(config))
 }
 
-/// One open connection that sends requests one at a time.
+/// One open connection; HTTP/2 and HTTP/3 ones can be cloned to send on several streams.
 enum Connection {
     H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
     H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
     H3 {
         sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
-        _endpoint: quinn::Endpoint,
-        driver: tokio::task::JoinHandle<()>,
+        _quic: Arc<QuicClient>,
     },
 }
 
-impl Drop for Connection {
+/// The QUIC endpoint and the HTTP/3 connection driver, kept while any clone lives.
+struct QuicClient {
+    _endpoint: quinn::Endpoint,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for QuicClient {
     fn drop(&mut self) {
-        if let Connection::H3 { driver, .. } = self {
-            driver.abort();
+        self.driver.abort();
+    }
+}
+
+impl Connection {
+    /// Another handle on the same connection, for another stream (HTTP/2 and HTTP/3).
+    fn another_stream(&self) -> Option<Connection> {
+        match self {
+            Connection::H1(_) => None,
+            Connection::H2(sender) => Some(Connection::H2(sender.clone())),
+            Connection::H3 { sender, _quic } => Some(Connection::H3 {
+                sender: sender.clone(),
+                _quic: _quic.clone(),
+            }),
         }
     }
 }
@@ -232,12 +297,24 @@ impl Connection {
             });
             return Ok(Connection::H3 {
                 sender,
-                _endpoint: endpoint,
-                driver,
+                _quic: Arc::new(QuicClient {
+                    _endpoint: endpoint,
+                    driver,
+                }),
             });
         }
         let stream = TcpStream::connect(target.addr).await?;
         stream.set_nodelay(true)?;
+        if !target.one_way.is_zero() {
+            return Connection::over(delayed(stream, target.one_way), target).await;
+        }
+        Connection::over(stream, target).await
+    }
+
+    async fn over<S>(stream: S, target: &Target) -> anyhow::Result<Connection>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         match &target.tls {
             Some(tls) => {
                 let name = rustls::pki_types::ServerName::try_from(target.host.clone())?;
@@ -318,35 +395,31 @@ async fn run(
     } else {
         start + Duration::from_secs_f64(args.duration)
     };
-    let per_connection = args.requests.div_ceil(args.connections as u64);
+    let streams = if args.protocol == Protocol::H1 || args.fresh_connections {
+        1
+    } else {
+        args.streams.max(1)
+    };
+    let per_stream = args.requests.div_ceil((args.connections * streams) as u64);
     let fresh = args.fresh_connections;
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
-        let target = target.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            let mut connection = if fresh {
-                None
-            } else {
-                Some(Connection::open(&target).await?)
-            };
-            let mut sent = 0u64;
-            while Instant::now() < deadline && (warmup || sent < per_connection) {
-                let t = Instant::now();
-                let ok = match connection.as_mut() {
-                    Some(connection) => connection.get(&target).await?,
-                    None => Connection::open(&target).await?.get(&target).await?,
-                };
-                if ok {
-                    latencies.push(t.elapsed().as_micros() as u64);
-                } else {
-                    errors += 1;
-                }
-                sent += 1;
-            }
-            anyhow::Ok((latencies, errors))
-        }));
+        let first = if fresh {
+            None
+        } else {
+            Some(Connection::open(target).await?)
+        };
+        let mut handles = Vec::with_capacity(streams);
+        if let Some(connection) = &first {
+            handles.extend((1..streams).map(|_| connection.another_stream()));
+        }
+        handles.push(first);
+        for connection in handles {
+            let target = target.clone();
+            tasks.push(tokio::spawn(stream_loop(
+                target, connection, deadline, warmup, per_stream,
+            )));
+        }
     }
     let mut all = Vec::new();
     let mut errors = 0;
@@ -356,4 +429,32 @@ async fn run(
         errors += e;
     }
     Ok((all, errors, start.elapsed()))
+}
+
+/// Sends requests one after the other on `connection` (a new connection each when none).
+async fn stream_loop(
+    target: Arc<Target>,
+    connection: Option<Connection>,
+    deadline: Instant,
+    warmup: bool,
+    per_stream: u64,
+) -> anyhow::Result<(Vec<u64>, u64)> {
+    let mut latencies = Vec::new();
+    let mut errors = 0u64;
+    let mut connection = connection;
+    let mut sent = 0u64;
+    while Instant::now() < deadline && (warmup || sent < per_stream) {
+        let t = Instant::now();
+        let ok = match connection.as_mut() {
+            Some(connection) => connection.get(&target).await?,
+            None => Connection::open(&target).await?.get(&target).await?,
+        };
+        if ok {
+            latencies.push(t.elapsed().as_micros() as u64);
+        } else {
+            errors += 1;
+        }
+        sent += 1;
+    }
+    Ok((latencies, errors))
 }
