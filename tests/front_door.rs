@@ -523,3 +523,92 @@ async fn http3_serves_the_same_apps_streaming_both_ways() {
     let (head, _) = h3_exchange(addr, "site.localhost", &ca, throw, &[]).await;
     assert_eq!(head.status(), 500);
 }
+
+#[tokio::test]
+async fn apps_bring_their_certificates_through_the_origin_to_pops() {
+    const DEPLOY: &str = "deploy-secret";
+    const POP: &str = "pop-secret";
+    let ca = TestCa::new();
+    let shop = common::app_dir(&[
+        (
+            "outpost.toml",
+            "name = \"shop\"\nroutes = [\"shop.test/*\"]\ncertificates = [\"certs/shop.pem\"]\n",
+        ),
+        ("src/index.js", URL_APP),
+        ("certs/shop.pem", &ca.leaf(&["shop.test"])),
+    ]);
+    let origin_data = tempfile::tempdir().unwrap();
+    let origin = Node::origin(
+        origin_data.path(),
+        &[],
+        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
+    );
+    let pop_data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command
+        .args(["pop", "--origin", &origin.url, "--name", "edge", "--data"])
+        .arg(pop_data.path())
+        .args(["--https", "127.0.0.1:0"])
+        .env("OUTPOST_TOKEN", POP);
+    let mut pop = Node::spawn(command);
+    let line = pop.wait_for_stdout("listening on https://", Duration::from_secs(30));
+    let addr: SocketAddr = line
+        .split("https://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deploy = |dir: &Path| {
+        common::outpost(
+            &["deploy", dir.to_str().unwrap(), "--origin", &origin.url],
+            Some(DEPLOY),
+        )
+    };
+    let (ok, _, err) = deploy(shop.path());
+    assert!(ok, "{err}");
+    // The PoP has no certificate of its own: shop.test's came with the app.
+    let client = https_client(ca.pem.as_bytes(), addr, &["shop.test"])
+        .build()
+        .unwrap();
+    let url = format!("https://shop.test:{}/", addr.port());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        if let Ok(res) = client.get(&url).send().await {
+            break res.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "{:?}", pop.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body, url);
+
+    // An app may not bring a certificate for a host it does not serve.
+    let thief = common::app_dir(&[
+        (
+            "outpost.toml",
+            "name = \"thief\"\nroutes = [\"thief.test/*\"]\ncertificates = [\"certs/shop.pem\"]\n",
+        ),
+        ("src/index.js", URL_APP),
+        ("certs/shop.pem", &ca.leaf(&["shop.test"])),
+    ]);
+    let (ok, _, err) = deploy(thief.path());
+    assert!(!ok && err.contains("none of the app's routes"), "{err}");
+    // Nor read its key from JavaScript.
+    let peek = common::app_dir(&[
+        (
+            "outpost.toml",
+            "name = \"shop\"\nroutes = [\"shop.test/*\"]\ncertificates = [\"certs/shop.pem\"]\n",
+        ),
+        (
+            "src/index.js",
+            "import pem from '../certs/shop.pem' with { type: 'text' };\nexport default { fetch() { return new Response(pem); } };\n",
+        ),
+        ("certs/shop.pem", &ca.leaf(&["shop.test"])),
+    ]);
+    let (ok, _, err) = deploy(peek.path());
+    assert!(!ok && err.contains("cannot be imported"), "{err}");
+    // The first version still serves, with its certificate.
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+}

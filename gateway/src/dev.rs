@@ -14,7 +14,7 @@ use outpost_isolate::{Egress, IsolateEngine};
 use outpost_pool::{Deployment, Pool};
 use tokio::net::TcpListener;
 
-use crate::front_door::{FrontDoor, Role};
+use crate::front_door::{self, FrontDoor, Role};
 use crate::DevArgs;
 
 /// How long after a change the apps are reread, so that a burst of writes is read once.
@@ -54,6 +54,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
         routes: routes.clone(),
         node_limits: args.node.limits(),
         port: addr.port(),
+        certificates: None,
     };
     apps.reload().await;
     let admin = match args.admin {
@@ -69,7 +70,15 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
     };
     println!("outpost dev: listening on http://{addr}/");
 
-    let hosts = apps.hosts();
+    let certificates = front_door::certificates(
+        &args.front,
+        &Role::Dev {
+            hosts: apps.hosts(),
+        },
+        "outpost dev",
+    )?;
+    apps.certificates = certificates.clone();
+    apps.install_certificates();
     let watched: Vec<PathBuf> = apps.sources.iter().map(|s| s.watch_root()).collect();
     let (_watcher, mut changes) =
         outpost_gateway::watch::watch(&watched).context("watching the apps' files")?;
@@ -87,7 +96,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
     };
     let front = FrontDoor::open(
         &args.front,
-        Role::Dev { hosts },
+        certificates,
         "outpost dev",
         listener,
         routes,
@@ -174,9 +183,21 @@ struct Apps {
     routes: Arc<Routes>,
     node_limits: Limits,
     port: u16,
+    /// With --https: the node's certificates, which serve the apps' own too.
+    certificates: Option<Arc<outpost_gateway::tls::Certificates>>,
 }
 
 impl Apps {
+    /// Serves the certificates the apps serving now bring.
+    fn install_certificates(&self) {
+        if let Some(certificates) = &self.certificates {
+            let serving = self.sources.iter().filter_map(|s| s.current.as_ref());
+            certificates.set_apps(outpost_gateway::tls::certificates_of(
+                serving.map(|d| (d.bundle().manifest.name.as_str(), &**d.bundle())),
+            ));
+        }
+    }
+
     /// The hosts the apps answer by name: `NAME.localhost`, and their routes' exact hosts.
     fn hosts(&self) -> Vec<String> {
         let mut hosts = Vec::new();
@@ -254,6 +275,7 @@ impl Apps {
             source.current = Some(deployment);
             source.problem = None;
         }
+        self.install_certificates();
     }
 
     /// The app at `index` as the next table would have it.
@@ -299,6 +321,11 @@ async fn candidate(source: &mut Source, pool: &Pool, node_limits: &Limits) -> Op
             return None;
         }
     };
+    // Certificates it brings must check out (also without --https: `deploy` would refuse).
+    if let Err(e) = outpost_gateway::tls::app_certificates(&bundle) {
+        keep(source, &e.to_string());
+        return None;
+    }
     if source
         .current
         .as_ref()

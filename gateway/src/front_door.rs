@@ -26,6 +26,7 @@ pub struct FrontDoorArgs {
     pub https: Option<SocketAddr>,
     /// Directory of certificates for --https, picked by SNI: NAME.pem holds a chain (leaf
     /// first) and its key (or the key is in NAME.key). Reloaded when the directory changes.
+    /// Apps may bring their own (`certificates` in outpost.toml); these win over them.
     #[arg(long, value_name = "DIR")]
     pub certs: Option<PathBuf>,
     /// Certificate (a .pem with its key) for TLS clients whose SNI names no certificate in
@@ -105,10 +106,11 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// Starts serving on `http` and, with `--https`, on a TLS listener too.
+    /// Starts serving on `http` and, with `--https`, on a TLS listener too, with
+    /// `certificates` (from [`certificates`]).
     pub async fn open(
         args: &FrontDoorArgs,
-        role: Role,
+        certificates: Option<Arc<Certificates>>,
         label: &str,
         http: TcpListener,
         routes: Arc<Routes>,
@@ -125,8 +127,7 @@ impl FrontDoor {
             label: label.to_string(),
             _watcher: None,
         };
-        if let Some(addr) = args.https {
-            let certificates = certificates(args, &role, label)?;
+        if let (Some(addr), Some(certificates)) = (args.https, certificates) {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr} (https)"))?;
@@ -149,11 +150,14 @@ impl FrontDoor {
                     signal.clone(),
                 )));
             }
-            println!(
-                "{label}: listening on https://{bound}/ ({protocols}; certificates from {})",
-                certificates.dir().display()
-            );
-            door._watcher = Some(watch_certificates(certificates.clone(), label)?);
+            let from = match certificates.dir() {
+                Some(dir) => format!("certificates from {} and the apps", dir.display()),
+                None => "certificates from the apps".to_string(),
+            };
+            println!("{label}: listening on https://{bound}/ ({protocols}; {from})");
+            if certificates.dir().is_some() {
+                door._watcher = Some(watch_certificates(certificates.clone(), label)?);
+            }
             let transport = Transport::Tls(tls::server_config(certificates));
             door.listeners.push(tokio::spawn(serve(
                 listener,
@@ -206,16 +210,20 @@ impl FrontDoor {
     }
 }
 
-/// The certificates to serve: `--certs`, or for `dev` without it, the development
-/// certificate (made on first use) with a hint on trusting it.
-fn certificates(
+/// The certificates to serve with `--https` (none without it): `--certs`, and for `dev`
+/// without it, the development certificate (made on first use) with a hint on trusting
+/// it; apps add theirs to them.
+pub fn certificates(
     args: &FrontDoorArgs,
     role: &Role,
     label: &str,
-) -> anyhow::Result<Arc<Certificates>> {
+) -> anyhow::Result<Option<Arc<Certificates>>> {
+    if args.https.is_none() {
+        return Ok(None);
+    }
     let dir = match (&args.certs, role) {
-        (Some(dir), _) => dir.clone(),
-        (None, Role::Pop) => anyhow::bail!("--https needs --certs DIR (NAME.pem files)"),
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Role::Pop) => None,
         (None, Role::Dev { hosts }) => {
             let home = dev_tls_home();
             let dev = tls::dev_certificate(&home, hosts)?;
@@ -225,11 +233,15 @@ fn certificates(
                  system's or browser's trusted roots)",
                 dev.ca.display()
             );
-            dev.dir
+            Some(dev.dir)
         }
     };
-    Certificates::load(&dir, args.default_cert.as_deref())
-        .with_context(|| format!("loading certificates from {}", dir.display()))
+    let certificates = Certificates::load(dir.as_deref(), args.default_cert.as_deref())
+        .with_context(|| match &dir {
+            Some(dir) => format!("loading certificates from {}", dir.display()),
+            None => "loading --default-cert".to_string(),
+        })?;
+    Ok(Some(certificates))
 }
 
 /// Reloads `certificates` whenever their directory changes; a failed reload keeps the
@@ -238,7 +250,10 @@ fn watch_certificates(
     certificates: Arc<Certificates>,
     label: &str,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
-    let dir = certificates.dir().to_path_buf();
+    let dir = certificates
+        .dir()
+        .context("no certificate directory to watch")?
+        .to_path_buf();
     let (watcher, mut changes) = outpost_gateway::watch::watch(std::slice::from_ref(&dir))
         .with_context(|| format!("watching {}", dir.display()))?;
     let label = label.to_string();

@@ -253,6 +253,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
 pub fn load_in_an_isolate(
     bundle: outpost_bundle::Bundle,
 ) -> anyhow::Result<outpost_bundle::Bundle> {
+    outpost_gateway::tls::app_certificates(&bundle)?;
     let engine = std::sync::Arc::new(outpost_isolate::IsolateEngine::new(EngineConfig {
         spares_per_worker: 0,
         ..EngineConfig::default()

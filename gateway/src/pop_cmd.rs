@@ -17,7 +17,7 @@ use outpost_bundle::{Bundle, Limits, Lock};
 use outpost_gateway::admin::serve_admin;
 use outpost_gateway::{AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig};
 
-use crate::front_door::{FrontDoor, Role};
+use crate::front_door::{self, FrontDoor, Role};
 use outpost_isolate::IsolateEngine;
 use outpost_pool::{Deployment, Pool};
 use outpost_store::{write_atomically, BlobStore, DirBlobs};
@@ -256,10 +256,14 @@ struct Serving {
     state: State,
     apps: BTreeMap<String, Deployment>,
     name: String,
+    /// With --https: the node's certificates, which serve the apps' own too.
+    certificates: Option<Arc<outpost_gateway::tls::Certificates>>,
 }
 
 impl Serving {
     async fn load(&self, bundle: Bundle) -> anyhow::Result<Deployment> {
+        // Certificates it brings must check out before it serves anything.
+        outpost_gateway::tls::app_certificates(&bundle)?;
         let (limits, _) = self.node_limits.for_app(&bundle.manifest.limits);
         Ok(self.pool.deploy(Arc::new(bundle), limits).await?)
     }
@@ -274,7 +278,16 @@ impl Serving {
                 .map(|(name, d)| AppEntry::serving(name.clone(), d.clone()))
                 .collect();
             match RouteTable::new(entries) {
-                Ok(table) => return self.routes.swap(table),
+                Ok(table) => {
+                    if let Some(certificates) = &self.certificates {
+                        certificates.set_apps(outpost_gateway::tls::certificates_of(
+                            published
+                                .iter()
+                                .map(|(name, d)| (name.as_str(), &**d.bundle())),
+                        ));
+                    }
+                    return self.routes.swap(table);
+                }
                 Err(duplicate) => {
                     // Left out of this table only: it is served again once the clash is gone.
                     eprintln!(
@@ -366,7 +379,10 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     let state = store.state()?;
     let pool = Arc::new(Pool::new(engine, args.node.pool()).context("starting worker threads")?);
     let routes = Arc::new(Routes::default());
+    let label = format!("outpost pop {}", args.name);
+    let certificates = front_door::certificates(&args.front, &Role::Pop, &label)?;
     let mut serving = Serving {
+        certificates: certificates.clone(),
         store,
         pool: pool.clone(),
         routes: routes.clone(),
@@ -493,10 +509,9 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
         },
         ..ServeConfig::default()
     };
-    let label = format!("outpost pop {}", args.name);
     let front = FrontDoor::open(
         &args.front,
-        Role::Pop,
+        certificates,
         &label,
         listener,
         routes,

@@ -5,12 +5,14 @@
 //! A certificate directory holds one `NAME.pem` per certificate: the chain (leaf first) and
 //! its private key, or the chain alone with the key beside it in `NAME.key`. The hostnames a
 //! certificate serves are its subjectAltName DNS names (`*.example.com` serves one label
-//! under `example.com`). A ClientHello whose name no certificate covers gets the default
-//! certificate when there is one (`--default-cert`), else the handshake fails.
+//! under `example.com`). Apps bring certificates too (`certificates` in `outpost.toml`),
+//! each for hosts the app routes; the directory's win where both name a host. A
+//! ClientHello whose name no certificate covers gets the default certificate when there is
+//! one (`--default-cert`), else the handshake fails.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
@@ -26,10 +28,10 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 pub enum TlsError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-    #[error("{0}: no certificate (*.pem) in it")]
-    Empty(PathBuf),
     #[error("the development certificate: {0}")]
     DevCertificate(String),
+    #[error("certificate {path}: {message}")]
+    App { path: String, message: String },
 }
 
 fn file_error(path: &Path, message: impl ToString) -> TlsError {
@@ -40,9 +42,17 @@ fn file_error(path: &Path, message: impl ToString) -> TlsError {
 }
 
 /// One certificate and the names it serves.
-struct Loaded {
+#[derive(Clone)]
+pub struct Certificate {
     key: Arc<CertifiedKey>,
     names: Vec<String>,
+}
+
+impl Certificate {
+    /// The DNS names it serves.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
 }
 
 /// Certificates by name: exact names, then wildcards (`*.example.com` under key
@@ -68,8 +78,12 @@ impl Index {
 
 /// The node's certificates, swapped as a whole on reload.
 pub struct Certificates {
-    dir: PathBuf,
+    dir: Option<PathBuf>,
     default: Option<PathBuf>,
+    /// What the directory (and the default file) held at the last reload.
+    from_dir: Mutex<(Vec<Certificate>, Option<Certificate>)>,
+    /// What each app brought.
+    from_apps: Mutex<BTreeMap<String, Vec<Certificate>>>,
     index: ArcSwap<Index>,
 }
 
@@ -82,57 +96,88 @@ impl std::fmt::Debug for Certificates {
 }
 
 impl Certificates {
-    /// Loads every certificate in `dir`, and `default` (a `.pem` file, anywhere) for
-    /// ClientHellos no certificate names.
-    pub fn load(dir: &Path, default: Option<&Path>) -> Result<Arc<Certificates>, TlsError> {
+    /// Loads every certificate in `dir` (if any), and `default` (a `.pem` file, anywhere)
+    /// for ClientHellos no certificate names. Apps add theirs with
+    /// [`Certificates::set_app`].
+    pub fn load(dir: Option<&Path>, default: Option<&Path>) -> Result<Arc<Certificates>, TlsError> {
         let certificates = Certificates {
-            dir: dir.to_path_buf(),
+            dir: dir.map(Path::to_path_buf),
             default: default.map(Path::to_path_buf),
+            from_dir: Mutex::new((Vec::new(), None)),
+            from_apps: Mutex::new(BTreeMap::new()),
             index: ArcSwap::from_pointee(Index::default()),
         };
         certificates.reload()?;
         Ok(Arc::new(certificates))
     }
 
-    /// The directory the certificates come from.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory the certificates come from, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
     /// Reads the directory again and swaps in what it holds now, returning the names served.
     /// On an error the certificates in use stay as they are.
     pub fn reload(&self) -> Result<Vec<String>, TlsError> {
+        let mut loaded = Vec::new();
+        if let Some(dir) = &self.dir {
+            let entries = std::fs::read_dir(dir).map_err(|e| file_error(dir, e))?;
+            let mut paths: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+                .collect();
+            paths.sort();
+            for path in &paths {
+                loaded.push(load_pem(path)?);
+            }
+        }
+        let default = match &self.default {
+            Some(default) => Some(load_pem(default)?),
+            None => None,
+        };
+        *self.from_dir.lock().unwrap_or_else(|e| e.into_inner()) = (loaded, default);
+        Ok(self.rebuild())
+    }
+
+    /// Serves the certificates of the apps served now (by app name), in place of those
+    /// the apps brought before.
+    pub fn set_apps(&self, apps: BTreeMap<String, Vec<Certificate>>) {
+        *self.from_apps.lock().unwrap_or_else(|e| e.into_inner()) = apps;
+        self.rebuild();
+    }
+
+    /// Swaps in an index of the directory's and the apps' certificates; the names served.
+    fn rebuild(&self) -> Vec<String> {
         let mut index = Index::default();
         let mut names = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| file_error(&self.dir, e))?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "pem"))
-            .collect();
-        paths.sort();
-        if paths.is_empty() && self.default.is_none() {
-            return Err(TlsError::Empty(self.dir.clone()));
-        }
-        for path in &paths {
-            let loaded = load_pem(path)?;
-            for name in &loaded.names {
+        let (from_dir, default) = self
+            .from_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let apps = self
+            .from_apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Apps first, so that the operator's directory wins where both name a host.
+        for certificate in apps.values().flatten().chain(&from_dir) {
+            for name in &certificate.names {
                 let name = name.to_ascii_lowercase();
                 match name.strip_prefix("*.") {
                     Some(parent) => index
                         .wildcard
-                        .insert(parent.to_string(), loaded.key.clone()),
-                    None => index.exact.insert(name.clone(), loaded.key.clone()),
+                        .insert(parent.to_string(), certificate.key.clone()),
+                    None => index.exact.insert(name.clone(), certificate.key.clone()),
                 };
                 names.push(name);
             }
         }
-        if let Some(default) = &self.default {
-            index.default = Some(load_pem(default)?.key);
-        }
+        index.default = default.map(|d| d.key);
         self.index.store(Arc::new(index));
         names.sort();
         names.dedup();
-        Ok(names)
+        names
     }
 
     /// Whether a certificate serves `name` (the default aside).
@@ -152,15 +197,9 @@ impl ResolvesServerCert for Certificates {
 }
 
 /// A certificate chain and its key from `path` (the key from `path` or the `.key` beside it).
-fn load_pem(path: &Path) -> Result<Loaded, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_error(path, e))?;
-    if certs.is_empty() {
-        return Err(file_error(path, "no CERTIFICATE block"));
-    }
-    let key = match PrivateKeyDer::from_pem_file(path) {
+fn load_pem(path: &Path) -> Result<Certificate, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    let key = match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(key) => key,
         Err(_) => {
             let key_path = path.with_extension("key");
@@ -172,17 +211,66 @@ fn load_pem(path: &Path) -> Result<Loaded, TlsError> {
             })?
         }
     };
+    parse_pem(&bytes, Some(key)).map_err(|message| file_error(path, message))
+}
+
+/// A certificate chain from PEM `bytes`, with `key` (else the private key in `bytes`).
+fn parse_pem(bytes: &[u8], key: Option<PrivateKeyDer<'static>>) -> Result<Certificate, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE block".into());
+    }
+    let key = match key {
+        Some(key) => key,
+        None => PrivateKeyDer::from_pem_slice(bytes)
+            .map_err(|e| format!("no private key in it: {e}"))?,
+    };
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let key = CertifiedKey::from_der(certs.clone(), key, &provider)
-        .map_err(|e| file_error(path, format!("the key does not fit the certificate: {e}")))?;
-    let names = names_of(&certs[0]).map_err(|e| file_error(path, e))?;
+        .map_err(|e| format!("the key does not fit the certificate: {e}"))?;
+    let names = names_of(&certs[0])?;
     if names.is_empty() {
-        return Err(file_error(path, "the certificate names no DNS host"));
+        return Err("the certificate names no DNS host".into());
     }
-    Ok(Loaded {
+    Ok(Certificate {
         key: Arc::new(key),
         names,
     })
+}
+
+/// The certificates an app brings (`certificates` in its manifest), each checked: a chain
+/// and a key that fit, naming only hosts the app answers on (its routes, and
+/// `NAME.localhost`).
+pub fn app_certificates(bundle: &outpost_bundle::Bundle) -> Result<Vec<Certificate>, TlsError> {
+    let manifest = &bundle.manifest;
+    let routes: Vec<outpost_bundle::Route> = manifest
+        .routes
+        .iter()
+        .filter_map(|pattern| outpost_bundle::Route::parse(pattern).ok())
+        .collect();
+    let own = format!("{}.localhost", manifest.name);
+    let mut certificates = Vec::new();
+    for (path, bytes) in bundle.certificates() {
+        let fail = |message: String| TlsError::App {
+            path: path.to_string(),
+            message,
+        };
+        let certificate = parse_pem(bytes, None).map_err(fail)?;
+        for name in &certificate.names {
+            let covered = name.eq_ignore_ascii_case(&own)
+                || routes.iter().any(|r| r.covers_certificate_name(name));
+            if !covered {
+                return Err(fail(format!(
+                    "it names {name}, which none of the app's routes serves; an app brings \
+                     certificates only for its own hosts"
+                )));
+            }
+        }
+        certificates.push(certificate);
+    }
+    Ok(certificates)
 }
 
 /// The DNS names of a certificate's subjectAltName (else its subject's common name).
@@ -209,6 +297,25 @@ fn names_of(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
         }
     }
     Ok(names)
+}
+
+/// The certificates of the apps in `apps` (name and bundle), for
+/// [`Certificates::set_apps`]. An app whose certificates do not check out (its version
+/// should not have been activated) brings none; the reason is logged.
+pub fn certificates_of<'a>(
+    apps: impl IntoIterator<Item = (&'a str, &'a outpost_bundle::Bundle)>,
+) -> BTreeMap<String, Vec<Certificate>> {
+    let mut all = BTreeMap::new();
+    for (name, bundle) in apps {
+        match app_certificates(bundle) {
+            Ok(certificates) if certificates.is_empty() => {}
+            Ok(certificates) => {
+                all.insert(name.to_string(), certificates);
+            }
+            Err(e) => tracing::warn!(app = name, "certificates not served: {e}"),
+        }
+    }
+    all
 }
 
 /// A rustls server configuration that picks certificates from `certificates` and offers
@@ -377,7 +484,7 @@ mod tests {
             std::fs::read(third.dir.join("localhost.pem")).unwrap(),
             leaf
         );
-        let certificates = Certificates::load(&first.dir, None).unwrap();
+        let certificates = Certificates::load(Some(&first.dir), None).unwrap();
         assert!(certificates.covers("shop.localhost"));
         assert!(certificates.covers("localhost"));
         assert!(certificates.covers("hello.localhost"));
@@ -392,10 +499,44 @@ mod tests {
     #[test]
     fn bad_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Certificates::load(dir.path(), None).unwrap_err();
-        assert!(err.to_string().contains("no certificate"), "{err}");
+        let empty = Certificates::load(Some(dir.path()), None).unwrap();
+        assert!(!empty.covers("localhost"));
         std::fs::write(dir.path().join("broken.pem"), "not a certificate").unwrap();
-        let err = Certificates::load(dir.path(), None).unwrap_err();
+        let err = Certificates::load(Some(dir.path()), None).unwrap_err();
         assert!(err.to_string().contains("broken.pem"), "{err}");
+    }
+
+    #[test]
+    fn apps_bring_certificates_for_their_own_hosts_only() {
+        let home = tempfile::tempdir().unwrap();
+        let dev = dev_certificate(home.path(), &["shop.example".to_string()]).unwrap();
+        let pem = std::fs::read(dev.dir.join("localhost.pem")).unwrap();
+        let bundle = |routes: &[&str]| {
+            let mut manifest = outpost_bundle::Manifest::for_single_file("shop", "index.js");
+            manifest.routes = routes.iter().map(|r| r.to_string()).collect();
+            manifest.certificates = vec!["certs/shop.pem".to_string()];
+            let files = std::collections::BTreeMap::from([
+                ("index.js".to_string(), b"export default {}".to_vec()),
+                ("certs/shop.pem".to_string(), pem.clone()),
+            ]);
+            outpost_bundle::Bundle::new(manifest, files).unwrap()
+        };
+        // The certificate names localhost, *.localhost and shop.example: an app routing
+        // only shop.example may not bring it.
+        let err = app_certificates(&bundle(&["shop.example/*"]))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("none of the app's routes"),
+            "{err}"
+        );
+        let all = ["shop.example/*", "localhost/*", "*.localhost/*"];
+        let certificates = app_certificates(&bundle(&all)).unwrap();
+        let node = Certificates::load(None, None).unwrap();
+        assert!(!node.covers("shop.example"));
+        node.set_apps(BTreeMap::from([("shop".to_string(), certificates)]));
+        assert!(node.covers("shop.example"));
+        node.set_apps(BTreeMap::new());
+        assert!(!node.covers("shop.example"));
     }
 }

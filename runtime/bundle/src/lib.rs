@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 pub use limits::{AppLimits, Limits, MIN_MEMORY_MB};
 pub use lock::{Lock, LockedModule, LOCK_SCHEMA};
-pub use manifest::{Manifest, DEFAULT_MAIN, MANIFEST_FILE};
+pub use manifest::{Manifest, DEFAULT_MAIN, MANIFEST_FILE, MAX_CERTIFICATES};
 pub use route::{Route, Specificity};
 
 /// Most modules one bundle may hold.
@@ -67,6 +67,9 @@ pub enum ModuleKind {
     Text,
     /// `.bin`: importing it gives the bytes as an `ArrayBuffer`.
     Data,
+    /// `.pem`: a TLS certificate chain and its key, listed in the manifest's
+    /// `certificates`; served by the node for the app's hosts, never importable.
+    Certificate,
 }
 
 impl ModuleKind {
@@ -79,6 +82,7 @@ impl ModuleKind {
             "json" => Self::Json,
             "txt" | "html" | "htm" | "md" | "csv" | "svg" => Self::Text,
             "bin" => Self::Data,
+            "pem" => Self::Certificate,
             _ => return None,
         })
     }
@@ -140,6 +144,20 @@ impl Bundle {
                     sha256,
                 },
             );
+        }
+        for (path, module) in &modules {
+            if module.kind == ModuleKind::Certificate && !manifest.certificates.contains(path) {
+                return Err(BundleError::Manifest(format!(
+                    "{path} is a certificate the manifest's `certificates` does not list"
+                )));
+            }
+        }
+        for path in &manifest.certificates {
+            if !modules.contains_key(path) {
+                return Err(BundleError::Manifest(format!(
+                    "certificates: {path:?} is not in the app"
+                )));
+            }
         }
         match modules.get(&main) {
             None => return Err(BundleError::MissingMain(main)),
@@ -218,6 +236,14 @@ impl Bundle {
         Ok(bundle)
     }
 
+    /// The app's TLS certificates (each a `.pem` with a chain and its key), by path.
+    pub fn certificates(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.modules
+            .iter()
+            .filter(|(_, m)| m.kind == ModuleKind::Certificate)
+            .map(|(path, m)| (path.as_str(), &m.bytes[..]))
+    }
+
     /// The main module's path.
     pub fn main(&self) -> &str {
         &self.manifest.main
@@ -245,6 +271,13 @@ pub fn load_app(path: &Path) -> Result<Bundle, BundleError> {
         let manifest = Manifest::from_toml(&text)?;
         let mut files = BTreeMap::new();
         collect_modules(path, "", Depth::Recursive, &mut files)?;
+        // Certificates (and their keys) go into the bundle only when the manifest lists
+        // them: a key lying in the app's directory is never published by accident.
+        for certificate in &manifest.certificates {
+            let file = path.join(certificate);
+            let bytes = std::fs::read(&file).map_err(|source| io(&file, source))?;
+            files.insert(certificate.clone(), bytes);
+        }
         return Bundle::new(manifest, files);
     }
     let file_name = path
@@ -302,7 +335,10 @@ fn collect_modules(
             }
             continue;
         }
-        if ModuleKind::from_path(&name).is_none() {
+        if matches!(
+            ModuleKind::from_path(&name),
+            None | Some(ModuleKind::Certificate)
+        ) {
             continue;
         }
         if files.len() >= MAX_MODULES {

@@ -55,6 +55,9 @@ pub struct Lock {
     pub vars: BTreeMap<String, serde_json::Value>,
     /// Sorted by path.
     pub modules: Vec<LockedModule>,
+    /// The modules that are the app's TLS certificates (kind `certificate`), as listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
 }
 
 impl Lock {
@@ -86,6 +89,7 @@ impl Lock {
                 .map(|(name, value)| (name.clone(), canonical(value)))
                 .collect(),
             modules,
+            certificates: manifest.certificates.clone(),
         }
     }
 
@@ -179,6 +183,7 @@ impl Lock {
             vars: self.vars.clone(),
             routes: self.routes.clone(),
             limits: self.limits.clone(),
+            certificates: self.certificates.clone(),
         }
     }
 }

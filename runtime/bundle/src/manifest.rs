@@ -11,6 +11,8 @@
 //! GREETING = "hello"
 //! LIMITS = { max = 3 }           # tables and arrays arrive as JSON objects and arrays
 //!
+//! certificates = ["certs/example.pem"]   # TLS for the app's hosts: chain + key, PEM
+//!
 //! [limits]                       # each at most the node's value; see `Limits`
 //! cpu_ms = 50
 //! ```
@@ -57,7 +59,16 @@ pub struct Manifest {
     /// Resource limits for this app; each may lower the node's limit, never raise it.
     #[serde(default, skip_serializing_if = "AppLimits::is_empty")]
     pub limits: AppLimits,
+    /// TLS certificates the app brings for its hosts: `.pem` files (a chain, leaf first,
+    /// and its private key) relative to the app directory. They travel with the app to
+    /// every PoP, which serves them by SNI on its HTTPS listener; each names only hosts the
+    /// app's routes cover. Only listed `.pem` files enter the bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
 }
+
+/// Most certificates one app may bring.
+pub const MAX_CERTIFICATES: usize = 16;
 
 fn default_main() -> String {
     DEFAULT_MAIN.to_string()
@@ -81,6 +92,7 @@ impl Manifest {
             vars: BTreeMap::new(),
             routes: Vec::new(),
             limits: AppLimits::default(),
+            certificates: Vec::new(),
         }
     }
 
@@ -123,6 +135,27 @@ impl Manifest {
             }
         }
         self.limits.validate().map_err(BundleError::Manifest)?;
+        if self.certificates.len() > MAX_CERTIFICATES {
+            return Err(BundleError::Manifest(format!(
+                "certificates: {} listed; at most {MAX_CERTIFICATES}",
+                self.certificates.len()
+            )));
+        }
+        let mut listed = std::collections::BTreeSet::new();
+        for path in &self.certificates {
+            let normal = crate::normalize_path(path)
+                .map_err(|why| BundleError::Manifest(format!("certificates: {path:?}: {why}")))?;
+            if normal != *path || !path.ends_with(".pem") {
+                return Err(BundleError::Manifest(format!(
+                    "certificates: {path:?} must be a normalized path to a .pem file"
+                )));
+            }
+            if !listed.insert(path) {
+                return Err(BundleError::Manifest(format!(
+                    "certificates: {path:?} is listed twice"
+                )));
+            }
+        }
         for key in self.vars.keys() {
             let valid = !key.is_empty()
                 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

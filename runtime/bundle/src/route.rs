@@ -86,6 +86,19 @@ impl Route {
         Ok(Route { host, path })
     }
 
+    /// Whether a TLS certificate name (`shop.example.com`, or a wildcard `*.example.com`)
+    /// names only hosts this route serves: an app may bring certificates for its own hosts.
+    pub fn covers_certificate_name(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        match &self.host {
+            HostPattern::Exact(h) => *h == name,
+            HostPattern::Suffix(s) => match name.strip_prefix('*') {
+                Some(rest) => rest == s,
+                None => name.len() > s.len() && name.ends_with(s.as_str()),
+            },
+        }
+    }
+
     /// Whether a request for `host` (no port, lower-case) and `path` matches.
     pub fn matches(&self, host: &str, path: &str) -> bool {
         let host_ok = match &self.host {

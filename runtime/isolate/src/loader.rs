@@ -119,6 +119,12 @@ impl BundleLoader {
                 "module {path:?} was not found in the app (imported as {specifier})"
             ))
         })?;
+        if module.kind == ModuleKind::Certificate {
+            // It holds a private key: the node serves it, the app's code never sees it.
+            return Err(JsErrorBox::type_error(format!(
+                "{path:?} is one of the app's TLS certificates, which cannot be imported"
+            )));
+        }
         let bytes = || ModuleSourceCode::Bytes(module.bytes.to_vec().into_boxed_slice().into());
         let text = || -> Result<ModuleSourceCode, JsErrorBox> {
             let text = std::str::from_utf8(&module.bytes).map_err(|_| {
@@ -151,6 +157,9 @@ impl BundleLoader {
             }
             (RequestedModuleType::Other(other), ModuleKind::Data) if other == DATA_MODULE => {
                 (ModuleType::Other(DATA_MODULE.into()), bytes())
+            }
+            (RequestedModuleType::None, ModuleKind::Certificate) => {
+                unreachable!("refused above")
             }
             (RequestedModuleType::Other(other), _) => {
                 return Err(JsErrorBox::type_error(format!(
