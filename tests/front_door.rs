@@ -612,3 +612,34 @@ async fn apps_bring_their_certificates_through_the_origin_to_pops() {
     // The first version still serves, with its certificate.
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let site = app("site", URL_APP);
+    let node = Node::start(site.path(), &["--max-connections", "2"]);
+    let addr = node.url.trim_start_matches("http://").to_string();
+    // Two clients hold their connections open (idle, between requests).
+    let hold = |addr: &str| {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: site\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        stream
+    };
+    let first = hold(&addr);
+    let _second = hold(&addr);
+    // A third is accepted by the kernel but not served while both are held.
+    let third = http1()
+        .get(node.url("/"))
+        .timeout(Duration::from_millis(1500))
+        .send()
+        .await;
+    assert!(third.is_err_and(|e| e.is_timeout()));
+    // One closes: the next one is served.
+    drop(first);
+    let (status, _) = common::get(&node, "/").await;
+    assert_eq!(status, 200);
+}
