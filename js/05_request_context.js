@@ -30,21 +30,34 @@ export function setSubrequestLimit(limit) {
 
 /** What is known of the request a piece of code works for. */
 class RequestRecord {
-  constructor() {
+  /** @param {string} id the node's id of the request (`x-request-id`) */
+  constructor(id) {
+    this.id = id;
     this.subrequests = 0;
   }
+}
+
+/**
+ * The id of the request the running code works for (its log lines carry it), or "" outside
+ * any request.
+ * @returns {string}
+ */
+export function currentRequestId() {
+  const record = getAsyncContext();
+  return ObjectPrototypeIsPrototypeOf(RequestRecord.prototype, record) ? record.id : "";
 }
 
 /**
  * Runs `fn` as part of a new request: everything it schedules (promise reactions, timers)
  * keeps that request's record.
  * @template T
+ * @param {string} id the request's id
  * @param {() => T} fn
  * @returns {T}
  */
-export function runInRequest(fn) {
+export function runInRequest(id, fn) {
   const outer = getAsyncContext();
-  setAsyncContext(new RequestRecord());
+  setAsyncContext(new RequestRecord(id));
   try {
     return fn();
   } finally {

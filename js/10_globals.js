@@ -5,7 +5,7 @@
 import { core } from "ext:core/mod.js";
 import { op_outpost_log } from "ext:core/ops";
 import { loadExt } from "ext:outpost/00_infra.js";
-import { countedFetch } from "ext:outpost/05_request_context.js";
+import { countedFetch, currentRequestId } from "ext:outpost/05_request_context.js";
 
 export const webidl = loadExt("ext:deno_webidl/00_webidl.js");
 export const event = loadExt("ext:deno_web/02_event.js");
@@ -42,7 +42,7 @@ const writable = core.propWritable;
  * @param {number} level
  */
 function print(msg, level) {
-  op_outpost_log(level > 3 ? 3 : level, msg);
+  op_outpost_log(level > 3 ? 3 : level, msg, currentRequestId());
 }
 
 core.defineGlobalProperties(globalThis, {

@@ -14,7 +14,11 @@ import {
   op_outpost_wait_until,
 } from "ext:core/ops";
 import { body, event, request, response, streams } from "ext:outpost/10_globals.js";
-import { runInRequest, setSubrequestLimit } from "ext:outpost/05_request_context.js";
+import {
+  currentRequestId,
+  runInRequest,
+  setSubrequestLimit,
+} from "ext:outpost/05_request_context.js";
 
 const {
   ArrayPrototypeIndexOf,
@@ -151,7 +155,7 @@ function fail(id, error) {
  * @param {string} text
  */
 function logError(text) {
-  op_outpost_log(LEVEL_ERROR, text + "\n");
+  op_outpost_log(LEVEL_ERROR, text + "\n", currentRequestId());
 }
 
 /** `ctx.waitUntil` promises not yet settled in this isolate (the host is told each change). */
@@ -297,7 +301,14 @@ class IncomingInnerRequest {
  * @param {number | null} bodyRid a resource streaming the request body, or null
  */
 export function dispatch(id, method, url, headers, bodyRid) {
-  runInRequest(() => handle(id, method, url, headers, bodyRid));
+  let requestId = "";
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i] === "x-request-id") {
+      requestId = headers[i + 1];
+      break;
+    }
+  }
+  runInRequest(requestId, () => handle(id, method, url, headers, bodyRid));
 }
 
 /**

@@ -221,7 +221,9 @@ async fn memory_bombs_are_refused_or_stopped() {
     assert_eq!(res.headers()["x-outpost-error"], "exception");
     let log = node.stderr_from("RangeError", Duration::from_secs(5));
     assert!(
-        log.contains("[bad] Uncaught RangeError: WebAssembly.Memory(): could not allocate memory"),
+        log.contains("[bad req=")
+            && log
+                .contains("] Uncaught RangeError: WebAssembly.Memory(): could not allocate memory"),
         "{log}"
     );
     good_answers(&node).await;
@@ -308,7 +310,8 @@ async fn a_console_flood_does_not_stall_the_node() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "flooded");
     good_answers(&node).await;
-    node.wait_for_stdout("[bad] flood line 0", Duration::from_secs(10));
+    let line = node.wait_for_stdout("] flood line 0", Duration::from_secs(10));
+    assert!(line.starts_with("[bad req="), "{line}");
 }
 
 #[tokio::test]

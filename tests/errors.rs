@@ -66,7 +66,7 @@ async fn uncaught_exceptions_are_500_with_the_stack_on_the_terminal() {
     );
     let log = node.stderr_from("boom at throw", Duration::from_secs(5));
     assert!(
-        log.contains("[errors] Uncaught Error: boom at throw"),
+        log.contains("[errors req=") && log.contains("] Uncaught Error: boom at throw"),
         "{log}"
     );
     assert!(

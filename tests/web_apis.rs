@@ -68,7 +68,9 @@ async fn every_web_api_works_in_a_handler() {
         .unwrap();
     assert_eq!(res.text().await.unwrap(), "ran after the response");
     let line = node.wait_for_stdout("console-marker", Duration::from_secs(5));
-    assert!(line.starts_with("[web-apis] console-marker"), "{line}");
+    // Each line names its app and the request it ran for (waitUntil work included).
+    assert!(line.starts_with("[web-apis req="), "{line}");
+    assert!(line.contains("] console-marker"), "{line}");
     let line = node.wait_for_stderr("console-error-marker", Duration::from_secs(5));
-    assert!(line.starts_with("[web-apis] "), "{line}");
+    assert!(line.starts_with("[web-apis req="), "{line}");
 }

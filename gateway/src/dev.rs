@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use outpost_bundle::{Limits, MANIFEST_FILE};
 use outpost_gateway::admin::serve_admin;
+use outpost_gateway::metrics::Metrics;
 use outpost_gateway::{AppEntry, RouteTable, Routes, ServeConfig, Target};
 use outpost_isolate::{Egress, IsolateEngine};
 use outpost_pool::{Deployment, Pool};
@@ -57,6 +58,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
         certificates: None,
     };
     apps.reload().await;
+    let metrics = Arc::new(Metrics::new(pool.clone(), args.front.metrics_max_apps));
     let admin = match args.admin {
         Some(admin_addr) => {
             let admin = TcpListener::bind(admin_addr)
@@ -64,7 +66,12 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
                 .with_context(|| format!("listening on {admin_addr} (admin)"))?;
             println!("outpost dev: admin on http://{}/", admin.local_addr()?);
             let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-            Some(tokio::spawn(serve_admin(admin, pool.clone(), ready)))
+            Some(tokio::spawn(serve_admin(
+                admin,
+                pool.clone(),
+                ready,
+                metrics.clone(),
+            )))
         }
         None => None,
     };
@@ -92,6 +99,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
 
     let config = ServeConfig {
         error_detail: args.error_detail,
+        metrics: Some(metrics),
         ..ServeConfig::default()
     };
     let front = FrontDoor::open(

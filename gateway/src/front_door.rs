@@ -57,6 +57,9 @@ pub struct FrontDoorArgs {
     /// Most concurrent streams on one HTTP/2 connection.
     #[arg(long, default_value_t = ConnectionLimits::default().max_streams)]
     pub max_streams: u32,
+    /// Distinct apps labelled by name in /metrics; more share the label `other`.
+    #[arg(long, default_value_t = outpost_gateway::metrics::DEFAULT_MAX_APPS)]
+    pub metrics_max_apps: usize,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the node exits.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_secs: u64,

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod endpoints;
 pub mod error;
+pub mod metrics;
 pub mod origin;
 pub mod quic;
 pub mod routes;

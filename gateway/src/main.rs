@@ -29,6 +29,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the node's own log lines (stderr) are written: `human`, or `json` (one object per
+    /// line, with each request's `request_id`). Which lines: $OUTPOST_LOG (a tracing filter,
+    /// e.g. `info` or `warn,outpost::request=info`); by default warnings and errors, and for
+    /// `dev` also one line per request.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,13 +227,24 @@ struct CheckArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+    let default_filter = match cli.command {
+        Command::Dev(_) => "warn,outpost::request=info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    outpost_isolate::set_console_format(match cli.log_format {
+        LogFormat::Human => outpost_isolate::ConsoleFormat::Human,
+        LogFormat::Json => outpost_isolate::ConsoleFormat::Json,
+    });
     let result = match cli.command {
         Command::Dev(args) => dev::main(args),
         Command::Check(args) => check(args),

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use outpost_bundle::{Bundle, Limits, Lock};
 use outpost_gateway::admin::serve_admin;
+use outpost_gateway::metrics::Metrics;
 use outpost_gateway::{AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig};
 
 use crate::front_door::{self, FrontDoor, Role};
@@ -258,6 +259,7 @@ struct Serving {
     name: String,
     /// With --https: the node's certificates, which serve the apps' own too.
     certificates: Option<Arc<outpost_gateway::tls::Certificates>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Serving {
@@ -286,6 +288,11 @@ impl Serving {
                                 .map(|(name, d)| (name.as_str(), &**d.bundle())),
                         ));
                     }
+                    self.metrics.serving(
+                        published
+                            .iter()
+                            .map(|(name, d)| (name.clone(), d.bundle().id.clone())),
+                    );
                     return self.routes.swap(table);
                 }
                 Err(duplicate) => {
@@ -381,7 +388,9 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     let routes = Arc::new(Routes::default());
     let label = format!("outpost pop {}", args.name);
     let certificates = front_door::certificates(&args.front, &Role::Pop, &label)?;
+    let metrics = Arc::new(Metrics::new(pool.clone(), args.front.metrics_max_apps));
     let mut serving = Serving {
+        metrics: metrics.clone(),
         certificates: certificates.clone(),
         store,
         pool: pool.clone(),
@@ -429,7 +438,12 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
             args.name,
             admin.local_addr()?
         );
-        tokio::spawn(serve_admin(admin, pool.clone(), ready.clone()));
+        tokio::spawn(serve_admin(
+            admin,
+            pool.clone(),
+            ready.clone(),
+            metrics.clone(),
+        ));
     }
     println!(
         "outpost pop {}: listening on http://{}/",
@@ -458,6 +472,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
                 .and_then(|bytes| Ok(serde_json::from_slice::<Feed>(&bytes)?));
             match feed {
                 Ok(feed) => {
+                    serving.metrics.origin_reachable(true);
                     if !reachable {
                         println!("outpost pop {name}: the origin answers again");
                         reachable = true;
@@ -490,6 +505,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
                     }
                 }
                 Err(e) => {
+                    serving.metrics.origin_reachable(false);
                     if reachable {
                         eprintln!("outpost pop {name}: the origin is unreachable ({e:#}); serving what it has, retrying");
                         reachable = false;
@@ -507,6 +523,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
             crate::Switch::On => http::HeaderValue::from_str(&args.name).ok(),
             crate::Switch::Off => None,
         },
+        metrics: Some(metrics),
         ..ServeConfig::default()
     };
     let front = FrontDoor::open(

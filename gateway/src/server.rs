@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub alt_svc: Option<http::HeaderValue>,
     /// Whether a TLS or QUIC handshake naming an app's host starts its isolate.
     pub prewarm: Prewarm,
+    /// Where answered requests are counted (`/metrics`), if anywhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// When isolates start ahead of a request.
@@ -57,6 +59,7 @@ impl Default for ServeConfig {
             connections: ConnectionLimits::default(),
             alt_svc: None,
             prewarm: Prewarm::Sni,
+            metrics: None,
         }
     }
 }
@@ -345,24 +348,113 @@ where
     type Failure = E;
 }
 
-/// Answers one request on a listener: routes it, dispatches it, maps failures to statuses.
+/// What the request path knows of a request, for the app, its metrics and log line.
+struct Outcome {
+    /// Its id, also handed to the app as `x-request-id`.
+    request_id: http::HeaderValue,
+    /// The app it was routed to.
+    app: Option<String>,
+}
+
+/// Answers one request on a listener: routes it, dispatches it, maps failures to statuses;
+/// gives it a request id (`x-request-id`, the client's own if it sent a sane one), counts
+/// it in the metrics and logs one line for it (target `outpost::request`, level info).
 pub(crate) async fn handle<B: RequestBody>(
     request: Request<B>,
     listening: &Listening,
 ) -> Response<Body> {
+    let started = Instant::now();
     let scheme = listening.scheme.clone();
     let config = &listening.config;
-    let mut response =
-        match route(request, &listening.routes, config, scheme, listening.local).await {
-            Ok(response) => response,
-            Err(e) => e.into_response(),
-        };
+    let version = request.version();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut outcome = Outcome {
+        request_id: request_id(request.headers()),
+        app: None,
+    };
+    let routed = route(
+        request,
+        &listening.routes,
+        config,
+        scheme,
+        listening.local,
+        &mut outcome,
+    )
+    .await;
+    let (mut response, failure) = match routed {
+        Ok(response) => (response, None),
+        Err(e) => {
+            let failure = (e.kind, e.message.clone());
+            (e.into_response(), Some(failure))
+        }
+    };
+    let elapsed = started.elapsed();
+    let cpu = response
+        .extensions()
+        .get::<outpost_isolate::Timing>()
+        .map(|timing| timing.cpu);
+    if let Some(metrics) = &config.metrics {
+        metrics.answered(crate::metrics::Answered {
+            app: outcome.app.as_deref(),
+            status: response.status(),
+            version,
+            elapsed,
+            cpu,
+            failure: failure
+                .as_ref()
+                .map(|(kind, message)| (*kind, message.as_str())),
+        });
+    }
+    tracing::info!(
+        target: "outpost::request",
+        request_id = %outcome.request_id.to_str().unwrap_or_default(),
+        app = outcome.app.as_deref().unwrap_or("-"),
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        ms = elapsed.as_secs_f64() * 1000.0,
+        cpu_ms = cpu.map_or(0.0, |cpu| cpu.as_secs_f64() * 1000.0),
+        error = failure.as_ref().map(|(_, message)| message.as_str()),
+    );
+    let headers = response.headers_mut();
+    headers.insert("x-request-id", outcome.request_id);
     if let Some(alt_svc) = &config.alt_svc {
-        response
-            .headers_mut()
-            .insert(header::ALT_SVC, alt_svc.clone());
+        headers.insert(header::ALT_SVC, alt_svc.clone());
     }
     response
+}
+
+/// The request's id: the client's `x-request-id` when it is 1 to 128 characters of
+/// `[A-Za-z0-9._:-]`, else a new one (16 hex digits, unique within the process and
+/// unlikely to repeat across processes).
+fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    if let Some(given) = headers.get("x-request-id") {
+        let sane = !given.is_empty()
+            && given.len() <= 128
+            && given
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b));
+        if sane {
+            return given.clone();
+        }
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        now ^ (u64::from(std::process::id()) << 32)
+    });
+    // A counter mixed with the seed (splitmix64): distinct per request, scattered.
+    let count = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut x = seed.wrapping_add(count.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    http::HeaderValue::from_str(&format!("{x:016x}")).expect("hex digits are a header value")
 }
 
 async fn route<B: RequestBody>(
@@ -371,6 +463,7 @@ async fn route<B: RequestBody>(
     config: &ServeConfig,
     scheme: http::uri::Scheme,
     local: Option<SocketAddr>,
+    outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = request.into_parts();
     parts.uri = absolute_uri(&parts, scheme, local)?;
@@ -379,6 +472,10 @@ async fn route<B: RequestBody>(
     let app = table
         .lookup(host, parts.uri.path())
         .ok_or_else(|| GatewayError::new(Kind::NoRoute, "No app is deployed for this host."))?;
+    outcome.app = Some(app.name.clone());
+    parts
+        .headers
+        .insert("x-request-id", outcome.request_id.clone());
     let deployment = match &app.target {
         Target::Serving(deployment) => deployment,
         Target::Broken(reason) => return Err(load_failed(config, &app.name, reason)),

@@ -70,18 +70,47 @@ pub fn dropped_lines() -> u64 {
     writer().dropped.load(Ordering::Acquire)
 }
 
-/// Console output of an app on the node's terminal: each line prefixed with `[name]`;
-/// `console.log`/`info`/`debug` to stdout, `warn`/`error` (and uncaught exceptions) to stderr.
+/// How tenants' console lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleFormat {
+    /// `[app req=ID] text`, for a person at a terminal.
+    Human,
+    /// One JSON object per line, like the node's own logs with `--log-format json`:
+    /// `timestamp`, `level`, `target` (`outpost::console`), `app`, `request_id`, `message`.
+    Json,
+}
+
+static FORMAT: OnceLock<ConsoleFormat> = OnceLock::new();
+
+/// Chooses the format of every tenant's console lines for the process (once, at start;
+/// [`ConsoleFormat::Human`] unless set).
+pub fn set_console_format(format: ConsoleFormat) {
+    let _ = FORMAT.set(format);
+}
+
+/// Console output of an app on the node's terminal, each line tagged with the app and the
+/// request it ran for; `console.log`/`info`/`debug` to stdout, `warn`/`error` (and uncaught
+/// exceptions) to stderr.
 pub fn terminal_console(name: &str) -> ConsoleSink {
-    let prefix = format!("[{name}] ");
+    let name = name.to_string();
+    let format = FORMAT.get().copied().unwrap_or(ConsoleFormat::Human);
     let writer = writer();
-    Rc::new(move |level: u32, text: &str| {
+    Rc::new(move |level: u32, request_id: &str, text: &str| {
         let text = text.strip_suffix('\n').unwrap_or(text);
-        let mut out = String::with_capacity(text.len() + prefix.len() + 1);
+        let mut out = String::with_capacity(text.len() + name.len() + 24);
         for line in text.split('\n') {
-            out.push_str(&prefix);
-            out.push_str(line);
-            out.push('\n');
+            match format {
+                ConsoleFormat::Human if request_id.is_empty() => {
+                    out.push_str(&format!("[{name}] {line}\n"));
+                }
+                ConsoleFormat::Human => {
+                    out.push_str(&format!("[{name} req={request_id}] {line}\n"));
+                }
+                ConsoleFormat::Json => {
+                    out.push_str(&json_line(&name, level, request_id, line));
+                    out.push('\n');
+                }
+            }
         }
         let stream = if level >= 2 {
             Stream::Stderr
@@ -102,6 +131,30 @@ impl Writer {
             }
         }
     }
+}
+
+/// One console line as a JSON object.
+fn json_line(app: &str, level: u32, request_id: &str, message: &str) -> String {
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let level = match level {
+        0 => "DEBUG",
+        1 => "INFO",
+        2 => "WARN",
+        _ => "ERROR",
+    };
+    let mut line = serde_json::json!({
+        "timestamp": timestamp,
+        "level": level,
+        "target": "outpost::console",
+        "app": app,
+        "message": message,
+    });
+    if !request_id.is_empty() {
+        line["request_id"] = serde_json::Value::from(request_id);
+    }
+    line.to_string()
 }
 
 #[cfg(test)]

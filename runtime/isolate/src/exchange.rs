@@ -100,6 +100,7 @@ pub fn responder(
     options: ResponseOptions,
     streams: Rc<CancelHandle>,
     stream_idle: Duration,
+    request_id: String,
 ) -> extensions::Responder {
     Box::new(move |outcome, timing| {
         let result = match outcome {
@@ -127,11 +128,13 @@ pub fn responder(
                 if options.server_timing {
                     add_server_timing(&mut response, timing);
                 }
+                // For the node's metrics and logs.
+                response.extensions_mut().insert(timing);
                 Ok(response)
             }
             Outcome::Failed { kind, message } => {
                 drop(finish);
-                console(3, &format!("{message}\n"));
+                console(3, &request_id, &format!("{message}\n"));
                 Err(match kind {
                     FailureKind::Exception => DispatchError::Exception(message),
                     FailureKind::NotAResponse => DispatchError::BadResponse(message),

@@ -243,8 +243,9 @@ impl InFlight {
     }
 }
 
-/// Console output of the tenant: level (an index into [`LOG_LEVELS`]) and text.
-pub type ConsoleSink = Rc<dyn Fn(u32, &str)>;
+/// Console output of the tenant: level (an index into [`LOG_LEVELS`]), the id of the
+/// request the code ran for (empty outside a request) and the text.
+pub type ConsoleSink = Rc<dyn Fn(u32, &str, &str)>;
 
 /// Everything an isolate holds for one tenant, put into its `OpState`.
 pub struct TenantState {
@@ -323,9 +324,14 @@ deno_core::extension!(
 );
 
 #[op2(fast)]
-fn op_outpost_log(state: &mut OpState, #[smi] level: u32, #[string] text: &str) {
+fn op_outpost_log(
+    state: &mut OpState,
+    #[smi] level: u32,
+    #[string] text: &str,
+    #[string] request_id: &str,
+) {
     if let Some(sink) = state.try_borrow::<ConsoleSink>() {
-        sink(level, text);
+        sink(level, request_id, text);
     }
 }
 

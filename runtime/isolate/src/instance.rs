@@ -483,6 +483,13 @@ impl Instance {
             body_rid,
             finished_bodies: self.finished_bodies.clone(),
         };
+        // The gateway's id of the request, for the tenant's log lines about it.
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let responder = exchange::responder(
             job.reply,
             self.tenant.console.clone(),
@@ -490,6 +497,7 @@ impl Instance {
             self.tenant.response.clone(),
             self.streams.clone(),
             self.tenant.limits.stream_idle,
+            request_id,
         );
         let now = Instant::now();
         let id = self

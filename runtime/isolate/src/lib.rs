@@ -27,10 +27,10 @@ use outpost_bundle::Limits;
 use outpost_pool::{Engine, InstanceSpec, Job, LoadError, LocalFuture};
 use tokio::sync::mpsc;
 
-pub use console::{dropped_lines, terminal_console};
+pub use console::{dropped_lines, set_console_format, terminal_console, ConsoleFormat};
 pub use egress::Egress;
 pub use exchange::ResponseOptions;
-pub use extensions::ConsoleSink;
+pub use extensions::{ConsoleSink, Timing};
 pub use instance::{Instance, ServeEnd, Tenant};
 
 use blank::Stock;
@@ -130,7 +130,7 @@ impl Engine for IsolateEngine {
                     match instance.serve(&mut jobs).await {
                         ServeEnd::Closed => return,
                         ServeEnd::Failed(message) => {
-                            log(3, &format!("{message}; its isolate is replaced\n"));
+                            log(3, "", &format!("{message}; its isolate is replaced\n"));
                         }
                     }
                     drop(instance);
@@ -145,7 +145,7 @@ impl Engine for IsolateEngine {
                     instance = match start(stock, tenant()).await {
                         Ok(instance) => instance,
                         Err(e) => {
-                            log(3, &format!("the isolate could not be restarted: {e}\n"));
+                            log(3, "", &format!("the isolate could not be restarted: {e}\n"));
                             return;
                         }
                     };

@@ -1,0 +1,332 @@
+//! Prometheus metrics of a node (`/metrics` on its admin listener), through
+//! `prometheus-client`. Every name starts with `outpost_`; per-app series are labelled `app`,
+//! and once [`Metrics::new`]'s cap of distinct apps is reached, further apps share the label
+//! `other`, so a node with many tenants cannot blow up the number of series.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `outpost_requests_total` | counter | `app`, `status` (`2xx`…`5xx`), `protocol` (`http1`, `http2`, `http3`) |
+//! | `outpost_request_duration_seconds` | histogram | `app` — arrival to response head |
+//! | `outpost_cpu_seconds_total` | counter | `app` — handler CPU up to the response head |
+//! | `outpost_limit_violations_total` | counter | `app`, `limit` (`cpu`, `memory`, `subrequests`, `timeout`, `body_size`, `overloaded`, `other`) |
+//! | `outpost_isolates_live`, `outpost_isolates_peak`, `outpost_isolates_max` | gauge | |
+//! | `outpost_isolates_created_total`, `outpost_isolates_evicted_total` | counter | |
+//! | `outpost_isolate_memory_bytes` | gauge | all live isolates' measured memory together |
+//! | `outpost_requests_in_flight` | gauge | requests isolates hold now |
+//! | `outpost_app_version_info` | gauge (1) | `app`, `version` — what a PoP serves |
+//! | `outpost_origin_reachable` | gauge | PoP: 1 while the origin answers its feed |
+//! | `outpost_sync_lag_seconds` | gauge | PoP: time since the feed last answered |
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use outpost_pool::Pool;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::error::Kind;
+
+/// Distinct apps labelled by name before the rest share `other`.
+pub const DEFAULT_MAX_APPS: usize = 1_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    app: String,
+    status: &'static str,
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    app: String,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    app: String,
+    version: String,
+}
+
+type HistogramFamily = Family<AppLabels, Histogram, fn() -> Histogram>;
+
+/// A node's metrics; shared by its listeners, encoded by its admin listener.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily,
+    cpu: Family<AppLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    limits: Family<LimitLabels, Counter>,
+    versions: Family<VersionLabels, Gauge>,
+    reachable: Gauge,
+    /// Unix ms of the feed's last answer (0: never).
+    last_sync_ms: Arc<AtomicI64>,
+    apps: Mutex<HashSet<String>>,
+    max_apps: usize,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// What one answered request adds.
+pub struct Answered<'a> {
+    pub app: Option<&'a str>,
+    pub status: http::StatusCode,
+    pub version: http::Version,
+    pub elapsed: Duration,
+    pub cpu: Option<Duration>,
+    pub failure: Option<(Kind, &'a str)>,
+}
+
+impl Metrics {
+    /// Metrics of a node running `pool`, labelling at most `max_apps` apps by name.
+    pub fn new(pool: Arc<Pool>, max_apps: usize) -> Metrics {
+        let mut registry = Registry::with_prefix("outpost");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered", requests.clone());
+        let duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16)));
+        registry.register(
+            "request_duration_seconds",
+            "From a request's arrival to its response head",
+            duration.clone(),
+        );
+        let cpu = Family::<AppLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "cpu_seconds",
+            "Handler CPU time up to the response head",
+            cpu.clone(),
+        );
+        let limits = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limit_violations",
+            "Requests stopped or refused by a limit",
+            limits.clone(),
+        );
+        let versions = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "app_version_info",
+            "The version each app serves (1)",
+            versions.clone(),
+        );
+        let reachable = Gauge::default();
+        let last_sync_ms = Arc::new(AtomicI64::new(0));
+        registry.register_collector(Box::new(PoolCollector {
+            pool,
+            reachable: reachable.clone(),
+            last_sync_ms: last_sync_ms.clone(),
+        }));
+        Metrics {
+            registry,
+            requests,
+            duration,
+            cpu,
+            limits,
+            versions,
+            reachable,
+            last_sync_ms,
+            apps: Mutex::new(HashSet::new()),
+            max_apps,
+        }
+    }
+
+    /// The label for `app`: its name while fewer than the cap are labelled, else `other`.
+    fn app_label(&self, app: Option<&str>) -> String {
+        let Some(app) = app else {
+            return "none".to_string();
+        };
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        if apps.contains(app) {
+            return app.to_string();
+        }
+        if apps.len() < self.max_apps {
+            apps.insert(app.to_string());
+            return app.to_string();
+        }
+        "other".to_string()
+    }
+
+    /// Counts one answered request.
+    pub fn answered(&self, answer: Answered<'_>) {
+        let app = self.app_label(answer.app);
+        let status = match answer.status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let protocol = match answer.version {
+            http::Version::HTTP_2 => "http2",
+            http::Version::HTTP_3 => "http3",
+            _ => "http1",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                app: app.clone(),
+                status,
+                protocol,
+            })
+            .inc();
+        let labels = AppLabels { app: app.clone() };
+        self.duration
+            .get_or_create(&labels)
+            .observe(answer.elapsed.as_secs_f64());
+        if let Some(cpu) = answer.cpu {
+            self.cpu.get_or_create(&labels).inc_by(cpu.as_secs_f64());
+        }
+        if let Some((kind, message)) = answer.failure {
+            if let Some(limit) = limit_of(kind, message) {
+                self.limits.get_or_create(&LimitLabels { app, limit }).inc();
+            }
+        }
+    }
+
+    /// A PoP's view of its origin: whether the feed answers; an answer also marks a sync.
+    pub fn origin_reachable(&self, reachable: bool) {
+        self.reachable.set(i64::from(reachable));
+        if reachable {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            self.last_sync_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The versions served now, by app (replacing the previous set).
+    pub fn serving(&self, apps: impl IntoIterator<Item = (String, String)>) {
+        self.versions.clear();
+        for (app, version) in apps {
+            let app = self.app_label(Some(&app));
+            self.versions
+                .get_or_create(&VersionLabels { app, version })
+                .set(1);
+        }
+    }
+
+    /// The text exposition (OpenMetrics) of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        text
+    }
+}
+
+/// Which limit a failure was, if it was one.
+fn limit_of(kind: Kind, message: &str) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Timeout => "timeout",
+        Kind::BodyTooLarge => "body_size",
+        Kind::Overloaded => "overloaded",
+        Kind::LimitExceeded => {
+            let message = message.to_ascii_lowercase();
+            if message.contains("cpu") {
+                "cpu"
+            } else if message.contains("memory") {
+                "memory"
+            } else if message.contains("subrequest") {
+                "subrequests"
+            } else {
+                "other"
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// The scheduler's counters and a PoP's sync state, read at each scrape.
+struct PoolCollector {
+    pool: Arc<Pool>,
+    reachable: Gauge,
+    last_sync_ms: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for PoolCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.pool.stats();
+        let gauges: [(&str, &str, i64); 5] = [
+            ("isolates_live", "Isolates alive now", stats.live as i64),
+            (
+                "isolates_peak",
+                "The most isolates alive at once",
+                stats.peak as i64,
+            ),
+            (
+                "isolates_max",
+                "The isolate budget (--max-isolates)",
+                stats.max_isolates as i64,
+            ),
+            (
+                "isolate_memory_bytes",
+                "Memory of all live isolates, as last measured",
+                stats.instances.iter().map(|i| i.memory_bytes as i64).sum(),
+            ),
+            (
+                "requests_in_flight",
+                "Requests isolates hold now",
+                stats.instances.iter().map(|i| i64::from(i.in_flight)).sum(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = ConstGauge::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        let counters: [(&str, &str, u64); 2] = [
+            ("isolates_created", "Isolates started", stats.created),
+            (
+                "isolates_evicted",
+                "Isolates evicted (idle, budget, memory)",
+                stats.evicted,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        let last_sync = self.last_sync_ms.load(Ordering::Relaxed);
+        if last_sync > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let lag = ConstGauge::new((now - last_sync).max(0) as f64 / 1000.0);
+            lag.encode(encoder.encode_descriptor(
+                "sync_lag_seconds",
+                "Time since the origin's change feed last answered",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            let reachable = ConstGauge::new(self.reachable.get());
+            reachable.encode(encoder.encode_descriptor(
+                "origin_reachable",
+                "1 while the origin's change feed answers",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! What an operator sees: `/metrics` scraped and parsed after known traffic (counters move by
+//! exactly that much, apps past the label cap fold into `other`, limit violations by kind,
+//! a PoP's served versions and origin reachability), one JSON log line per request carrying
+//! the id the client saw (tenant console lines too), and a PoP's readiness before and after
+//! its first sync.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{app_dir, http1, Node};
+
+/// `/metrics` as sample name with labels → value, e.g.
+/// `outpost_requests_total{app="a",status="2xx",protocol="http1"}` → 3.
+async fn scrape(admin: &str) -> HashMap<String, f64> {
+    let res = http1()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = res.text().await.unwrap();
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (sample, value) = l.rsplit_once(' ').unwrap();
+            (sample.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+fn sample(metrics: &HashMap<String, f64>, name: &str) -> f64 {
+    metrics.get(name).copied().unwrap_or(0.0)
+}
+
+fn three_apps() -> tempfile::TempDir {
+    let module = |body: &str| format!("export default {{ async fetch() {{ {body} }} }};\n");
+    app_dir(&[
+        ("a/outpost.toml", "name = \"a\"\n"),
+        ("a/src/index.js", &module("return new Response('a');")),
+        ("b/outpost.toml", "name = \"b\"\n"),
+        ("b/src/index.js", &module("throw new Error('b fails');")),
+        ("c/outpost.toml", "name = \"c\"\n[limits]\ncpu_ms = 20\n"),
+        ("c/src/index.js", &module("for (;;) {}")),
+    ])
+}
+
+async fn get_host(node: &Node, client: &reqwest::Client, host: &str) -> u16 {
+    client
+        .get(node.url("/"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// GET / for `host` over HTTP/2 (which names the host in `:authority`, not `Host`).
+async fn get_host_h2(node: &Node, host: &str) -> u16 {
+    let addr: std::net::SocketAddr = node.url.trim_start_matches("http://").parse().unwrap();
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve(host, addr)
+        .build()
+        .unwrap()
+        .get(format!("http://{host}:{}/", addr.port()))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_app_status_and_protocol() {
+    let apps = three_apps();
+    let mut node = Node::start(apps.path(), &["--admin", "127.0.0.1:0"]);
+    let admin = node.admin_url();
+    let before = scrape(&admin).await;
+    for _ in 0..3 {
+        assert_eq!(get_host(&node, &http1(), "a.localhost").await, 200);
+    }
+    assert_eq!(get_host_h2(&node, "a.localhost").await, 200);
+    for _ in 0..2 {
+        assert_eq!(get_host(&node, &http1(), "b.localhost").await, 500);
+    }
+    assert_eq!(get_host(&node, &http1(), "c.localhost").await, 503);
+    assert_eq!(get_host(&node, &http1(), "nobody.localhost").await, 404);
+    let after = scrape(&admin).await;
+    let moved = |name: &str| sample(&after, name) - sample(&before, name);
+    assert_eq!(
+        moved(r#"outpost_requests_total{app="a",status="2xx",protocol="http1"}"#),
+        3.0
+    );
+    assert_eq!(
+        moved(r#"outpost_requests_total{app="a",status="2xx",protocol="http2"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"outpost_requests_total{app="b",status="5xx",protocol="http1"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(r#"outpost_requests_total{app="none",status="4xx",protocol="http1"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"outpost_limit_violations_total{app="c",limit="cpu"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"outpost_request_duration_seconds_count{app="a"}"#),
+        4.0
+    );
+    assert!(moved(r#"outpost_cpu_seconds_total{app="a"}"#) > 0.0);
+    assert!(sample(&after, "outpost_isolates_live") >= 2.0, "{after:?}");
+    assert!(sample(&after, "outpost_isolates_created_total") >= 3.0);
+    // Memory is measured every 500 ms: within a few seconds every live isolate has a figure.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(&scrape(&admin).await, "outpost_isolate_memory_bytes") == 0.0 {
+        assert!(Instant::now() < deadline, "no isolate memory measured");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn apps_past_the_label_cap_fold_into_other() {
+    let apps = three_apps();
+    let mut node = Node::start(
+        apps.path(),
+        &["--admin", "127.0.0.1:0", "--metrics-max-apps", "1"],
+    );
+    let admin = node.admin_url();
+    get_host(&node, &http1(), "a.localhost").await;
+    get_host(&node, &http1(), "b.localhost").await;
+    let metrics = scrape(&admin).await;
+    let apps: std::collections::BTreeSet<String> = metrics
+        .keys()
+        .filter(|k| k.starts_with("outpost_requests_total"))
+        .filter_map(|k| {
+            k.split("app=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(apps.len(), 2, "{apps:?}");
+    assert!(apps.contains("other"), "{apps:?}");
+}
+
+#[tokio::test]
+async fn one_json_log_line_per_request_with_the_id_the_client_saw() {
+    let site = app_dir(&[
+        ("outpost.toml", "name = \"site\"\n"),
+        (
+            "src/index.js",
+            "export default { async fetch() { console.log('inside the handler'); await null; console.warn('after an await'); return new Response('ok'); } };\n",
+        ),
+    ]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command
+        .args(["dev", "--log-format", "json"])
+        .arg(site.path())
+        .env_remove("OUTPOST_LOG");
+    let mut node = Node::spawn(command);
+    let res = http1().get(node.url("/")).send().await.unwrap();
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 16, "{id}");
+    // A client's own id is kept.
+    let mine = http1()
+        .get(node.url("/"))
+        .header("x-request-id", "client-chosen-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine.headers()["x-request-id"], "client-chosen-1");
+
+    let line = node.wait_for_stderr(
+        &format!("\"request_id\":\"{id}\",\"app\""),
+        Duration::from_secs(10),
+    );
+    let request: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(request["target"], "outpost::request");
+    assert_eq!(request["app"], "site");
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["path"], "/");
+    let requests = node
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("outpost::request") && l.contains(&id))
+        .count();
+    assert_eq!(requests, 1, "one line per request");
+    // The tenant's console lines carry the request's id, before and after an await.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let console = loop {
+        let lines: Vec<serde_json::Value> = node
+            .stdout()
+            .iter()
+            .chain(node.stderr().iter())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| {
+                v["target"] == "outpost::console" && v["request_id"] == id.as_str()
+            })
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let messages: Vec<&str> = console
+        .iter()
+        .map(|v| v["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        ["inside the handler", "after an await"],
+        "{console:?}"
+    );
+    assert_eq!(console[1]["level"], "WARN");
+    assert_eq!(console[0]["app"], "site");
+}
+
+#[tokio::test]
+async fn a_pop_reports_readiness_versions_and_origin_reachability() {
+    const DEPLOY: &str = "deploy-secret";
+    const POP: &str = "pop-secret";
+    // The PoP starts before its origin exists: not ready.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let origin_url = format!("http://127.0.0.1:{port}");
+    let pop_data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command
+        .args(["pop", "--origin", &origin_url, "--name", "p1", "--data"])
+        .arg(pop_data.path())
+        .args(["--admin", "127.0.0.1:0"])
+        .env("OUTPOST_TOKEN", POP);
+    let mut pop = Node::spawn(command);
+    let admin = pop.admin_url();
+    let ready = |admin: String| async move {
+        http1()
+            .get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready(admin.clone()).await, 503);
+    assert_eq!(
+        http1()
+            .get(format!("{admin}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The origin comes up on that address: after the first sync the PoP is ready.
+    let origin_data = tempfile::tempdir().unwrap();
+    let mut origin_command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    origin_command
+        .arg("origin")
+        .arg("--data")
+        .arg(origin_data.path())
+        .env("OUTPOST_DEPLOY_TOKEN", DEPLOY)
+        .env("OUTPOST_POP_TOKEN", POP);
+    let origin = Node::spawn_on(origin_command, &format!("127.0.0.1:{port}"));
+    let site = common::app(
+        "site",
+        "export default { fetch() { return new Response('hi'); } };\n",
+    );
+    let (ok, _, err) = common::outpost(
+        &[
+            "deploy",
+            site.path().to_str().unwrap(),
+            "--origin",
+            &origin.url,
+        ],
+        Some(DEPLOY),
+    );
+    assert!(ok, "{err}");
+    let id = outpost_bundle::load_app(site.path()).unwrap().id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = scrape(&admin).await;
+        let version = format!(r#"outpost_app_version_info{{app="site",version="{id}"}}"#);
+        if ready(admin.clone()).await == 200 && sample(&metrics, &version) == 1.0 {
+            assert_eq!(sample(&metrics, "outpost_origin_reachable"), 1.0);
+            assert!(sample(&metrics, "outpost_sync_lag_seconds") < 60.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The origin goes away: the PoP says so, and stays ready (it serves what it has).
+    drop(origin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = scrape(&admin).await;
+        if sample(&metrics, "outpost_origin_reachable") == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ready(admin.clone()).await, 200);
+}
