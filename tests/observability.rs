@@ -319,3 +319,115 @@ async fn a_pop_reports_readiness_versions_and_origin_reachability() {
     }
     assert_eq!(ready(admin.clone()).await, 200);
 }
+
+#[tokio::test]
+async fn outpost_tail_follows_one_app_and_a_slow_follower_is_dropped() {
+    let apps = app_dir(&[
+        ("site/outpost.toml", "name = \"site\"\n"),
+        (
+            "site/src/index.js",
+            "export default { async fetch(request) {\n\
+               const n = Number(new URL(request.url).searchParams.get('n') ?? 1);\n\
+               for (let i = 0; i < n; i++) console.log(`tail-marker ${i}`);\n\
+               console.warn('a warning');\n\
+               return new Response('ok');\n\
+             } };\n",
+        ),
+        ("other/outpost.toml", "name = \"other\"\n"),
+        (
+            "other/src/index.js",
+            "export default { fetch() { console.log('not for site'); return new Response('x'); } };\n",
+        ),
+    ]);
+    let mut node = Node::start(apps.path(), &["--admin", "127.0.0.1:0"]);
+    let admin = node.admin_url();
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    tail.args(["tail", "site", "--pop", &admin, "--format", "json"]);
+    let mut follower = Node::spawn_plain(tail);
+    follower.wait_for_stderr("following site", Duration::from_secs(20));
+
+    let res = http1()
+        .get(node.url("/"))
+        .header("host", "site.localhost")
+        .send()
+        .await
+        .unwrap();
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    http1()
+        .get(node.url("/"))
+        .header("host", "other.localhost")
+        .send()
+        .await
+        .unwrap();
+    let line = follower.wait_for_stdout("\"type\":\"request\"", Duration::from_secs(10));
+    let request: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (request["app"].as_str(), request["status"].as_u64()),
+        (Some("site"), Some(200))
+    );
+    assert_eq!(request["request_id"], id.as_str());
+    let lines = follower.stdout();
+    let console: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "console")
+        .collect();
+    assert_eq!(console.len(), 2, "{lines:?}");
+    assert_eq!(console[0]["message"], "tail-marker 0");
+    assert_eq!(console[0]["request_id"], id.as_str());
+    assert_eq!(console[1]["level"], "warn");
+    assert!(
+        !lines.iter().any(|l| l.contains("not for site")),
+        "{lines:?}"
+    );
+
+    // Filters: warnings and up only.
+    let warn_only = http1()
+        .get(format!("{admin}/tail?app=site&level=warn"))
+        .send()
+        .await
+        .unwrap();
+    http1()
+        .get(node.url("/"))
+        .header("host", "site.localhost")
+        .send()
+        .await
+        .unwrap();
+    let mut warn_stream = warn_only.bytes_stream();
+    use futures::StreamExt;
+    let first = tokio::time::timeout(Duration::from_secs(10), warn_stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first: serde_json::Value =
+        serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["level"], "warn", "{first}");
+
+    // A follower that does not read falls behind and is dropped; the node goes on.
+    let slow = http1()
+        .get(format!("{admin}/tail?app=site"))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let res = http1()
+            .get(node.url("/?n=5000"))
+            .header("host", "site.localhost")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let everything = tokio::time::timeout(Duration::from_secs(60), slow.bytes())
+        .await
+        .expect("the slow follower's stream ended")
+        .unwrap();
+    let last = everything
+        .split(|b| *b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap();
+    let last: serde_json::Value = serde_json::from_slice(last).unwrap();
+    assert_eq!(last["type"], "dropped", "{last}");
+    assert_eq!(get_host(&node, &http1(), "site.localhost").await, 200);
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use outpost_bundle::{Limits, MANIFEST_FILE};
-use outpost_gateway::admin::serve_admin;
+use outpost_gateway::admin::{serve_admin, Admin};
 use outpost_gateway::metrics::Metrics;
 use outpost_gateway::{AppEntry, RouteTable, Routes, ServeConfig, Target};
 use outpost_isolate::{Egress, IsolateEngine};
@@ -59,19 +59,20 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
     };
     apps.reload().await;
     let metrics = Arc::new(Metrics::new(pool.clone(), args.front.metrics_max_apps));
+    let tail = crate::front_door::tail();
     let admin = match args.admin {
         Some(admin_addr) => {
             let admin = TcpListener::bind(admin_addr)
                 .await
                 .with_context(|| format!("listening on {admin_addr} (admin)"))?;
             println!("outpost dev: admin on http://{}/", admin.local_addr()?);
-            let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-            Some(tokio::spawn(serve_admin(
-                admin,
-                pool.clone(),
-                ready,
-                metrics.clone(),
-            )))
+            let admin_state = Arc::new(Admin {
+                pool: pool.clone(),
+                ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                metrics: metrics.clone(),
+                tail: tail.clone(),
+            });
+            Some(tokio::spawn(serve_admin(admin, admin_state)))
         }
         None => None,
     };
@@ -100,6 +101,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
     let config = ServeConfig {
         error_detail: args.error_detail,
         metrics: Some(metrics),
+        tail: Some(tail),
         ..ServeConfig::default()
     };
     let front = FrontDoor::open(

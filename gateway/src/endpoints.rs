@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,10 +14,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 /// Serves `handler` on `listener` until the task is dropped.
-pub async fn serve_endpoints<H, F>(listener: TcpListener, handler: H)
+pub async fn serve_endpoints<H, F, B>(listener: TcpListener, handler: H)
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -277,3 +277,14 @@ fn watch_certificates(
     });
     Ok(watcher)
 }
+
+/// The node's live tail, fed by every tenant's console lines (the process's console tap)
+/// and by the listeners' request summaries.
+pub fn tail() -> Arc<outpost_gateway::tail::Tail> {
+    let tail = Arc::new(outpost_gateway::tail::Tail::default());
+    let tap = tail.clone();
+    outpost_isolate::set_console_tap(Arc::new(move |app, level, request_id, line| {
+        tap.console(app, level, request_id, line)
+    }));
+    tail
+}

@@ -10,6 +10,7 @@ pub mod origin;
 pub mod quic;
 pub mod routes;
 pub mod server;
+pub mod tail;
 pub mod tls;
 pub mod watch;
 

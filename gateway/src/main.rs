@@ -6,6 +6,7 @@ mod dev;
 mod front_door;
 mod origin_cmd;
 mod pop_cmd;
+mod tail_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ enum Command {
     Rollback(deploy_cmd::RollbackArgs),
     /// List an app's versions on an origin (* marks the active one).
     Versions(deploy_cmd::VersionsArgs),
+    /// Follow an app's console lines and requests on a node (its admin listener) live.
+    Tail(tail_cmd::TailArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -261,6 +264,7 @@ fn main() -> ExitCode {
         Command::Pop(args) => pop_cmd::main(args),
         Command::Rollback(args) => deploy_cmd::rollback(args),
         Command::Versions(args) => deploy_cmd::versions(args),
+        Command::Tail(args) => tail_cmd::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use outpost_bundle::{Bundle, Limits, Lock};
-use outpost_gateway::admin::serve_admin;
+use outpost_gateway::admin::{serve_admin, Admin};
 use outpost_gateway::metrics::Metrics;
 use outpost_gateway::{AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig};
 
@@ -389,6 +389,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     let label = format!("outpost pop {}", args.name);
     let certificates = front_door::certificates(&args.front, &Role::Pop, &label)?;
     let metrics = Arc::new(Metrics::new(pool.clone(), args.front.metrics_max_apps));
+    let tail = crate::front_door::tail();
     let mut serving = Serving {
         metrics: metrics.clone(),
         certificates: certificates.clone(),
@@ -438,12 +439,13 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
             args.name,
             admin.local_addr()?
         );
-        tokio::spawn(serve_admin(
-            admin,
-            pool.clone(),
-            ready.clone(),
-            metrics.clone(),
-        ));
+        let admin_state = Arc::new(Admin {
+            pool: pool.clone(),
+            ready: ready.clone(),
+            metrics: metrics.clone(),
+            tail: tail.clone(),
+        });
+        tokio::spawn(serve_admin(admin, admin_state));
     }
     println!(
         "outpost pop {}: listening on http://{}/",
@@ -524,6 +526,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
             crate::Switch::Off => None,
         },
         metrics: Some(metrics),
+        tail: Some(tail),
         ..ServeConfig::default()
     };
     let front = FrontDoor::open(

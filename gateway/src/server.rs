@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub prewarm: Prewarm,
     /// Where answered requests are counted (`/metrics`), if anywhere.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Where request summaries go to live followers (`/tail`), if anywhere.
+    pub tail: Option<Arc<crate::tail::Tail>>,
 }
 
 /// When isolates start ahead of a request.
@@ -60,6 +62,7 @@ impl Default for ServeConfig {
             alt_svc: None,
             prewarm: Prewarm::Sni,
             metrics: None,
+            tail: None,
         }
     }
 }
@@ -417,6 +420,18 @@ pub(crate) async fn handle<B: RequestBody>(
         cpu_ms = cpu.map_or(0.0, |cpu| cpu.as_secs_f64() * 1000.0),
         error = failure.as_ref().map(|(_, message)| message.as_str()),
     );
+    if let (Some(tail), Some(app)) = (&config.tail, &outcome.app) {
+        if tail.followed() {
+            tail.publish(crate::tail::TailEvent::Request {
+                app: app.as_str().into(),
+                request_id: outcome.request_id.to_str().unwrap_or_default().into(),
+                method: method.to_string(),
+                path: path.clone(),
+                status: response.status().as_u16(),
+                ms: elapsed.as_secs_f64() * 1000.0,
+            });
+        }
+    }
     let headers = response.headers_mut();
     headers.insert("x-request-id", outcome.request_id);
     if let Some(alt_svc) = &config.alt_svc {

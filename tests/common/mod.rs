@@ -64,24 +64,8 @@ impl Node {
 
     /// [`Node::spawn`] listening on `listen`.
     pub fn spawn_on(mut command: Command, listen: &str) -> Node {
-        let mut child = command
-            .args(["--listen", listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning outpost");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stdout.take().unwrap(), stdout.clone());
-        collect(child.stderr.take().unwrap(), stderr.clone());
-        let mut node = Node {
-            child,
-            url: String::new(),
-            stdout,
-            stderr,
-            kept: Vec::new(),
-        };
+        command.args(["--listen", listen]);
+        let mut node = Node::spawn_plain(command);
         let line = node.wait_for_stdout("listening on http://", START_TIMEOUT);
         let url = line
             .split("listening on ")
@@ -91,6 +75,28 @@ impl Node {
             .trim_end_matches('/');
         node.url = url.to_string();
         node
+    }
+
+    /// Runs `command` (any `outpost` command) collecting its output, without waiting for
+    /// anything; killed when dropped.
+    pub fn spawn_plain(mut command: Command) -> Node {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning outpost");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().unwrap(), stdout.clone());
+        collect(child.stderr.take().unwrap(), stderr.clone());
+        Node {
+            child,
+            url: String::new(),
+            stdout,
+            stderr,
+            kept: Vec::new(),
+        }
     }
 
     /// Starts a node for one of the repository's examples.

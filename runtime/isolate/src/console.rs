@@ -82,6 +82,17 @@ pub enum ConsoleFormat {
 
 static FORMAT: OnceLock<ConsoleFormat> = OnceLock::new();
 
+/// Sees every tenant console line besides the terminal (the node's live tail): app, level
+/// (an index into `LOG_LEVELS`), request id ("" outside a request), the line.
+pub type ConsoleTap = std::sync::Arc<dyn Fn(&str, u32, &str, &str) + Send + Sync>;
+
+static TAP: OnceLock<ConsoleTap> = OnceLock::new();
+
+/// Sets the process's console tap (once, at start).
+pub fn set_console_tap(tap: ConsoleTap) {
+    let _ = TAP.set(tap);
+}
+
 /// Chooses the format of every tenant's console lines for the process (once, at start;
 /// [`ConsoleFormat::Human`] unless set).
 pub fn set_console_format(format: ConsoleFormat) {
@@ -98,7 +109,11 @@ pub fn terminal_console(name: &str) -> ConsoleSink {
     Rc::new(move |level: u32, request_id: &str, text: &str| {
         let text = text.strip_suffix('\n').unwrap_or(text);
         let mut out = String::with_capacity(text.len() + name.len() + 24);
+        let tap = TAP.get();
         for line in text.split('\n') {
+            if let Some(tap) = tap {
+                tap(&name, level, request_id, line);
+            }
             match format {
                 ConsoleFormat::Human if request_id.is_empty() => {
                     out.push_str(&format!("[{name}] {line}\n"));

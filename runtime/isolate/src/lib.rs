@@ -27,7 +27,9 @@ use outpost_bundle::Limits;
 use outpost_pool::{Engine, InstanceSpec, Job, LoadError, LocalFuture};
 use tokio::sync::mpsc;
 
-pub use console::{dropped_lines, set_console_format, terminal_console, ConsoleFormat};
+pub use console::{
+    dropped_lines, set_console_format, set_console_tap, terminal_console, ConsoleFormat, ConsoleTap,
+};
 pub use egress::Egress;
 pub use exchange::ResponseOptions;
 pub use extensions::{ConsoleSink, Timing};
