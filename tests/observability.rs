@@ -431,3 +431,80 @@ async fn outpost_tail_follows_one_app_and_a_slow_follower_is_dropped() {
     assert_eq!(last["type"], "dropped", "{last}");
     assert_eq!(get_host(&node, &http1(), "site.localhost").await, 200);
 }
+
+#[tokio::test]
+async fn the_origin_counts_api_calls_and_feed_followers() {
+    const DEPLOY: &str = "deploy-secret";
+    const POP: &str = "pop-secret";
+    let origin_data = tempfile::tempdir().unwrap();
+    let mut origin = Node::origin(
+        origin_data.path(),
+        &["--admin", "127.0.0.1:0"],
+        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
+    );
+    let admin = origin.admin_url();
+    let site = common::app(
+        "site",
+        "export default { fetch() { return new Response('hi'); } };\n",
+    );
+    let (ok, _, err) = common::outpost(
+        &[
+            "deploy",
+            site.path().to_str().unwrap(),
+            "--origin",
+            &origin.url,
+        ],
+        Some(DEPLOY),
+    );
+    assert!(ok, "{err}");
+    let (ok, _, _) = common::outpost(
+        &[
+            "deploy",
+            site.path().to_str().unwrap(),
+            "--origin",
+            &origin.url,
+        ],
+        Some("wrong"),
+    );
+    assert!(!ok);
+    let pop_data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command
+        .args(["pop", "--origin", &origin.url, "--name", "p", "--data"])
+        .arg(pop_data.path())
+        .env("OUTPOST_TOKEN", POP);
+    let _pop = Node::spawn(command);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = scrape(&admin).await;
+        if sample(&metrics, "outpost_origin_feed_followers") >= 1.0 {
+            assert_eq!(
+                sample(
+                    &metrics,
+                    r#"outpost_origin_requests_total{call="POST /v1/versions",status="2xx"}"#
+                ),
+                1.0
+            );
+            assert_eq!(
+                sample(
+                    &metrics,
+                    r#"outpost_origin_requests_total{call="PUT /v1/apps/{app}/active",status="2xx"}"#
+                ),
+                1.0
+            );
+            assert!(
+                sample(
+                    &metrics,
+                    r#"outpost_origin_requests_total{call="HEAD /v1/blobs/{sha256}",status="4xx"}"#
+                ) >= 1.0,
+                "the refused deploy: {metrics:?}"
+            );
+            assert_eq!(sample(&metrics, "outpost_origin_feed_head"), 1.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = http1().get(format!("{admin}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

@@ -219,6 +219,9 @@ pub struct OriginArgs {
     /// File holding the PoP token (else $OUTPOST_POP_TOKEN).
     #[arg(long)]
     pub pop_token_file: Option<PathBuf>,
+    /// Address of the admin listener (/healthz, /readyz, /metrics); none unless given.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -330,3 +330,42 @@ impl Collector for PoolCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every metric the dashboard queries is one a node or origin exports (the names in
+    /// this module's documentation and the origin's).
+    #[test]
+    fn the_grafana_dashboard_queries_metrics_that_exist() {
+        let dashboard = include_str!("../../examples/operations/grafana-dashboard.json");
+        let exported = [include_str!("metrics.rs"), include_str!("origin.rs")].concat();
+        let value: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+        let mut expressions = Vec::new();
+        for panel in value["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                expressions.push(target["expr"].as_str().unwrap().to_string());
+            }
+        }
+        assert!(expressions.len() > 10);
+        for expr in &expressions {
+            let mut rest = expr.as_str();
+            while let Some(at) = rest.find("outpost_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = name
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_total")
+                    .trim_start_matches("outpost_origin_")
+                    .trim_start_matches("outpost_");
+                assert!(
+                    exported.contains(&format!("\"{base}\""))
+                        || exported.contains(&format!("`{name}`")),
+                    "the dashboard queries {name}, which nothing exports ({expr})"
+                );
+                rest = &rest[at + name.len()..];
+            }
+        }
+    }
+}

@@ -25,6 +25,11 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use outpost_store::{OriginStore, StoreError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -55,12 +60,113 @@ enum Access {
 pub struct Origin {
     store: OriginStore,
     tokens: Tokens,
+    metrics: OriginMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    /// The API call, as a template (`PUT /v1/blobs/{sha256}`).
+    call: &'static str,
+    status: &'static str,
+}
+
+/// The origin's metrics (`/metrics` on its admin listener), prefixed `outpost_origin_`:
+/// `requests_total{call, status}`, `feed_followers` (long-polls waiting now) and
+/// `feed_head` (the change feed's latest sequence number).
+struct OriginMetrics {
+    registry: Registry,
+    requests: Family<ApiLabels, Counter>,
+    followers: Gauge,
+    head: Gauge,
+}
+
+impl OriginMetrics {
+    fn new() -> OriginMetrics {
+        let mut registry = Registry::with_prefix("outpost_origin");
+        let requests = Family::<ApiLabels, Counter>::default();
+        registry.register("requests", "API requests answered", requests.clone());
+        let followers = Gauge::default();
+        registry.register(
+            "feed_followers",
+            "Change-feed long-polls waiting now",
+            followers.clone(),
+        );
+        let head = Gauge::default();
+        registry.register(
+            "feed_head",
+            "The change feed's latest sequence number",
+            head.clone(),
+        );
+        OriginMetrics {
+            registry,
+            requests,
+            followers,
+            head,
+        }
+    }
+}
+
+/// The API call of `method` `path`, as a template, for metrics.
+fn api_call(method: &Method, path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("PUT", ["v1", "blobs", _]) => "PUT /v1/blobs/{sha256}",
+        ("HEAD", ["v1", "blobs", _]) => "HEAD /v1/blobs/{sha256}",
+        ("GET", ["v1", "blobs", _]) => "GET /v1/blobs/{sha256}",
+        ("POST", ["v1", "versions"]) => "POST /v1/versions",
+        ("GET", ["v1", "versions", _]) => "GET /v1/versions/{id}",
+        ("PUT", ["v1", "apps", _, "active"]) => "PUT /v1/apps/{app}/active",
+        ("POST", ["v1", "apps", _, "rollback"]) => "POST /v1/apps/{app}/rollback",
+        ("GET", ["v1", "apps", _, "versions"]) => "GET /v1/apps/{app}/versions",
+        ("DELETE", ["v1", "apps", _]) => "DELETE /v1/apps/{app}",
+        ("GET", ["v1", "apps"]) => "GET /v1/apps",
+        ("GET", ["v1", "changes"]) => "GET /v1/changes",
+        _ => "other",
+    }
 }
 
 impl Origin {
     /// The API over `store`, open to the holders of `tokens`.
     pub fn new(store: OriginStore, tokens: Tokens) -> Origin {
-        Origin { store, tokens }
+        Origin {
+            store,
+            tokens,
+            metrics: OriginMetrics::new(),
+        }
+    }
+
+    /// Answers the origin's admin endpoints: `/healthz`, `/readyz` (ready once its store
+    /// answers), `/metrics`.
+    pub async fn admin(self: &Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let plain = |status: StatusCode, text: String| {
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            *response.status_mut() = status;
+            response
+        };
+        match request.uri().path() {
+            "/healthz" => plain(StatusCode::OK, "ok\n".into()),
+            "/readyz" => match self.store.head().await {
+                Ok(_) => plain(StatusCode::OK, "ready\n".into()),
+                Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+            },
+            "/metrics" => {
+                if let Ok(head) = self.store.head().await {
+                    self.metrics.head.set(head as i64);
+                }
+                let mut text = String::new();
+                let _ =
+                    prometheus_client::encoding::text::encode(&mut text, &self.metrics.registry);
+                let mut response = plain(StatusCode::OK, text);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            _ => plain(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
     }
 
     /// Whether writes and reads are open to anyone (no tokens configured).
@@ -95,10 +201,22 @@ impl Origin {
 
     /// Answers one API request.
     pub async fn handle(self: &Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        match self.route(request).await {
+        let call = api_call(request.method(), request.uri().path());
+        let response = match self.route(request).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
-        }
+        };
+        let status = match response.status().as_u16() {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .requests
+            .get_or_create(&ApiLabels { call, status })
+            .inc();
+        response
     }
 
     async fn route(
@@ -220,6 +338,7 @@ impl Origin {
         wait: Duration,
     ) -> Result<Vec<outpost_store::Change>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let _waiting = Following::new(&self.metrics.followers);
         loop {
             // Register before looking, so a change between the look and the wait wakes us.
             let notified = self.store.changed().notified();
@@ -231,6 +350,22 @@ impl Origin {
                 return Ok(self.store.changes(since, FEED_PAGE).await?);
             }
         }
+    }
+}
+
+/// Counts a feed follower while it waits.
+struct Following<'a>(&'a Gauge);
+
+impl<'a> Following<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Following(gauge)
+    }
+}
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -41,6 +41,20 @@ pub fn main(args: OriginArgs) -> anyhow::Result<()> {
             listener.local_addr()?
         );
         let origin = Arc::new(Origin::new(store, tokens));
+        if let Some(admin_addr) = args.admin {
+            let admin = TcpListener::bind(admin_addr)
+                .await
+                .with_context(|| format!("listening on {admin_addr} (admin)"))?;
+            println!("outpost origin: admin on http://{}/", admin.local_addr()?);
+            let origin = origin.clone();
+            tokio::spawn(outpost_gateway::endpoints::serve_endpoints(
+                admin,
+                move |request| {
+                    let origin = origin.clone();
+                    async move { origin.admin(request).await }
+                },
+            ));
+        }
         tokio::select! {
             () = serve_origin(listener, origin) => {}
             _ = tokio::signal::ctrl_c() => println!("outpost origin: stopping"),
