@@ -28,16 +28,7 @@ fn https_node(path: &Path, home: &Path, args: &[&str]) -> (Node, SocketAddr) {
         .args(args)
         .env("OUTPOST_HOME", home);
     let mut node = Node::spawn(command);
-    let line = node.wait_for_stdout("listening on https://", Duration::from_secs(30));
-    let addr = line
-        .split("https://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = node.https_addr();
     (node, addr)
 }
 
@@ -544,23 +535,14 @@ async fn apps_bring_their_certificates_through_the_origin_to_pops() {
         &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
     );
     let pop_data = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
-    command
-        .args(["pop", "--origin", &origin.url, "--name", "edge", "--data"])
-        .arg(pop_data.path())
-        .args(["--https", "127.0.0.1:0"])
-        .env("OUTPOST_TOKEN", POP);
-    let mut pop = Node::spawn(command);
-    let line = pop.wait_for_stdout("listening on https://", Duration::from_secs(30));
-    let addr: SocketAddr = line
-        .split("https://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut pop = Node::pop(
+        &origin.url,
+        pop_data.path(),
+        "edge",
+        POP,
+        &["--https", "127.0.0.1:0"],
+    );
+    let addr = pop.https_addr();
     let deploy = |dir: &Path| {
         common::outpost(
             &["deploy", dir.to_str().unwrap(), "--origin", &origin.url],

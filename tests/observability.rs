@@ -241,13 +241,13 @@ async fn a_pop_reports_readiness_versions_and_origin_reachability() {
         .port();
     let origin_url = format!("http://127.0.0.1:{port}");
     let pop_data = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
-    command
-        .args(["pop", "--origin", &origin_url, "--name", "p1", "--data"])
-        .arg(pop_data.path())
-        .args(["--admin", "127.0.0.1:0"])
-        .env("OUTPOST_TOKEN", POP);
-    let mut pop = Node::spawn(command);
+    let mut pop = Node::pop(
+        &origin_url,
+        pop_data.path(),
+        "p1",
+        POP,
+        &["--admin", "127.0.0.1:0"],
+    );
     let admin = pop.admin_url();
     let ready = |admin: String| async move {
         http1()
@@ -468,12 +468,7 @@ async fn the_origin_counts_api_calls_and_feed_followers() {
     );
     assert!(!ok);
     let pop_data = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
-    command
-        .args(["pop", "--origin", &origin.url, "--name", "p", "--data"])
-        .arg(pop_data.path())
-        .env("OUTPOST_TOKEN", POP);
-    let _pop = Node::spawn(command);
+    let _pop = Node::pop(&origin.url, pop_data.path(), "p", POP, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let metrics = scrape(&admin).await;

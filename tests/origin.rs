@@ -339,19 +339,7 @@ async fn a_kill_during_a_deploy_leaves_a_consistent_store() {
     let data = tempfile::tempdir().unwrap();
     let node = origin(data.path());
     // A bundle of many modules, so the kill lands mid-deploy.
-    let mut files = vec![("outpost.toml".to_string(), "name = \"big\"\n".to_string())];
-    files.push((
-        "src/index.js".to_string(),
-        "export default { fetch() { return new Response('big'); } };\n".to_string(),
-    ));
-    for i in 0..120 {
-        files.push((format!("src/data/{i}.txt"), format!("{i}").repeat(40_000)));
-    }
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_str()))
-        .collect();
-    let dir = common::app_dir(&refs);
+    let dir = common::big_app();
     let url = node.url.clone();
     let path = dir.path().to_path_buf();
     let deploying = std::thread::spawn(move || {

@@ -21,12 +21,7 @@ fn origin(data: &Path) -> Node {
 }
 
 fn pop(origin_url: &str, data: &Path, name: &str) -> Node {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
-    command
-        .args(["pop", "--origin", origin_url, "--name", name, "--data"])
-        .arg(data)
-        .env("OUTPOST_TOKEN", POP);
-    Node::spawn(command)
+    Node::pop(origin_url, data, name, POP, &[])
 }
 
 fn deploy(dir: &Path, origin_url: &str) {
@@ -189,13 +184,13 @@ async fn identity_headers_can_be_turned_off() {
     let origin_data = tempfile::tempdir().unwrap();
     let origin_node = origin(origin_data.path());
     let pop_data = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
-    command
-        .args(["pop", "--origin", &origin_node.url, "--name", "quiet"])
-        .args(["--identity-headers", "off", "--data"])
-        .arg(pop_data.path())
-        .env("OUTPOST_TOKEN", POP);
-    let quiet = Node::spawn(command);
+    let quiet = Node::pop(
+        &origin_node.url,
+        pop_data.path(),
+        "quiet",
+        POP,
+        &["--identity-headers", "off"],
+    );
     let site = hello("served quietly");
     deploy(site.path(), &origin_node.url);
     until_serves(&quiet, "served quietly").await;

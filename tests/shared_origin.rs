@@ -53,12 +53,7 @@ impl Shared {
 }
 
 fn pop(origin_url: &str, data: &Path, name: &str) -> Node {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
-    command
-        .args(["pop", "--origin", origin_url, "--name", name, "--data"])
-        .arg(data)
-        .env("OUTPOST_TOKEN", POP);
-    Node::spawn(command)
+    Node::pop(origin_url, data, name, POP, &[])
 }
 
 fn hello(name: &str, text: &str) -> tempfile::TempDir {
@@ -297,19 +292,7 @@ async fn a_kill_during_a_deploy_leaves_the_shared_store_consistent() {
     let a = shared.origin();
     let b = shared.origin();
     // Many modules, so the kill lands mid-deploy.
-    let mut files = vec![("outpost.toml".to_string(), "name = \"big\"\n".to_string())];
-    files.push((
-        "src/index.js".to_string(),
-        "export default { fetch() { return new Response('big'); } };\n".to_string(),
-    ));
-    for i in 0..120 {
-        files.push((format!("src/data/{i}.txt"), format!("{i}").repeat(40_000)));
-    }
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_str()))
-        .collect();
-    let dir = app_dir(&refs);
+    let dir = common::big_app();
     let (url, path) = (a.url.clone(), dir.path().to_path_buf());
     let deploying = std::thread::spawn(move || {
         outpost(

@@ -18,7 +18,7 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use outpost_pool::{BoxError, Pool, Task};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::server::{self, ConnectionLimits, Listening, ServeConfig, ShutdownSignal};
 use crate::tls::{self, Certificates};
@@ -56,39 +56,20 @@ pub async fn serve_h3(
     routes: Arc<Routes>,
     config: ServeConfig,
     pool: Arc<Pool>,
-    mut shutdown: ShutdownSignal,
+    shutdown: ShutdownSignal,
 ) {
-    let open = Arc::new(Semaphore::new(config.connections.max_connections));
+    let max_connections = config.connections.max_connections;
     let listening = Arc::new(Listening {
         routes,
         config: Arc::new(config),
         scheme: http::uri::Scheme::HTTPS,
         local: endpoint.local_addr().ok(),
     });
-    let mut next_worker = 0usize;
-    loop {
-        if shutdown.is_set() {
-            break;
-        }
-        let permit = tokio::select! {
-            permit = open.clone().acquire_owned() => permit.expect("never closed"),
-            () = shutdown.wait() => break,
-        };
-        let incoming = tokio::select! {
-            incoming = endpoint.accept() => incoming,
-            () = shutdown.wait() => break,
-        };
-        let Some(incoming) = incoming else { break };
+    let task = |incoming, permit, signal| -> Task {
         let listening = listening.clone();
-        let signal = shutdown.clone();
-        let task: Task =
-            Box::new(move || Box::pin(serve_connection(incoming, listening, signal, permit)));
-        next_worker = next_worker.wrapping_add(1);
-        if pool.spawn_on(next_worker, task).await.is_err() {
-            tracing::error!("no worker thread takes connections any more");
-            break;
-        }
-    }
+        Box::new(move || Box::pin(serve_connection(incoming, listening, signal, permit)))
+    };
+    server::place_connections(&pool, max_connections, shutdown, || endpoint.accept(), task).await;
     // New connections are refused from now on; those open finish their requests.
     endpoint.set_server_config(None);
 }

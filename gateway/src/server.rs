@@ -186,15 +186,53 @@ pub async fn serve(
     routes: Arc<Routes>,
     config: ServeConfig,
     pool: Arc<Pool>,
-    mut shutdown: ShutdownSignal,
+    shutdown: ShutdownSignal,
 ) {
-    let open = Arc::new(Semaphore::new(config.connections.max_connections));
+    let max_connections = config.connections.max_connections;
     let listening = Arc::new(Listening {
         routes,
         config: Arc::new(config),
         scheme: transport.scheme(),
         local: listener.local_addr().ok(),
     });
+    let accept = || async {
+        loop {
+            match listener.accept().await.and_then(|(s, _)| s.into_std()) {
+                Ok(stream) => return Some(stream),
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    let task = |stream, permit, signal| -> Task {
+        let listening = listening.clone();
+        let transport = transport.clone();
+        Box::new(move || {
+            Box::pin(serve_connection(
+                stream, transport, listening, signal, permit,
+            ))
+        })
+    };
+    place_connections(&pool, max_connections, shutdown, accept, task).await;
+}
+
+/// The accept loop of every listener: takes a connection slot (at most `max_connections`
+/// open), then the next connection `accept` yields, and places the task `task` makes of it
+/// on the next worker (round robin; the pool skips a stalled or full one). Ends when
+/// shutdown begins, `accept` yields none, or no worker takes tasks any more.
+pub(crate) async fn place_connections<C, F>(
+    pool: &Pool,
+    max_connections: usize,
+    mut shutdown: ShutdownSignal,
+    mut accept: impl FnMut() -> F,
+    mut task: impl FnMut(C, OwnedSemaphorePermit, ShutdownSignal) -> Task,
+) where
+    F: std::future::Future<Output = Option<C>>,
+{
+    let open = Arc::new(Semaphore::new(max_connections));
     let mut next_worker = 0usize;
     loop {
         if shutdown.is_set() {
@@ -204,27 +242,14 @@ pub async fn serve(
             permit = open.clone().acquire_owned() => permit.expect("never closed"),
             () = shutdown.wait() => return,
         };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let connection = tokio::select! {
+            connection = accept() => connection,
             () = shutdown.wait() => return,
         };
-        let stream = match accepted.and_then(|(stream, _)| stream.into_std()) {
-            Ok(stream) => stream,
-            Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some(connection) = connection else {
+            return;
         };
-        let listening = listening.clone();
-        let signal = shutdown.clone();
-        let transport = transport.clone();
-        let task: Task = Box::new(move || {
-            Box::pin(serve_connection(
-                stream, transport, listening, signal, permit,
-            ))
-        });
+        let task = task(connection, permit, shutdown.clone());
         next_worker = next_worker.wrapping_add(1);
         if pool.spawn_on(next_worker, task).await.is_err() {
             tracing::error!("no worker thread takes connections any more");

@@ -99,6 +99,28 @@ impl Node {
         }
     }
 
+    /// Starts `outpost pop --origin ORIGIN --name NAME --data DATA ARGS…` with `token` as
+    /// OUTPOST_TOKEN, listening on 127.0.0.1:0.
+    pub fn pop(origin_url: &str, data: &Path, name: &str, token: &str, args: &[&str]) -> Node {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        command
+            .args(["pop", "--origin", origin_url, "--name", name, "--data"])
+            .arg(data)
+            .args(args)
+            .env("OUTPOST_TOKEN", token);
+        Node::spawn(command)
+    }
+
+    /// The HTTPS listener's address, once the node printed it (start it with `--https`).
+    pub fn https_addr(&mut self) -> std::net::SocketAddr {
+        let line = self.wait_for_stdout("listening on https://", START_TIMEOUT);
+        line.split("https://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
     /// Starts a node for one of the repository's examples.
     pub fn example(name: &str) -> Node {
         Node::start(&examples().join(name), &[])
@@ -243,6 +265,24 @@ pub fn app_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
         std::fs::write(path, contents).unwrap();
     }
     dir
+}
+
+/// An app `big` of 120 text modules of 40–120 KB beside its handler (which answers `big`):
+/// a deploy of it takes long enough to be interrupted.
+pub fn big_app() -> tempfile::TempDir {
+    let mut files = vec![("outpost.toml".to_string(), "name = \"big\"\n".to_string())];
+    files.push((
+        "src/index.js".to_string(),
+        "export default { fetch() { return new Response('big'); } };\n".to_string(),
+    ));
+    for i in 0..120 {
+        files.push((format!("src/data/{i}.txt"), format!("{i}").repeat(40_000)));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    app_dir(&refs)
 }
 
 /// An app directory with one handler module at src/index.js.

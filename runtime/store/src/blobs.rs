@@ -33,6 +33,19 @@ pub fn check_digest(digest: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Checks that `bytes` are what `digest` (a hex SHA-256) names.
+pub fn verify(digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    check_digest(digest)?;
+    let actual = digest_of(bytes);
+    if actual != digest {
+        return Err(StoreError::DigestMismatch {
+            expected: digest.to_string(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Hex SHA-256 of `bytes`.
 pub fn digest_of(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -76,14 +89,7 @@ impl DirBlobs {
 
 impl BlobStore for DirBlobs {
     fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        check_digest(digest)?;
-        let actual = digest_of(bytes);
-        if actual != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest.to_string(),
-                actual,
-            });
-        }
+        verify(digest, bytes)?;
         let path = self.path_of(digest);
         // A stored blob is kept only if it is intact; a damaged one is replaced.
         if std::fs::read(&path).is_ok_and(|stored| digest_of(&stored) == digest) {

@@ -8,7 +8,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload, RetryConfig};
 
-use crate::blobs::{check_digest, digest_of};
+use crate::blobs::{check_digest, verify};
 use crate::StoreError;
 
 /// Blobs in an S3 bucket.
@@ -82,14 +82,7 @@ impl S3Blobs {
     /// whole PUT: storing again what is there rewrites the same bytes (and heals a damaged
     /// copy); clients skip blobs the origin already has anyway.
     pub async fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        check_digest(digest)?;
-        let actual = digest_of(bytes);
-        if actual != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest.to_string(),
-                actual,
-            });
-        }
+        verify(digest, bytes)?;
         self.store
             .put(
                 &self.path_of(digest),
