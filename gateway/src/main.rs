@@ -246,7 +246,9 @@ fn main() -> ExitCode {
         .buffered_lines_limit(64 * 1024)
         .lossy(true)
         .thread_name("outpost-log")
-        .finish(std::io::stderr());
+        // Buffered: the writer thread flushes once it has drained the queue, so a burst of
+        // lines costs a few writes, not one each.
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
