@@ -625,3 +625,48 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     let (status, _) = common::get(&node, "/").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_but_a_long_stream_is_not_cut() {
+    use http_body_util::BodyExt;
+    let site = app(
+        "site",
+        "export default { fetch(request) {\n\
+           if (new URL(request.url).pathname !== '/slow') return new Response('quick');\n\
+           let i = 0;\n\
+           return new Response(new ReadableStream({ async pull(c) {\n\
+             await new Promise(r => setTimeout(r, 400));\n\
+             if (i++ < 6) c.enqueue(new TextEncoder().encode('.')); else c.close();\n\
+           } }));\n\
+         } };\n",
+    );
+    let node = Node::start(site.path(), &["--connection-idle-secs", "1"]);
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let connect = || async {
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        (sender, tokio::spawn(connection))
+    };
+    let request = |path: &str| {
+        http::Request::get(format!("http://site.localhost{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // A stream that lasts 2.4 s, longer than the idle timeout, finishes whole.
+    let (mut sender, connection) = connect().await;
+    let res = sender.send_request(request("/slow")).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"......");
+    // Then, with nothing to do, the connection is closed by the node.
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(ended.is_ok(), "the idle connection stayed open");
+    // A fresh one works.
+    let (mut sender, _connection) = connect().await;
+    let res = sender.send_request(request("/")).await.unwrap();
+    assert_eq!(res.status(), 200);
+}

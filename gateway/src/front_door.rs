@@ -57,6 +57,9 @@ pub struct FrontDoorArgs {
     /// Most concurrent streams on one HTTP/2 connection.
     #[arg(long, default_value_t = ConnectionLimits::default().max_streams)]
     pub max_streams: u32,
+    /// Seconds an HTTP/2 connection may hold no request before it is closed (GOAWAY).
+    #[arg(long, default_value_t = ConnectionLimits::default().idle_timeout.as_secs())]
+    pub connection_idle_secs: u64,
     /// Distinct apps labelled by name in /metrics; more share the label `other`.
     #[arg(long, default_value_t = outpost_gateway::metrics::DEFAULT_MAX_APPS)]
     pub metrics_max_apps: usize,
@@ -73,6 +76,7 @@ impl FrontDoorArgs {
             max_headers: self.max_headers.max(1),
             max_header_bytes: self.max_header_bytes,
             max_streams: self.max_streams.max(1),
+            idle_timeout: Duration::from_secs(self.connection_idle_secs.max(1)),
         }
     }
 }

@@ -248,7 +248,10 @@ fn main() -> ExitCode {
         .thread_name("outpost-log")
         // Buffered: the writer thread flushes once it has drained the queue, so a burst of
         // lines costs a few writes, not one each.
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -82,6 +82,10 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// Concurrent streams on one HTTP/2 (or HTTP/3) connection.
     pub max_streams: u32,
+    /// How long a connection may hold no request before it is closed (gracefully: HTTP/2
+    /// gets GOAWAY). HTTP/1.1 connections idle out sooner, at `header_read_timeout`; QUIC
+    /// ones after 30 s of silence.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -92,6 +96,7 @@ impl Default for ConnectionLimits {
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             max_streams: 128,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -324,9 +329,17 @@ where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let for_service = listening.clone();
+    let activity = Arc::new(Activity::default());
+    let active = activity.clone();
     let service = service_fn(move |request| {
         let listening = for_service.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(request, &listening).await) }
+        let active = active.clone();
+        async move {
+            active.begin();
+            let response = handle(request, &listening).await;
+            active.end();
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let limits = &listening.config.connections;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -344,6 +357,8 @@ where
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     let mut draining = false;
+    let idle_timeout = limits.idle_timeout;
+    let mut idle_check = tokio::time::Instant::now() + idle_timeout;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -356,7 +371,52 @@ where
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
+            () = tokio::time::sleep_until(idle_check), if !draining => {
+                match activity.idle_since() {
+                    Some(since) if since.elapsed() >= idle_timeout => {
+                        // Graceful: a response still streaming finishes first.
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    Some(since) => idle_check = (since + idle_timeout).into(),
+                    None => idle_check = tokio::time::Instant::now() + idle_timeout,
+                }
+            }
         }
+    }
+}
+
+/// Whether a connection holds requests, and since when it holds none.
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    fn begin(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the last request ended, if none is under way.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(*self.last.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
