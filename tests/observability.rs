@@ -503,3 +503,91 @@ async fn the_origin_counts_api_calls_and_feed_followers() {
     let ready = http1().get(format!("{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn outpost_tail_through_the_origin_follows_every_pop() {
+    const DEPLOY: &str = "deploy-secret";
+    const POP: &str = "pop-secret";
+    let origin_data = tempfile::tempdir().unwrap();
+    let origin = Node::origin(
+        origin_data.path(),
+        &[],
+        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
+    );
+    let site = common::app(
+        "site",
+        "export default { fetch(request) { console.log('seen at', new URL(request.url).pathname); return new Response('hi'); } };\n",
+    );
+    let (ok, _, err) = common::outpost(
+        &[
+            "deploy",
+            site.path().to_str().unwrap(),
+            "--origin",
+            &origin.url,
+        ],
+        Some(DEPLOY),
+    );
+    assert!(ok, "{err}");
+    let data: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pops: Vec<Node> = ["east", "west"]
+        .iter()
+        .zip(&data)
+        .map(|(name, d)| {
+            Node::pop(
+                &origin.url,
+                d.path(),
+                name,
+                POP,
+                &["--admin", "127.0.0.1:0"],
+            )
+        })
+        .collect();
+    // Both PoPs serve the app (so both have followed the feed and told the origin of
+    // their admin listeners).
+    for pop in &pops {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while common::get(pop, "/").await.0 != 200 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    tail.args(["tail", "site", "--origin", &origin.url, "--format", "json"])
+        .env("OUTPOST_TOKEN", DEPLOY);
+    let follower = Node::spawn_plain(tail);
+    // It follows each PoP the origin knows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while follower
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("following site"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{:?}", follower.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (pop, path) in pops.iter().zip(["/from-east", "/from-west"]) {
+        assert_eq!(common::get(pop, path).await.0, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen: Vec<serde_json::Value> = follower
+            .stdout()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["type"] == "console")
+            .collect();
+        let east = seen
+            .iter()
+            .any(|v| v["pop"] == "east" && v["message"] == "seen at /from-east");
+        let west = seen
+            .iter()
+            .any(|v| v["pop"] == "west" && v["message"] == "seen at /from-west");
+        if east && west {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

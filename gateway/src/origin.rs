@@ -13,6 +13,7 @@
 //! | `DELETE /v1/apps/{app}` | deploy | take the app out of service |
 //! | `GET /v1/apps` | deploy or pop | every app in service and its version |
 //! | `GET /v1/changes?since=N&wait=S` | deploy or pop | changes after N; waits up to S seconds (≤ 60) for one |
+//! | `GET /v1/pops` | deploy or pop | the PoPs that followed the feed in the last two minutes, with their admin URLs (for `outpost tail --origin`) |
 //!
 //! Tokens travel as `Authorization: Bearer …` and are compared in constant time; a missing
 //! or wrong one gets 401 and changes nothing.
@@ -61,7 +62,12 @@ pub struct Origin {
     store: OriginStore,
     tokens: Tokens,
     metrics: OriginMetrics,
+    /// PoPs seen following the feed: name → (admin URL, when last seen).
+    pops: std::sync::Mutex<std::collections::BTreeMap<String, (String, std::time::Instant)>>,
 }
+
+/// How long a PoP stays listed after it last followed the feed.
+const POP_SEEN_FOR: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ApiLabels {
@@ -132,6 +138,7 @@ impl Origin {
             store,
             tokens,
             metrics: OriginMetrics::new(),
+            pops: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -224,6 +231,7 @@ impl Origin {
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         let access = self.allowed(&request).ok_or(ApiError::Unauthorized)?;
+        self.note_pop(request.headers());
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
@@ -311,6 +319,17 @@ impl Origin {
                     &json!({ "head": head, "apps": apps }),
                 ))
             }
+            (&Method::GET, ["v1", "pops"]) => {
+                let mut pops = self.pops.lock().unwrap_or_else(|e| e.into_inner());
+                pops.retain(|_, (_, seen)| seen.elapsed() < POP_SEEN_FOR);
+                let list: Vec<serde_json::Value> = pops
+                    .iter()
+                    .map(|(name, (admin, seen))| {
+                        json!({ "name": name, "admin": admin, "seen_ms_ago": seen.elapsed().as_millis() as u64 })
+                    })
+                    .collect();
+                Ok(json_response(StatusCode::OK, &json!(list)))
+            }
             (&Method::GET, ["v1", "changes"]) => {
                 let since = query_param(&query, "since").unwrap_or(0);
                 let wait =
@@ -328,6 +347,22 @@ impl Origin {
                 ))
             }
             _ => Err(ApiError::NotFound(format!("no API {method} {path}"))),
+        }
+    }
+
+    /// Remembers a PoP that names itself (`x-outpost-pop-name`) and its admin listener
+    /// (`x-outpost-pop-admin`) on a request.
+    fn note_pop(&self, headers: &http::HeaderMap) {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let (Some(name), Some(admin)) = (text("x-outpost-pop-name"), text("x-outpost-pop-admin"))
+        {
+            let mut pops = self.pops.lock().unwrap_or_else(|e| e.into_inner());
+            if pops.len() < 10_000 || pops.contains_key(name) {
+                pops.insert(
+                    name.to_string(),
+                    (admin.to_string(), std::time::Instant::now()),
+                );
+            }
         }
     }
 

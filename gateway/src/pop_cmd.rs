@@ -55,9 +55,14 @@ pub struct PopArgs {
     /// (who answered, with what).
     #[arg(long, value_enum, default_value = "on")]
     pub identity_headers: crate::Switch,
-    /// Address of the admin listener (/healthz, /readyz, /isolates).
+    /// Address of the admin listener (/healthz, /readyz, /isolates, /metrics, /tail).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// The admin listener's URL as others reach it, told to the origin so that
+    /// `outpost tail --origin` finds this PoP (default: http:// and the address it listens
+    /// on).
+    #[arg(long)]
+    pub admin_url: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
     /// Where tenants' outbound fetch may go.
@@ -430,6 +435,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let ready = Arc::new(AtomicBool::new(false));
+    let mut admin_url = None;
     if let Some(admin_addr) = args.admin {
         let admin = TcpListener::bind(admin_addr)
             .await
@@ -439,6 +445,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
             args.name,
             admin.local_addr()?
         );
+        admin_url = Some(format!("http://{}", admin.local_addr()?));
         let admin_state = Arc::new(Admin {
             pool: pool.clone(),
             ready: ready.clone(),
@@ -453,8 +460,20 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
         listener.local_addr()?
     );
 
+    // Who follows the feed, and where its tail is, for `outpost tail --origin`.
+    let mut identity = reqwest::header::HeaderMap::new();
+    if let Some(admin_url) = args.admin_url.clone().or(admin_url) {
+        if let (Ok(name), Ok(admin)) = (
+            reqwest::header::HeaderValue::from_str(&args.name),
+            reqwest::header::HeaderValue::from_str(&admin_url),
+        ) {
+            identity.insert("x-outpost-pop-name", name);
+            identity.insert("x-outpost-pop-admin", admin);
+        }
+    }
     let client = OriginClient {
         http: reqwest::Client::builder()
+            .default_headers(identity)
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(POLL_WAIT_SECS + 30))
             .build()?,

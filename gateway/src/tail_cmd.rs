@@ -1,16 +1,23 @@
 //! `outpost tail APP --pop URL`: follows an app's console lines and request summaries on one
-//! node, through its admin listener's `/tail`.
+//! node, through its admin listener's `/tail`; `--origin URL` follows them on every PoP the
+//! origin has seen following its feed (`GET /v1/pops`), merged, each line naming its PoP.
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
     /// The app to follow.
     pub app: String,
-    /// The node's admin listener (http://HOST:PORT, its `--admin` address).
-    #[arg(long, env = "OUTPOST_POP")]
-    pub pop: String,
+    /// One node's admin listener (http://HOST:PORT, its `--admin` address).
+    #[arg(long, env = "OUTPOST_POP", required_unless_present = "origin")]
+    pub pop: Option<String>,
+    /// An origin: follow the app on every PoP that follows it.
+    #[arg(long, conflicts_with = "pop")]
+    pub origin: Option<String>,
+    /// The token for --origin (else $OUTPOST_TOKEN).
+    #[arg(long, env = "OUTPOST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Console lines of this level and above: debug, info, warn, error.
     #[arg(long)]
     pub level: Option<String>,
@@ -37,8 +44,51 @@ pub fn main(args: TailArgs) -> anyhow::Result<()> {
 }
 
 async fn follow(args: TailArgs) -> anyhow::Result<()> {
-    let mut url = reqwest::Url::parse(&args.pop)
-        .with_context(|| format!("--pop {:?} is not a URL", args.pop))?
+    if let Some(origin) = &args.origin {
+        return follow_all(&args, origin).await;
+    }
+    let pop = args.pop.clone().unwrap_or_default();
+    follow_one(&args, &pop, None).await
+}
+
+/// Follows every PoP the origin lists, each in its own task, printing lines as they come.
+async fn follow_all(args: &TailArgs, origin: &str) -> anyhow::Result<()> {
+    let url = format!("{}/v1/pops", origin.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(token) = &args.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("the origin at {origin} cannot be reached"))?;
+    if !response.status().is_success() {
+        bail!("{url}: {}", response.status());
+    }
+    let pops: Vec<serde_json::Value> = response.json().await?;
+    if pops.is_empty() {
+        bail!("no PoP follows {origin} with an admin listener (start them with --admin)");
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for pop in pops {
+        let (Some(name), Some(admin)) = (pop["name"].as_str(), pop["admin"].as_str()) else {
+            continue;
+        };
+        let (args, name, admin) = (args.clone(), name.to_string(), admin.to_string());
+        tasks.spawn(async move {
+            if let Err(e) = follow_one(&args, &admin, Some(&name)).await {
+                eprintln!("outpost tail: {name}: {e:#}");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    bail!("every PoP's stream ended")
+}
+
+/// Follows one node's admin listener at `admin`; `pop` names it on each line.
+async fn follow_one(args: &TailArgs, admin: &str, pop: Option<&str>) -> anyhow::Result<()> {
+    let mut url = reqwest::Url::parse(admin)
+        .with_context(|| format!("{admin:?} is not a URL"))?
         .join("/tail")?;
     {
         let mut query = url.query_pairs_mut();
@@ -56,12 +106,7 @@ async fn follow(args: TailArgs) -> anyhow::Result<()> {
         .get(url.clone())
         .send()
         .await
-        .with_context(|| {
-            format!(
-                "the node's admin listener at {} cannot be reached",
-                args.pop
-            )
-        })?;
+        .with_context(|| format!("the node's admin listener at {admin} cannot be reached"))?;
     if !response.status().is_success() {
         let status = response.status();
         bail!(
@@ -70,8 +115,8 @@ async fn follow(args: TailArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "outpost tail: following {} on {} (Ctrl-C to stop)",
-        args.app, args.pop
+        "outpost tail: following {} on {admin} (Ctrl-C to stop)",
+        args.app
     );
     let mut stream = response.bytes_stream();
     let mut pending = Vec::new();
@@ -80,15 +125,16 @@ async fn follow(args: TailArgs) -> anyhow::Result<()> {
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            show(&line, args.format)?;
+            show(&line, args.format, pop)?;
         }
     }
     bail!("the node closed the stream")
 }
 
-/// Prints one event; an event saying this follower was dropped ends the command.
-fn show(line: &str, format: TailFormat) -> anyhow::Result<()> {
-    let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+/// Prints one event (of PoP `pop`, when following several); an event saying this follower
+/// was dropped ends the command.
+fn show(line: &str, format: TailFormat, pop: Option<&str>) -> anyhow::Result<()> {
+    let mut event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
     if event["type"] == "dropped" {
         bail!(
             "the node dropped this tail: {}",
@@ -96,8 +142,17 @@ fn show(line: &str, format: TailFormat) -> anyhow::Result<()> {
         );
     }
     if format == TailFormat::Json {
-        println!("{line}");
+        match pop {
+            Some(pop) => {
+                event["pop"] = serde_json::Value::from(pop);
+                println!("{event}");
+            }
+            None => println!("{line}"),
+        }
         return Ok(());
+    }
+    if let Some(pop) = pop {
+        print!("{pop} ");
     }
     let app = event["app"].as_str().unwrap_or("?");
     let id = event["request_id"].as_str().unwrap_or("");
