@@ -12,6 +12,37 @@ use std::time::{Duration, Instant};
 
 use common::{app_dir, http1, Node};
 
+const DEPLOY: &str = "deploy-secret";
+const POP: &str = "pop-secret";
+
+/// `outpost origin` with both tokens set, and `args`.
+fn origin_with_tokens(data: &std::path::Path, args: &[&str]) -> Node {
+    Node::origin(
+        data,
+        args,
+        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
+    )
+}
+
+/// An app `site` whose handler runs `body`, deployed to `origin` with the deploy token.
+fn deploy_site(origin: &Node, body: &str) -> tempfile::TempDir {
+    let site = common::app(
+        "site",
+        &format!("export default {{ fetch(request) {{ {body} }} }};\n"),
+    );
+    let (ok, _, err) = common::outpost(
+        &[
+            "deploy",
+            site.path().to_str().unwrap(),
+            "--origin",
+            &origin.url,
+        ],
+        Some(DEPLOY),
+    );
+    assert!(ok, "{err}");
+    site
+}
+
 /// `/metrics` as sample name with labels → value, e.g.
 /// `outpost_requests_total{app="a",status="2xx",protocol="http1"}` → 3.
 async fn scrape(admin: &str) -> HashMap<String, f64> {
@@ -231,8 +262,6 @@ async fn one_json_log_line_per_request_with_the_id_the_client_saw() {
 
 #[tokio::test]
 async fn a_pop_reports_readiness_versions_and_origin_reachability() {
-    const DEPLOY: &str = "deploy-secret";
-    const POP: &str = "pop-secret";
     // The PoP starts before its origin exists: not ready.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -279,20 +308,7 @@ async fn a_pop_reports_readiness_versions_and_origin_reachability() {
         .env("OUTPOST_DEPLOY_TOKEN", DEPLOY)
         .env("OUTPOST_POP_TOKEN", POP);
     let origin = Node::spawn_on(origin_command, &format!("127.0.0.1:{port}"));
-    let site = common::app(
-        "site",
-        "export default { fetch() { return new Response('hi'); } };\n",
-    );
-    let (ok, _, err) = common::outpost(
-        &[
-            "deploy",
-            site.path().to_str().unwrap(),
-            "--origin",
-            &origin.url,
-        ],
-        Some(DEPLOY),
-    );
-    assert!(ok, "{err}");
+    let site = deploy_site(&origin, "return new Response('hi');");
     let id = outpost_bundle::load_app(site.path()).unwrap().id;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -434,29 +450,10 @@ async fn outpost_tail_follows_one_app_and_a_slow_follower_is_dropped() {
 
 #[tokio::test]
 async fn the_origin_counts_api_calls_and_feed_followers() {
-    const DEPLOY: &str = "deploy-secret";
-    const POP: &str = "pop-secret";
     let origin_data = tempfile::tempdir().unwrap();
-    let mut origin = Node::origin(
-        origin_data.path(),
-        &["--admin", "127.0.0.1:0"],
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
-    );
+    let mut origin = origin_with_tokens(origin_data.path(), &["--admin", "127.0.0.1:0"]);
     let admin = origin.admin_url();
-    let site = common::app(
-        "site",
-        "export default { fetch() { return new Response('hi'); } };\n",
-    );
-    let (ok, _, err) = common::outpost(
-        &[
-            "deploy",
-            site.path().to_str().unwrap(),
-            "--origin",
-            &origin.url,
-        ],
-        Some(DEPLOY),
-    );
-    assert!(ok, "{err}");
+    let site = deploy_site(&origin, "return new Response('hi');");
     let (ok, _, _) = common::outpost(
         &[
             "deploy",
@@ -506,28 +503,12 @@ async fn the_origin_counts_api_calls_and_feed_followers() {
 
 #[tokio::test]
 async fn outpost_tail_through_the_origin_follows_every_pop() {
-    const DEPLOY: &str = "deploy-secret";
-    const POP: &str = "pop-secret";
     let origin_data = tempfile::tempdir().unwrap();
-    let origin = Node::origin(
-        origin_data.path(),
-        &[],
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
+    let origin = origin_with_tokens(origin_data.path(), &[]);
+    let _site = deploy_site(
+        &origin,
+        "console.log('seen at', new URL(request.url).pathname); return new Response('hi');",
     );
-    let site = common::app(
-        "site",
-        "export default { fetch(request) { console.log('seen at', new URL(request.url).pathname); return new Response('hi'); } };\n",
-    );
-    let (ok, _, err) = common::outpost(
-        &[
-            "deploy",
-            site.path().to_str().unwrap(),
-            "--origin",
-            &origin.url,
-        ],
-        Some(DEPLOY),
-    );
-    assert!(ok, "{err}");
     let data: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let pops: Vec<Node> = ["east", "west"]
         .iter()
