@@ -30,9 +30,15 @@ export function setSubrequestLimit(limit) {
 
 /** What is known of the request a piece of code works for. */
 class RequestRecord {
-  /** @param {string} id the node's id of the request (`x-request-id`) */
-  constructor(id) {
+  /**
+   * @param {string} id the node's id of the request (`x-request-id`)
+   * @param {string | null} traceparent its W3C `traceparent`, if it came with one
+   * @param {string | null} tracestate its W3C `tracestate`, if any
+   */
+  constructor(id, traceparent, tracestate) {
     this.id = id;
+    this.traceparent = traceparent;
+    this.tracestate = tracestate;
     this.subrequests = 0;
   }
 }
@@ -51,13 +57,20 @@ export function currentRequestId() {
  * Runs `fn` as part of a new request: everything it schedules (promise reactions, timers)
  * keeps that request's record.
  * @template T
- * @param {string} id the request's id
+ * @param {string[]} headers the request's headers, as a flat name/value list
  * @param {() => T} fn
  * @returns {T}
  */
-export function runInRequest(id, fn) {
+export function runInRequest(headers, fn) {
+  let id = "", traceparent = null, tracestate = null;
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i];
+    if (name === "x-request-id") id = headers[i + 1];
+    else if (name === "traceparent") traceparent = headers[i + 1];
+    else if (name === "tracestate") tracestate = headers[i + 1];
+  }
   const outer = getAsyncContext();
-  setAsyncContext(new RequestRecord(id));
+  setAsyncContext(new RequestRecord(id, traceparent, tracestate));
   try {
     return fn();
   } finally {
@@ -102,10 +115,14 @@ function explainRefusal(error, input) {
 }
 
 /**
- * `fetch`, counted against the current request's subrequest limit.
+ * `fetch`, counted against the current request's subrequest limit, and carrying the
+ * request's W3C trace context (`traceparent`, `tracestate`) unless the app set its own:
+ * the node forwards the trace it was called in, as an intermediary that records no spans
+ * of its own.
  * @param {(input: any, init?: any) => Promise<any>} inner deno_fetch's fetch
+ * @param {any} RequestClass the Request constructor
  */
-export function countedFetch(inner) {
+export function countedFetch(inner, RequestClass) {
   /**
    * @param {any} input
    * @param {any} [init]
@@ -129,8 +146,23 @@ export function countedFetch(inner) {
       );
     }
     record.subrequests++;
+    let args = arguments;
+    if (record.traceparent !== null) {
+      try {
+        const request = new RequestClass(input, init);
+        if (!request.headers.has("traceparent")) {
+          request.headers.set("traceparent", record.traceparent);
+          if (record.tracestate !== null && !request.headers.has("tracestate")) {
+            request.headers.set("tracestate", record.tracestate);
+          }
+        }
+        args = [request];
+      } catch {
+        // What the Request constructor refuses, fetch refuses too, with the same error.
+      }
+    }
     return PromisePrototypeThen(
-      ReflectApply(inner, this, arguments),
+      ReflectApply(inner, this, args),
       undefined,
       (/** @type {any} */ error) => {
         throw explainRefusal(error, input);

@@ -114,7 +114,7 @@ core.defineGlobalProperties(globalThis, {
   FormData: nonEnum(formData.FormData),
   Request: nonEnum(request.Request),
   Response: nonEnum(response.Response),
-  fetch: writable(countedFetch(fetchMod.fetch)),
+  fetch: writable(countedFetch(fetchMod.fetch, request.Request)),
   // console
   console: nonEnum(new consoleMod.Console(print)),
   self: core.propGetterOnly(() => globalThis),

@@ -301,14 +301,7 @@ class IncomingInnerRequest {
  * @param {number | null} bodyRid a resource streaming the request body, or null
  */
 export function dispatch(id, method, url, headers, bodyRid) {
-  let requestId = "";
-  for (let i = 0; i < headers.length; i += 2) {
-    if (headers[i] === "x-request-id") {
-      requestId = headers[i + 1];
-      break;
-    }
-  }
-  runInRequest(requestId, () => handle(id, method, url, headers, bodyRid));
+  runInRequest(headers, () => handle(id, method, url, headers, bodyRid));
 }
 
 /**

@@ -572,3 +572,75 @@ async fn outpost_tail_through_the_origin_follows_every_pop() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn outbound_fetch_carries_the_requests_trace_context() {
+    // An upstream on loopback that answers with the trace headers it received.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = upstream.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|request: http::Request<hyper::body::Incoming>| {
+                        let header = |name: &str| {
+                            request
+                                .headers()
+                                .get(name)
+                                .map_or("none".to_string(), |v| v.to_str().unwrap().to_string())
+                        };
+                        let seen = format!("{}|{}", header("traceparent"), header("tracestate"));
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(seen)),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let site = app_dir(&[
+        (
+            "outpost.toml",
+            &format!("name = \"site\"\n[vars]\nUPSTREAM = \"http://127.0.0.1:{port}/\"\n"),
+        ),
+        (
+            "src/index.js",
+            "export default { async fetch(request, env) {\n\
+               const own = new URL(request.url).pathname === '/own';\n\
+               const init = own ? { headers: { traceparent: 'the-apps-own' } } : undefined;\n\
+               const answer = await fetch(env.UPSTREAM, init);\n\
+               return new Response(await answer.text());\n\
+             } };\n",
+        ),
+    ]);
+    let node = Node::start(site.path(), &[]);
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = |path: &str| {
+        http1()
+            .get(node.url(path))
+            .header("traceparent", parent)
+            .header("tracestate", "vendor=1")
+            .send()
+    };
+    let body = traced("/").await.unwrap().text().await.unwrap();
+    assert_eq!(body, format!("{parent}|vendor=1"));
+    // The app's own header wins; a request without trace context passes none on.
+    let body = traced("/own").await.unwrap().text().await.unwrap();
+    assert_eq!(body, "the-apps-own|none");
+    let body = http1()
+        .get(node.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "none|none");
+}
