@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use outpost_bundle::{Limits, MANIFEST_FILE};
-use outpost_gateway::admin::{serve_admin, Admin};
+use outpost_gateway::admin::Admin;
 use outpost_gateway::metrics::Metrics;
 use outpost_gateway::{AppEntry, RouteTable, Routes, ServeConfig, Target};
 use outpost_isolate::{Egress, IsolateEngine};
@@ -60,22 +60,15 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
     apps.reload().await;
     let metrics = Arc::new(Metrics::new(pool.clone(), args.front.metrics_max_apps));
     let tail = crate::front_door::tail();
-    let admin = match args.admin {
-        Some(admin_addr) => {
-            let admin = TcpListener::bind(admin_addr)
-                .await
-                .with_context(|| format!("listening on {admin_addr} (admin)"))?;
-            println!("outpost dev: admin on http://{}/", admin.local_addr()?);
-            let admin_state = Arc::new(Admin {
-                pool: pool.clone(),
-                ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-                metrics: metrics.clone(),
-                tail: tail.clone(),
-            });
-            Some(tokio::spawn(serve_admin(admin, admin_state)))
-        }
-        None => None,
-    };
+    if let Some(admin_addr) = args.admin {
+        let admin = Admin {
+            pool: pool.clone(),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            metrics: metrics.clone(),
+            tail: tail.clone(),
+        };
+        front_door::open_admin(admin_addr, "outpost dev", admin).await?;
+    }
     println!("outpost dev: listening on http://{addr}/");
 
     let certificates = front_door::certificates(
@@ -116,9 +109,6 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
     .await?;
     front.run_until_stopped().await;
     reloads.abort();
-    if let Some(admin) = admin {
-        admin.abort();
-    }
     // Instances are dropped with the process; their threads hold no state worth flushing.
     std::process::exit(0)
 }

@@ -292,3 +292,22 @@ pub fn tail() -> Arc<outpost_gateway::tail::Tail> {
     }));
     tail
 }
+
+/// Binds the admin listener at `addr`, says where it is, and serves `admin` on it for the
+/// rest of the process; its URL.
+pub async fn open_admin(
+    addr: SocketAddr,
+    label: &str,
+    admin: outpost_gateway::admin::Admin,
+) -> anyhow::Result<String> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr} (admin)"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    println!("{label}: admin on {url}/");
+    tokio::spawn(outpost_gateway::admin::serve_admin(
+        listener,
+        Arc::new(admin),
+    ));
+    Ok(url)
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use outpost_bundle::{Bundle, Limits, Lock};
-use outpost_gateway::admin::{serve_admin, Admin};
+use outpost_gateway::admin::Admin;
 use outpost_gateway::metrics::Metrics;
 use outpost_gateway::{AppEntry, ErrorDetail, RouteTable, Routes, ServeConfig};
 
@@ -260,19 +260,31 @@ struct Serving {
     routes: Arc<Routes>,
     node_limits: Limits,
     state: State,
-    apps: BTreeMap<String, Deployment>,
+    apps: BTreeMap<String, Served>,
     name: String,
     /// With --https: the node's certificates, which serve the apps' own too.
     certificates: Option<Arc<outpost_gateway::tls::Certificates>>,
     metrics: Arc<Metrics>,
 }
 
+/// An app version in service: its deployment, and the certificates it brought (parsed and
+/// checked once, when it was loaded).
+#[derive(Clone)]
+struct Served {
+    deployment: Deployment,
+    certificates: Vec<outpost_gateway::tls::Certificate>,
+}
+
 impl Serving {
-    async fn load(&self, bundle: Bundle) -> anyhow::Result<Deployment> {
+    async fn load(&self, bundle: Bundle) -> anyhow::Result<Served> {
         // Certificates it brings must check out before it serves anything.
-        outpost_gateway::tls::app_certificates(&bundle)?;
+        let certificates = outpost_gateway::tls::app_certificates(&bundle)?;
         let (limits, _) = self.node_limits.for_app(&bundle.manifest.limits);
-        Ok(self.pool.deploy(Arc::new(bundle), limits).await?)
+        let deployment = self.pool.deploy(Arc::new(bundle), limits).await?;
+        Ok(Served {
+            deployment,
+            certificates,
+        })
     }
 
     /// Swaps in the table of the apps served now; an app whose routes collide with
@@ -282,21 +294,23 @@ impl Serving {
         loop {
             let entries: Vec<AppEntry> = published
                 .iter()
-                .map(|(name, d)| AppEntry::serving(name.clone(), d.clone()))
+                .map(|(name, s)| AppEntry::serving(name.clone(), s.deployment.clone()))
                 .collect();
             match RouteTable::new(entries) {
                 Ok(table) => {
                     if let Some(certificates) = &self.certificates {
-                        certificates.set_apps(outpost_gateway::tls::certificates_of(
+                        certificates.set_apps(
                             published
                                 .iter()
-                                .map(|(name, d)| (name.as_str(), &**d.bundle())),
-                        ));
+                                .filter(|(_, s)| !s.certificates.is_empty())
+                                .map(|(name, s)| (name.clone(), s.certificates.clone()))
+                                .collect(),
+                        );
                     }
                     self.metrics.serving(
                         published
                             .iter()
-                            .map(|(name, d)| (name.clone(), d.bundle().id.clone())),
+                            .map(|(name, s)| (name.clone(), s.deployment.bundle().id.clone())),
                     );
                     return self.routes.swap(table);
                 }
@@ -341,13 +355,13 @@ impl Serving {
                         Err(e) => Err(e),
                     };
                     match loaded {
-                        Ok(deployment) => {
+                        Ok(served) => {
                             println!(
                                 "outpost pop {}: serving {}",
                                 self.name,
-                                deployment.bundle().label()
+                                served.deployment.bundle().label()
                             );
-                            self.apps.insert(app.clone(), deployment);
+                            self.apps.insert(app.clone(), served);
                             self.state.apps.insert(app, id);
                         }
                         Err(e) => {
@@ -416,8 +430,8 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
             Err(e) => Err(e),
         };
         match loaded {
-            Ok(deployment) => {
-                serving.apps.insert(app.clone(), deployment);
+            Ok(served) => {
+                serving.apps.insert(app.clone(), served);
             }
             Err(e) => {
                 damaged = true;
@@ -437,22 +451,13 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin_url = None;
     if let Some(admin_addr) = args.admin {
-        let admin = TcpListener::bind(admin_addr)
-            .await
-            .with_context(|| format!("listening on {admin_addr} (admin)"))?;
-        println!(
-            "outpost pop {}: admin on http://{}/",
-            args.name,
-            admin.local_addr()?
-        );
-        admin_url = Some(format!("http://{}", admin.local_addr()?));
-        let admin_state = Arc::new(Admin {
+        let admin = Admin {
             pool: pool.clone(),
             ready: ready.clone(),
             metrics: metrics.clone(),
             tail: tail.clone(),
-        });
-        tokio::spawn(serve_admin(admin, admin_state));
+        };
+        admin_url = Some(front_door::open_admin(admin_addr, &label, admin).await?);
     }
     println!(
         "outpost pop {}: listening on http://{}/",
