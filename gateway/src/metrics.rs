@@ -165,13 +165,7 @@ impl Metrics {
     /// Counts one answered request.
     pub fn answered(&self, answer: Answered<'_>) {
         let app = self.app_label(answer.app);
-        let status = match answer.status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
+        let status = status_class(answer.status);
         let protocol = match answer.version {
             http::Version::HTTP_2 => "http2",
             http::Version::HTTP_3 => "http3",
@@ -227,6 +221,17 @@ impl Metrics {
             tracing::error!("encoding metrics failed: {e}");
         }
         text
+    }
+}
+
+/// The `status` label of a response: `1xx` … `5xx`.
+pub(crate) fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

@@ -213,12 +213,7 @@ impl Origin {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
-        let status = match response.status().as_u16() {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
+        let status = crate::metrics::status_class(response.status());
         self.metrics
             .requests
             .get_or_create(&ApiLabels { call, status })

@@ -456,7 +456,8 @@ pub(crate) async fn handle<B: RequestBody>(
     let config = &listening.config;
     let version = request.version();
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    // A clone of the URI shares its bytes: the path is copied out only where it is used.
+    let uri = request.uri().clone();
     let mut outcome = Outcome {
         request_id: request_id(request.headers()),
         app: None,
@@ -499,7 +500,7 @@ pub(crate) async fn handle<B: RequestBody>(
         request_id = %outcome.request_id.to_str().unwrap_or_default(),
         app = outcome.app.as_deref().unwrap_or("-"),
         method = %method,
-        path = %path,
+        path = %uri.path(),
         status = response.status().as_u16(),
         ms = elapsed.as_secs_f64() * 1000.0,
         cpu_ms = cpu.map_or(0.0, |cpu| cpu.as_secs_f64() * 1000.0),
@@ -511,7 +512,7 @@ pub(crate) async fn handle<B: RequestBody>(
                 app: app.as_str().into(),
                 request_id: outcome.request_id.to_str().unwrap_or_default().into(),
                 method: method.to_string(),
-                path: path.clone(),
+                path: uri.path().to_string(),
                 status: response.status().as_u16(),
                 ms: elapsed.as_secs_f64() * 1000.0,
             });

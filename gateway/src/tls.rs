@@ -48,13 +48,6 @@ pub struct Certificate {
     names: Vec<String>,
 }
 
-impl Certificate {
-    /// The DNS names it serves.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-}
-
 /// Certificates by name: exact names, then wildcards (`*.example.com` under key
 /// `example.com`), then the default.
 #[derive(Default)]
@@ -321,26 +314,32 @@ pub fn certificates_of<'a>(
 /// A rustls server configuration that picks certificates from `certificates` and offers
 /// HTTP/2 and HTTP/1.1.
 pub fn server_config(certificates: Arc<Certificates>) -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("the provider supports TLS 1.2 and 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(certificates);
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
+    let alpn = ALPN.iter().map(|p| p.to_vec()).collect();
+    config_for(certificates, rustls::DEFAULT_VERSIONS, alpn)
 }
 
 /// The rustls configuration of the HTTP/3 listener: the same certificates, TLS 1.3 only (as
 /// QUIC requires), ALPN `h3`.
 pub fn quic_server_config(certificates: Arc<Certificates>) -> Arc<rustls::ServerConfig> {
+    config_for(
+        certificates,
+        &[&rustls::version::TLS13],
+        vec![b"h3".to_vec()],
+    )
+}
+
+fn config_for(
+    certificates: Arc<Certificates>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: Vec<Vec<u8>>,
+) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("the provider supports TLS 1.3")
+        .with_protocol_versions(versions)
+        .expect("the provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(certificates);
-    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.alpn_protocols = alpn;
     Arc::new(config)
 }
 
