@@ -634,13 +634,5 @@ async fn outbound_fetch_carries_the_requests_trace_context() {
     // The app's own header wins; a request without trace context passes none on.
     let body = traced("/own").await.unwrap().text().await.unwrap();
     assert_eq!(body, "the-apps-own|none");
-    let body = http1()
-        .get(node.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body, "none|none");
+    assert_eq!(common::get(&node, "/").await.1, "none|none");
 }

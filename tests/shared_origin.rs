@@ -90,15 +90,24 @@ async fn until_serves(node: &Node, path: &str, body: &str) {
     }
 }
 
-async fn get(node: &Node, path: &str, token: &str) -> (u16, Value) {
+/// GETs `path` with the PoP token; the status and the body's bytes.
+async fn get_bytes(node: &Node, path: &str) -> (u16, bytes::Bytes) {
     let res = http1()
         .get(node.url(path))
-        .bearer_auth(token)
+        .bearer_auth(POP)
         .send()
         .await
         .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
+    (res.status().as_u16(), res.bytes().await.unwrap())
+}
+
+/// GETs `path` with the PoP token; the status and the body as JSON.
+async fn get(node: &Node, path: &str) -> (u16, Value) {
+    let (status, bytes) = get_bytes(node, path).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +160,7 @@ async fn two_origins_share_postgres_and_s3() {
     }
 
     // A long-poll on B wakes for a change made through A: LISTEN/NOTIFY, not a timer.
-    let (_, feed) = get(&b, "/v1/changes?since=0", POP).await;
+    let (_, feed) = get(&b, "/v1/changes?since=0").await;
     let head = feed["head"].as_u64().unwrap();
     let url = b.url(&format!("/v1/changes?since={head}&wait=50"));
     let waiting = tokio::spawn(async move {
@@ -186,7 +195,7 @@ async fn two_origins_share_postgres_and_s3() {
         Some("wrong"),
     );
     assert!(!ok && err.contains("401"), "{err}");
-    let (_, after) = get(&a, "/v1/changes?since=0", POP).await;
+    let (_, after) = get(&a, "/v1/changes?since=0").await;
     assert_eq!(after["head"].as_u64().unwrap(), head + 1);
 
     // One origin dies: the other takes deploys, and its PoP serves them; the dead origin's
@@ -249,8 +258,8 @@ async fn concurrent_writes_through_two_origins_keep_one_gap_free_feed() {
     }
 
     // One feed, 1..=8 with no gaps and no duplicates, the same through either origin.
-    let (_, via_a) = get(&origins[0], "/v1/changes?since=0", POP).await;
-    let (_, via_b) = get(&origins[1], "/v1/changes?since=0", POP).await;
+    let (_, via_a) = get(&origins[0], "/v1/changes?since=0").await;
+    let (_, via_b) = get(&origins[1], "/v1/changes?since=0").await;
     assert_eq!(via_a, via_b);
     let seqs: Vec<u64> = via_a["changes"]
         .as_array()
@@ -311,44 +320,21 @@ async fn a_kill_during_a_deploy_leaves_the_shared_store_consistent() {
     assert!(!ok, "the kill landed mid-deploy: {err}");
 
     // Through the survivor: whatever is in service has its lock and every blob, intact.
-    let (status, apps) = get(&b, "/v1/apps", POP).await;
+    let (status, apps) = get(&b, "/v1/apps").await;
     assert_eq!(status, 200);
     for entry in apps["apps"].as_array().unwrap() {
         let id = entry["version"].as_str().unwrap();
-        let lock = http1()
-            .get(b.url(&format!("/v1/versions/{id}")))
-            .bearer_auth(POP)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let (_, lock) = get_bytes(&b, &format!("/v1/versions/{id}")).await;
         let lock = outpost_bundle::Lock::from_bytes(&lock).unwrap();
         for module in &lock.modules {
-            let bytes = http1()
-                .get(b.url(&format!("/v1/blobs/{}", module.sha256)))
-                .bearer_auth(POP)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let (_, bytes) = get_bytes(&b, &format!("/v1/blobs/{}", module.sha256)).await;
             assert_eq!(outpost_store::digest_of(&bytes), module.sha256);
         }
     }
     // Every object in the bucket, under a digest's name, holds bytes that hash to it.
     for key in shared.s3.keys(BUCKET).await {
         let digest = key.trim_start_matches("blobs/");
-        let res = http1()
-            .get(b.url(&format!("/v1/blobs/{digest}")))
-            .bearer_auth(POP)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status();
-        let bytes = res.bytes().await.unwrap();
+        let (status, bytes) = get_bytes(&b, &format!("/v1/blobs/{digest}")).await;
         assert_eq!(status, 200, "{key}: {}", String::from_utf8_lossy(&bytes));
         assert_eq!(
             outpost_store::digest_of(&bytes),
