@@ -69,8 +69,6 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
         };
         front_door::open_admin(admin_addr, "outpost dev", admin).await?;
     }
-    println!("outpost dev: listening on http://{addr}/");
-
     let certificates = front_door::certificates(
         &args.front,
         &Role::Dev {
@@ -91,6 +89,9 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
         }
     });
 
+    // Said once everything that can fail at start has succeeded: scripts and tests take
+    // this line to mean the node is up.
+    println!("outpost dev: listening on http://{addr}/");
     let config = ServeConfig {
         error_detail: args.error_detail,
         metrics: Some(metrics),

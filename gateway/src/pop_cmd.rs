@@ -459,12 +459,6 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
         };
         admin_url = Some(front_door::open_admin(admin_addr, &label, admin).await?);
     }
-    println!(
-        "outpost pop {}: listening on http://{}/",
-        args.name,
-        listener.local_addr()?
-    );
-
     // Who follows the feed, and where its tail is, for `outpost tail --origin`.
     let mut identity = reqwest::header::HeaderMap::new();
     if let Some(admin_url) = args.admin_url.clone().or(admin_url) {
@@ -543,6 +537,12 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
         }
     });
 
+    // Said once everything that can fail at start has succeeded (as for `dev`).
+    println!(
+        "outpost pop {}: listening on http://{}/",
+        args.name,
+        listener.local_addr()?
+    );
     let config = ServeConfig {
         error_detail: args.error_detail,
         pop_name: match args.identity_headers {
