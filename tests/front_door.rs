@@ -255,8 +255,9 @@ async fn an_unknown_sni_gets_the_default_certificate_when_there_is_one() {
 
 #[tokio::test]
 async fn oversized_headers_get_431() {
+    let site = app("site", URL_APP);
     let node = Node::start(
-        app("site", URL_APP).path(),
+        site.path(),
         &["--max-headers", "50", "--max-header-bytes", "16384"],
     );
     let big = "x".repeat(20_000);

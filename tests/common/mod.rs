@@ -233,6 +233,16 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: what the process said is the first clue.
+            let status = self.child.try_wait().ok().flatten();
+            eprintln!(
+                "outpost {} (exit status: {status:?})\nstdout: {:#?}\nstderr: {:#?}",
+                self.url,
+                self.stdout(),
+                self.stderr()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
