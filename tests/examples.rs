@@ -162,6 +162,42 @@ async fn wasm_module_import() {
 }
 
 #[tokio::test]
+async fn cached_answers_from_the_cache_and_the_cache_api() {
+    let node = Node::example("cached");
+    let status =
+        |res: &reqwest::Response| res.headers()["cache-status"].to_str().unwrap().to_string();
+    let first = http1().get(node.url("/")).send().await.unwrap();
+    assert!(status(&first).contains("stored"), "{}", status(&first));
+    assert_eq!(first.text().await.unwrap(), "hello from the edge cache\n");
+    let second = http1().get(node.url("/")).send().await.unwrap();
+    assert!(status(&second).contains("hit"), "{}", status(&second));
+    let handler = http1().get(node.url("/nocache")).send().await.unwrap();
+    assert!(
+        status(&handler).contains("no-shared-freshness"),
+        "{}",
+        status(&handler)
+    );
+    let computed = http1().get(node.url("/expensive")).send().await.unwrap();
+    let value = computed.text().await.unwrap();
+    assert!(value.starts_with("computed "), "{value}");
+    // The put runs in waitUntil: the next request finds it soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = http1().get(node.url("/expensive")).send().await.unwrap();
+        let from_cache_api = status(&again).starts_with("Outpost; hit");
+        assert_eq!(again.text().await.unwrap(), value);
+        if from_cache_api {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never answered from caches.default"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn several_workers_each_serve_connections() {
     let mut node = Node::start(
         &common::examples().join("hello"),

@@ -39,6 +39,28 @@ pub struct RollbackArgs {
     pub origin: OriginClientArgs,
 }
 
+/// `outpost purge`: exactly one of what to purge.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["url", "tag", "prefix", "all"])))]
+pub struct PurgeArgs {
+    /// The app's name.
+    pub app: String,
+    /// The responses of this URL (every variant; http: and https: alike).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The responses whose `Cache-Tag` lists this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// The responses of URLs starting with this (`https://example.com/blog/`).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Everything the app's cache holds, its Cache API entries included.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub origin: OriginClientArgs,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct VersionsArgs {
     /// The app's name.
@@ -198,6 +220,32 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
             args.app,
             change["version"].as_str().unwrap_or("?"),
             change["seq"]
+        );
+        anyhow::Ok(())
+    })
+}
+
+/// Purges an app's cache on every PoP: the origin appends the purge to its change feed.
+pub fn purge(args: PurgeArgs) -> anyhow::Result<()> {
+    use outpost_cache::Purge;
+    let purge = match (&args.url, &args.tag, &args.prefix) {
+        (Some(url), _, _) => Purge::Url(url.clone()),
+        (_, Some(tag), _) => Purge::Tag(tag.clone()),
+        (_, _, Some(prefix)) => Purge::Prefix(prefix.clone()),
+        _ => Purge::All,
+    };
+    let client = Client::new(&args.origin)?;
+    runtime()?.block_on(async move {
+        let change = client
+            .expect(
+                Method::POST,
+                &format!("/v1/apps/{}/purge", args.app),
+                serde_json::to_vec(&purge)?,
+            )
+            .await?;
+        println!(
+            "purge of {} sent to every PoP (change {})",
+            args.app, change["seq"]
         );
         anyhow::Ok(())
     })

@@ -23,7 +23,8 @@ const SETTLE: Duration = Duration::from_millis(30);
 
 pub fn main(args: DevArgs) -> anyhow::Result<()> {
     // V8's platform must be initialized on the main thread before worker threads start.
-    let engine_config = args.node.engine(args.egress);
+    let cache = args.node.cache(None)?;
+    let engine_config = args.node.engine(args.egress, cache.clone());
     let egress = engine_config.egress;
     let engine = Arc::new(IsolateEngine::new(engine_config));
     // This thread only accepts connections, watches files and reloads; connections are
@@ -32,10 +33,15 @@ pub fn main(args: DevArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args, engine, egress))
+    runtime.block_on(run(args, engine, egress, cache))
 }
 
-async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyhow::Result<()> {
+async fn run(
+    args: DevArgs,
+    engine: Arc<IsolateEngine>,
+    egress: Egress,
+    cache: Arc<outpost_cache::Cache>,
+) -> anyhow::Result<()> {
     let sources = discover(&args.paths)?;
     let pool = Arc::new(Pool::new(engine, args.node.pool()).context("starting worker threads")?);
     let routes = Arc::new(Routes::default());
@@ -56,6 +62,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
         node_limits: args.node.limits(),
         port: addr.port(),
         certificates: None,
+        cache: cache.clone(),
     };
     apps.reload().await;
     let metrics = Arc::new(Metrics::new(pool.clone(), args.front.metrics_max_apps));
@@ -96,6 +103,7 @@ async fn run(args: DevArgs, engine: Arc<IsolateEngine>, egress: Egress) -> anyho
         error_detail: args.error_detail,
         metrics: Some(metrics),
         tail: Some(tail),
+        cache: Some(cache),
         ..ServeConfig::default()
     };
     let front = FrontDoor::open(
@@ -186,6 +194,8 @@ struct Apps {
     port: u16,
     /// With --https: the node's certificates, which serve the apps' own too.
     certificates: Option<Arc<outpost_gateway::tls::Certificates>>,
+    /// Emptied of an app's responses whenever it reloads.
+    cache: Arc<outpost_cache::Cache>,
 }
 
 impl Apps {
@@ -273,6 +283,8 @@ impl Apps {
                 deployment.bundle().label(),
                 at.join(", ")
             );
+            // What the previous version answered is not served for the new one.
+            self.cache.purge(&manifest.name, &outpost_cache::Purge::All);
             source.current = Some(deployment);
             source.problem = None;
         }

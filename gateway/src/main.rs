@@ -9,10 +9,12 @@ mod pop_cmd;
 mod tail_cmd;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outpost_bundle::Limits;
 use outpost_gateway::ErrorDetail;
@@ -60,6 +62,8 @@ enum Command {
     Deploy(deploy_cmd::DeployArgs),
     /// Make an app's previous (or a given) version active again.
     Rollback(deploy_cmd::RollbackArgs),
+    /// Purge an app's cache on every PoP (through the origin's change feed).
+    Purge(deploy_cmd::PurgeArgs),
     /// List an app's versions on an origin (* marks the active one).
     Versions(deploy_cmd::VersionsArgs),
     /// Follow an app's console lines and requests on a node (its admin listener) live.
@@ -138,6 +142,19 @@ pub struct NodeArgs {
     /// Limit: requests one isolate works on at once.
     #[arg(long, default_value_t = Limits::default().concurrency)]
     pub concurrency: u32,
+    /// MiB of responses the HTTP cache (and the Cache API) keeps in memory.
+    #[arg(long, default_value_t = outpost_cache::CacheConfig::default().memory_bytes >> 20)]
+    pub cache_memory_mb: u64,
+    /// Largest response body, in KiB, kept in memory; larger ones are kept on disk only.
+    #[arg(long, default_value_t = outpost_cache::CacheConfig::default().memory_object_bytes >> 10)]
+    pub cache_memory_object_kb: u64,
+    /// Directory of the cache's disk tier, which survives restarts (a PoP's default:
+    /// DATA/cache; `dev` keeps none unless given).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// MiB of responses the disk tier keeps.
+    #[arg(long, default_value_t = 1024)]
+    pub cache_disk_mb: u64,
 }
 
 /// On or off.
@@ -169,6 +186,24 @@ impl NodeArgs {
         }
     }
 
+    /// Opens the node's cache; its disk tier in --cache-dir, else in `default_dir` if any.
+    pub fn cache(&self, default_dir: Option<&Path>) -> anyhow::Result<Arc<outpost_cache::Cache>> {
+        let dir = self.cache_dir.as_deref().or(default_dir);
+        let config = outpost_cache::CacheConfig {
+            memory_bytes: self.cache_memory_mb << 20,
+            memory_object_bytes: self.cache_memory_object_kb << 10,
+            disk: dir.map(|dir| outpost_cache::DiskConfig {
+                dir: dir.to_path_buf(),
+                bytes: self.cache_disk_mb << 20,
+            }),
+            ..outpost_cache::CacheConfig::default()
+        };
+        outpost_cache::Cache::open(config).with_context(|| match dir {
+            Some(dir) => format!("opening the cache in {}", dir.display()),
+            None => "opening the cache".to_string(),
+        })
+    }
+
     pub fn pool(&self) -> PoolConfig {
         PoolConfig {
             workers: self.workers.max(1),
@@ -180,8 +215,10 @@ impl NodeArgs {
         }
     }
 
-    pub fn engine(&self, egress: EgressArg) -> EngineConfig {
+    /// How the node runs isolates; their Cache API works on `cache`.
+    pub fn engine(&self, egress: EgressArg, cache: Arc<outpost_cache::Cache>) -> EngineConfig {
         EngineConfig {
+            cache: Some(cache),
             limits: self.limits(),
             egress: match egress {
                 EgressArg::Public => Egress::Public,
@@ -271,6 +308,7 @@ fn main() -> ExitCode {
         Command::Deploy(args) => deploy_cmd::deploy(args),
         Command::Pop(args) => pop_cmd::main(args),
         Command::Rollback(args) => deploy_cmd::rollback(args),
+        Command::Purge(args) => deploy_cmd::purge(args),
         Command::Versions(args) => deploy_cmd::versions(args),
         Command::Tail(args) => tail_cmd::main(args),
     };

@@ -11,6 +11,7 @@
 //! | `POST /v1/apps/{app}/rollback` | deploy | body `{}` or `{"to": id}`: the previous (or given) version |
 //! | `GET /v1/apps/{app}/versions` | deploy or pop | the app's versions, newest first |
 //! | `DELETE /v1/apps/{app}` | deploy | take the app out of service |
+//! | `POST /v1/apps/{app}/purge` | deploy | body `"all"`, `{"url": U}`, `{"prefix": P}` or `{"tag": T}`: purge the app's cache on every PoP (through the feed) |
 //! | `GET /v1/apps` | deploy or pop | every app in service and its version |
 //! | `GET /v1/changes?since=N&wait=S` | deploy or pop | changes after N; waits up to S seconds (≤ 60) for one |
 //! | `GET /v1/pops` | deploy or pop | the PoPs that followed the feed in the last two minutes, with their admin URLs (for `outpost tail --origin`) |
@@ -112,6 +113,31 @@ impl OriginMetrics {
     }
 }
 
+/// Longest URL, prefix or tag a purge names.
+const MAX_PURGE_TEXT: usize = 16 * 1024;
+
+/// Whether a purge names something: a non-empty tag, an `http(s)://` URL or prefix.
+fn check_purge(purge: &outpost_cache::Purge) -> Result<(), String> {
+    use outpost_cache::Purge;
+    let text = match purge {
+        Purge::All => return Ok(()),
+        Purge::Url(text) | Purge::Prefix(text) | Purge::Tag(text) => text,
+    };
+    if text.trim().is_empty() || text.len() > MAX_PURGE_TEXT {
+        return Err(format!(
+            "a purge's URL, prefix or tag is 1 to {MAX_PURGE_TEXT} bytes"
+        ));
+    }
+    if let Purge::Url(url) = purge {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "purge url {url:?} must be an http:// or https:// URL"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The API call of `method` `path`, as a template, for metrics.
 fn api_call(method: &Method, path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -125,6 +151,7 @@ fn api_call(method: &Method, path: &str) -> &'static str {
         ("POST", ["v1", "apps", _, "rollback"]) => "POST /v1/apps/{app}/rollback",
         ("GET", ["v1", "apps", _, "versions"]) => "GET /v1/apps/{app}/versions",
         ("DELETE", ["v1", "apps", _]) => "DELETE /v1/apps/{app}",
+        ("POST", ["v1", "apps", _, "purge"]) => "POST /v1/apps/{app}/purge",
         ("GET", ["v1", "apps"]) => "GET /v1/apps",
         ("GET", ["v1", "changes"]) => "GET /v1/changes",
         _ => "other",
@@ -288,6 +315,19 @@ impl Origin {
                     value["to"].as_str().map(str::to_string)
                 };
                 let change = self.store.rollback(app, to.as_deref()).await?;
+                Ok(json_response(StatusCode::OK, &json!(change)))
+            }
+            (&Method::POST, ["v1", "apps", app, "purge"]) => {
+                need(Access::Write)?;
+                let purge: outpost_cache::Purge =
+                    serde_json::from_slice(&read_body(request).await?).map_err(|e| {
+                        ApiError::BadRequest(format!(
+                            "body: {e}; expected \"all\", {{\"url\": U}}, {{\"prefix\": P}} or {{\"tag\": T}}"
+                        ))
+                    })?;
+                check_purge(&purge).map_err(ApiError::BadRequest)?;
+                let text = serde_json::to_string(&purge).unwrap_or_default();
+                let change = self.store.purge(app, &text).await?;
                 Ok(json_response(StatusCode::OK, &json!(change)))
             }
             (&Method::DELETE, ["v1", "apps", app]) => {

@@ -245,12 +245,15 @@ async fn off_thread<T: Send + 'static>(
 }
 
 pub fn main(args: PopArgs) -> anyhow::Result<()> {
-    let engine = Arc::new(IsolateEngine::new(args.node.engine(args.egress)));
+    let cache = args.node.cache(Some(&args.data.join("cache")))?;
+    let engine = Arc::new(IsolateEngine::new(
+        args.node.engine(args.egress, cache.clone()),
+    ));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args, engine))
+    runtime.block_on(run(args, engine, cache))
 }
 
 /// The apps the PoP serves, and what builds its route table.
@@ -265,6 +268,9 @@ struct Serving {
     /// With --https: the node's certificates, which serve the apps' own too.
     certificates: Option<Arc<outpost_gateway::tls::Certificates>>,
     metrics: Arc<Metrics>,
+    /// The node's cache: purged through the feed, and of an app's responses when a new
+    /// version of it activates (unless its `[cache] purge_on_deploy` is false).
+    cache: Arc<outpost_cache::Cache>,
 }
 
 /// An app version in service: its deployment, and the certificates it brought (parsed and
@@ -329,22 +335,30 @@ impl Serving {
     /// Applies one page of the feed: the last change of each app wins.
     /// Returns whether every change applied; the feed position advances only then, so a
     /// change that failed (an unreachable origin, a blob that does not verify) is tried again.
-    async fn apply(
-        &mut self,
-        client: &OriginClient,
-        head: u64,
-        changes: Vec<(String, Option<String>)>,
-    ) -> bool {
+    async fn apply(&mut self, client: &OriginClient, head: u64, changes: Vec<FeedChange>) -> bool {
         let mut complete = true;
         let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for (app, version) in changes {
-            latest.insert(app, version);
+        let mut purges: Vec<(String, outpost_cache::Purge)> = Vec::new();
+        for change in changes {
+            match change.purge {
+                Some(purge) => match serde_json::from_value(purge) {
+                    Ok(purge) => purges.push((change.app, purge)),
+                    Err(e) => eprintln!(
+                        "outpost pop {}: a purge of {} this PoP does not understand: {e}",
+                        self.name, change.app
+                    ),
+                },
+                None => {
+                    latest.insert(change.app, change.version);
+                }
+            }
         }
         for (app, version) in latest {
             match version {
                 None => {
                     self.apps.remove(&app);
                     self.state.apps.remove(&app);
+                    purges.push((app.clone(), outpost_cache::Purge::All));
                     println!("outpost pop {}: {app} removed", self.name);
                 }
                 Some(id)
@@ -361,6 +375,9 @@ impl Serving {
                                 self.name,
                                 served.deployment.bundle().label()
                             );
+                            if served.deployment.bundle().manifest.cache.purge_on_deploy {
+                                purges.push((app.clone(), outpost_cache::Purge::All));
+                            }
                             self.apps.insert(app.clone(), served);
                             self.state.apps.insert(app, id);
                         }
@@ -384,6 +401,12 @@ impl Serving {
             eprintln!("outpost pop {}: saving its state failed: {e:#}", self.name);
         }
         self.publish();
+        // After the new table is in: nothing the previous version answers from now on is
+        // stored (purges also cancel fills under way).
+        for (app, purge) in purges {
+            self.cache.purge(&app, &purge);
+            println!("outpost pop {}: purged {app}: {purge:?}", self.name);
+        }
         complete
     }
 }
@@ -398,9 +421,16 @@ struct Feed {
 struct FeedChange {
     app: String,
     version: Option<String>,
+    /// A purge of the app's cache (its version unchanged).
+    #[serde(default)]
+    purge: Option<serde_json::Value>,
 }
 
-async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
+async fn run(
+    args: PopArgs,
+    engine: Arc<IsolateEngine>,
+    cache: Arc<outpost_cache::Cache>,
+) -> anyhow::Result<()> {
     let store = LocalStore::open(&args.data)?;
     let state = store.state()?;
     let pool = Arc::new(Pool::new(engine, args.node.pool()).context("starting worker threads")?);
@@ -410,6 +440,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(pool.clone(), args.front.metrics_max_apps));
     let tail = crate::front_door::tail();
     let mut serving = Serving {
+        cache: cache.clone(),
         metrics: metrics.clone(),
         certificates: certificates.clone(),
         store,
@@ -509,12 +540,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
                     let complete = if feed.changes.is_empty() {
                         true
                     } else {
-                        let changes = feed
-                            .changes
-                            .into_iter()
-                            .map(|c| (c.app, c.version))
-                            .collect();
-                        serving.apply(&client, feed.head, changes).await
+                        serving.apply(&client, feed.head, feed.changes).await
                     };
                     ready.store(true, Ordering::Release);
                     if complete {
@@ -551,6 +577,7 @@ async fn run(args: PopArgs, engine: Arc<IsolateEngine>) -> anyhow::Result<()> {
         },
         metrics: Some(metrics),
         tail: Some(tail),
+        cache: Some(cache),
         ..ServeConfig::default()
     };
     let front = FrontDoor::open(

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use outpost_cache::CacheStatus;
 use outpost_pool::{Body, DispatchError, Pool, Task};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -41,6 +42,8 @@ pub struct ServeConfig {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Where request summaries go to live followers (`/tail`), if anywhere.
     pub tail: Option<Arc<crate::tail::Tail>>,
+    /// The HTTP cache in front of apps' handlers (and behind their Cache API), if any.
+    pub cache: Option<Arc<outpost_cache::Cache>>,
 }
 
 /// When isolates start ahead of a request.
@@ -63,6 +66,7 @@ impl Default for ServeConfig {
             prewarm: Prewarm::Sni,
             metrics: None,
             tail: None,
+            cache: None,
         }
     }
 }
@@ -520,6 +524,19 @@ pub(crate) async fn handle<B: RequestBody>(
     }
     let headers = response.headers_mut();
     headers.insert("x-request-id", outcome.request_id);
+    if !headers.contains_key(&outpost_cache::rules::CACHE_STATUS) {
+        // Answered before reaching the cache (no route, a bad request) or failed in the
+        // handler.
+        let status = match (&failure, &outcome.app) {
+            (Some(_), Some(_)) => CacheStatus {
+                fwd: Some("miss"),
+                detail: Some("error"),
+                ..CacheStatus::default()
+            },
+            _ => CacheStatus::forwarded("bypass"),
+        };
+        status.add_to(headers);
+    }
     if let Some(alt_svc) = &config.alt_svc {
         headers.insert(header::ALT_SVC, alt_svc.clone());
     }
@@ -584,7 +601,28 @@ async fn route<B: RequestBody>(
     let limits = deployment.limits();
     let (request, overflow) = admit(parts, body, limits.max_body_bytes)?;
     let deadline = Instant::now() + limits.timeout;
-    let result = deployment.dispatch(request, deadline).await;
+    let cache = config
+        .cache
+        .as_ref()
+        .filter(|_| deployment.bundle().manifest.cache.enabled);
+    let result = match cache {
+        // A fresh hit is answered here: no isolate is touched.
+        Some(cache) => {
+            let deployment = deployment.clone();
+            let dispatch = move |request| {
+                let deployment = deployment.clone();
+                async move { deployment.dispatch(request, deadline).await }
+            };
+            cache.serve(&app.name, request, dispatch).await
+        }
+        None => deployment
+            .dispatch(request, deadline)
+            .await
+            .map(|mut response| {
+                CacheStatus::forwarded("bypass").add_to(response.headers_mut());
+                response
+            }),
+    };
     if overflow.is_some_and(|overflow| overflow.load(Ordering::Acquire)) {
         // The app failed (or answered) while its body was cut off at the limit.
         return Err(too_large(limits.max_body_bytes));

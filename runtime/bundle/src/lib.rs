@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 pub use limits::{AppLimits, Limits, MIN_MEMORY_MB};
 pub use lock::{Lock, LockedModule, LOCK_SCHEMA};
-pub use manifest::{Manifest, DEFAULT_MAIN, MANIFEST_FILE, MAX_CERTIFICATES};
+pub use manifest::{CacheSettings, Manifest, DEFAULT_MAIN, MANIFEST_FILE, MAX_CERTIFICATES};
 pub use route::{Route, Specificity};
 
 /// Most modules one bundle may hold.

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::limits::AppLimits;
+use crate::manifest::CacheSettings;
 use crate::{BundleError, Manifest, ModuleKind};
 
 /// The newest lock schema this build reads and the one it writes.
@@ -58,6 +59,9 @@ pub struct Lock {
     /// The modules that are the app's TLS certificates (kind `certificate`), as listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<String>,
+    /// `[cache]`, when it differs from the defaults.
+    #[serde(default, skip_serializing_if = "CacheSettings::is_default")]
+    pub cache: CacheSettings,
 }
 
 impl Lock {
@@ -90,6 +94,7 @@ impl Lock {
                 .collect(),
             modules,
             certificates: manifest.certificates.clone(),
+            cache: manifest.cache,
         }
     }
 
@@ -184,6 +189,7 @@ impl Lock {
             routes: self.routes.clone(),
             limits: self.limits.clone(),
             certificates: self.certificates.clone(),
+            cache: self.cache,
         }
     }
 }

@@ -15,6 +15,10 @@
 //!
 //! [limits]                       # each at most the node's value; see `Limits`
 //! cpu_ms = 50
+//!
+//! [cache]                        # the node's HTTP cache in front of the handler
+//! enabled = true                 # store responses that declare themselves storable
+//! purge_on_deploy = true         # a new version starts with an empty cache
 //! ```
 
 use std::collections::BTreeMap;
@@ -65,6 +69,44 @@ pub struct Manifest {
     /// app's routes cover. Only listed `.pem` files enter the bundle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<String>,
+    /// How the node's HTTP cache treats the app's responses.
+    #[serde(default, skip_serializing_if = "CacheSettings::is_default")]
+    pub cache: CacheSettings,
+}
+
+/// `[cache]`: the node's HTTP cache in front of the app's handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Whether responses that declare themselves storable by a shared cache (`public` with
+    /// `max-age`, `s-maxage`, or `CDN-Cache-Control`) are stored and reused. With `false`,
+    /// every request reaches the handler (`Cache-Status: Outpost; fwd=bypass`); the Cache
+    /// API works either way.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Whether activating a new version of the app empties its cache (the Cache API's
+    /// entries included).
+    #[serde(default = "yes")]
+    pub purge_on_deploy: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enabled: true,
+            purge_on_deploy: true,
+        }
+    }
+}
+
+impl CacheSettings {
+    pub fn is_default(&self) -> bool {
+        *self == CacheSettings::default()
+    }
 }
 
 /// Most certificates one app may bring.
@@ -93,6 +135,7 @@ impl Manifest {
             routes: Vec::new(),
             limits: AppLimits::default(),
             certificates: Vec::new(),
+            cache: CacheSettings::default(),
         }
     }
 

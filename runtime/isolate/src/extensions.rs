@@ -254,6 +254,9 @@ pub struct TenantState {
     pub in_flight: Rc<RefCell<InFlight>>,
     /// Told how many `ctx.waitUntil` promises are pending whenever that changes.
     pub wait_until: WaitUntilSink,
+    /// The app's scope of the node's cache, for the Cache API (none: `match` finds
+    /// nothing, `put` stores nothing).
+    pub cache: Option<Rc<dyn CacheHost>>,
 }
 
 impl TenantState {
@@ -263,6 +266,9 @@ impl TenantState {
         state.put::<ConsoleSink>(self.console);
         state.put::<Rc<RefCell<InFlight>>>(self.in_flight);
         state.put::<WaitUntilSink>(self.wait_until);
+        if let Some(cache) = self.cache {
+            state.put::<Rc<dyn CacheHost>>(cache);
+        }
     }
 }
 
@@ -310,6 +316,9 @@ deno_core::extension!(
         op_outpost_respond_bytes,
         op_outpost_respond_stream,
         op_outpost_fail,
+        op_outpost_cache_match,
+        op_outpost_cache_put,
+        op_outpost_cache_delete,
     ],
     esm_entry_point = "ext:outpost/99_main.js",
     esm = [
@@ -318,6 +327,7 @@ deno_core::extension!(
         "05_request_context.js",
         "10_globals.js",
         "20_dispatch.js",
+        "30_cache.js",
         "99_main.js",
     ],
 
@@ -437,4 +447,121 @@ fn op_outpost_fail(
 ) {
     let kind = FailureKind::from_js(kind);
     respond(state, id, Outcome::Failed { kind, message });
+}
+
+/// A boxed future of the isolate's thread.
+pub type LocalFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
+
+/// Header pairs as they cross the boundary.
+pub type HeaderPairs = Vec<(ByteString, ByteString)>;
+
+/// A response found by the Cache API's `match`, for JS to build a `Response` of.
+#[derive(deno_core::ToV8)]
+pub struct CacheMatch {
+    pub status: u16,
+    pub headers: HeaderPairs,
+    /// The body's resource (read with `readableStreamForRid`); none for a null body.
+    pub rid: Option<ResourceId>,
+}
+
+/// What `cache.put` hands over: the key request and the response.
+pub struct CachePut {
+    pub name: Option<String>,
+    pub url: String,
+    pub request_headers: HeaderPairs,
+    pub status: u16,
+    pub headers: HeaderPairs,
+    /// A static body.
+    pub bytes: Option<Vec<u8>>,
+    /// A stream body's resource (`resourceForReadableStream`).
+    pub rid: Option<ResourceId>,
+}
+
+/// The host side of the Cache API (`js/30_cache.js`): the app's scope of the node's cache.
+pub trait CacheHost {
+    fn lookup(
+        &self,
+        state: Rc<RefCell<OpState>>,
+        name: Option<String>,
+        url: String,
+        headers: HeaderPairs,
+    ) -> LocalFuture<Result<Option<CacheMatch>, JsErrorBox>>;
+    fn put(
+        &self,
+        state: Rc<RefCell<OpState>>,
+        put: CachePut,
+    ) -> LocalFuture<Result<(), JsErrorBox>>;
+    fn delete(&self, name: Option<String>, url: String) -> Result<bool, JsErrorBox>;
+}
+
+fn cache_host(state: &Rc<RefCell<OpState>>) -> Option<Rc<dyn CacheHost>> {
+    state.borrow().try_borrow::<Rc<dyn CacheHost>>().cloned()
+}
+
+/// A cache's name as JS passes it: `named` is false for `caches.default`.
+fn cache_name(named: bool, name: String) -> Option<String> {
+    named.then_some(name)
+}
+
+#[op2]
+async fn op_outpost_cache_match(
+    state: Rc<RefCell<OpState>>,
+    named: bool,
+    #[string] name: String,
+    #[string] url: String,
+    #[scoped] headers: HeaderPairs,
+) -> Result<Option<CacheMatch>, JsErrorBox> {
+    let name = cache_name(named, name);
+    match cache_host(&state) {
+        Some(host) => host.lookup(state, name, url, headers).await,
+        None => Ok(None),
+    }
+}
+
+#[op2]
+#[allow(clippy::too_many_arguments)]
+async fn op_outpost_cache_put(
+    state: Rc<RefCell<OpState>>,
+    named: bool,
+    #[string] name: String,
+    #[string] url: String,
+    #[scoped] request_headers: HeaderPairs,
+    #[smi] status: u32,
+    #[scoped] headers: HeaderPairs,
+    #[buffer] bytes: Option<JsBuffer>,
+    #[smi] rid: Option<ResourceId>,
+) -> Result<(), JsErrorBox> {
+    let put = CachePut {
+        name: cache_name(named, name),
+        url,
+        request_headers,
+        status: u16::try_from(status).unwrap_or(500),
+        headers,
+        bytes: bytes.map(|b| b.to_vec()),
+        rid,
+    };
+    match cache_host(&state) {
+        Some(host) => host.put(state, put).await,
+        None => {
+            if let Some(rid) = put.rid {
+                if let Ok(resource) = state.borrow_mut().resource_table.take_any(rid) {
+                    resource.close();
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[op2]
+async fn op_outpost_cache_delete(
+    state: Rc<RefCell<OpState>>,
+    named: bool,
+    #[string] name: String,
+    #[string] url: String,
+) -> Result<bool, JsErrorBox> {
+    match cache_host(&state) {
+        Some(host) => host.delete(cache_name(named, name), url),
+        None => Ok(false),
+    }
 }

@@ -59,6 +59,8 @@ pub struct Tenant {
     pub console: ConsoleSink,
     pub egress: Egress,
     pub response: ResponseOptions,
+    /// The node's cache, which the app's Cache API works on (its own scope of it).
+    pub cache: Option<Arc<outpost_cache::Cache>>,
 }
 
 /// An isolate with an app loaded, ready to serve.
@@ -108,6 +110,17 @@ impl Instance {
             console: tenant.console.clone(),
             in_flight: in_flight.clone(),
             wait_until,
+            cache: tenant.cache.clone().map(|cache| {
+                let api: Rc<dyn crate::extensions::CacheHost> =
+                    Rc::new(crate::cache_api::CacheApi {
+                        scope: outpost_cache::api::CacheScope {
+                            cache,
+                            app: tenant.bundle.manifest.name.clone(),
+                        },
+                        stream_idle: tenant.limits.stream_idle,
+                    });
+                api
+            }),
         };
         limits::ensure_watchdog().map_err(|WatchdogDown| {
             LoadError::new("the CPU-limit watchdog is not running; refusing to run tenant code")

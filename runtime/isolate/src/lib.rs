@@ -10,6 +10,7 @@
 mod allocator;
 mod blank;
 mod body;
+mod cache_api;
 mod code_cache;
 mod console;
 mod egress;
@@ -48,6 +49,8 @@ pub struct EngineConfig {
     pub response: ResponseOptions,
     /// Ready runtimes each worker keeps, so a cold app does not wait for one (0: none).
     pub spares_per_worker: usize,
+    /// The node's cache, behind the apps' Cache API (none: the API stores nothing).
+    pub cache: Option<std::sync::Arc<outpost_cache::Cache>>,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             egress: Egress::Public,
             response: ResponseOptions::default(),
             spares_per_worker: 1,
+            cache: None,
         }
     }
 }
@@ -112,6 +116,7 @@ impl Engine for IsolateEngine {
         let stock = self.stock();
         let egress = self.config.egress;
         let response = self.config.response.clone();
+        let cache = self.config.cache.clone();
         Box::pin(async move {
             let console = terminal_console(&spec.bundle.manifest.name);
             let log = console.clone();
@@ -122,6 +127,7 @@ impl Engine for IsolateEngine {
                 console: console.clone(),
                 egress,
                 response: response.clone(),
+                cache: cache.clone(),
             };
             let instance = start(stock, tenant()).await?;
             let serve: LocalFuture<()> = Box::pin(async move {

@@ -11,12 +11,17 @@ use crate::postgres::PgCatalog;
 use crate::sqlite::SqliteCatalog;
 use crate::StoreError;
 
-/// One entry of the change feed: from `seq` on, `app` runs `version` (none: it was deleted).
+/// One entry of the change feed: from `seq` on, `app` runs `version` (none: it was
+/// deleted); or, with `purge`, a purge of the app's cache (its version unchanged), which
+/// PoPs older than purges read as a no-op.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
     pub seq: u64,
     pub app: String,
     pub version: Option<String>,
+    /// What to purge, as the JSON the client sent (checked by the API before it is kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purge: Option<serde_json::Value>,
 }
 
 /// A version of an app, as listed.
@@ -107,6 +112,17 @@ impl Catalog {
                 blocking(c, move |c| c.delete_app(&app)).await
             }
             Catalog::Postgres(c) => c.delete_app(app).await,
+        }
+    }
+
+    /// Appends a purge of `app`'s cache (`purge`: JSON) to the feed.
+    pub async fn purge(&self, app: &str, purge: &str) -> Result<Change, StoreError> {
+        match self {
+            Catalog::Sqlite(c) => {
+                let (app, purge) = (app.to_string(), purge.to_string());
+                blocking(c, move |c| c.purge(&app, &purge)).await
+            }
+            Catalog::Postgres(c) => c.purge(app, purge).await,
         }
     }
 

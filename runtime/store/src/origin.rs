@@ -190,6 +190,11 @@ impl OriginStore {
         self.announced(self.catalog.delete_app(app).await)
     }
 
+    /// Appends a purge of `app`'s cache (`purge`: JSON) to the feed.
+    pub async fn purge(&self, app: &str, purge: &str) -> Result<Change, StoreError> {
+        self.announced(self.catalog.purge(app, purge).await)
+    }
+
     /// Every version of `app`, newest first.
     pub async fn versions(&self, app: &str) -> Result<Vec<VersionInfo>, StoreError> {
         self.catalog.versions(app).await

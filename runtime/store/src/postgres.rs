@@ -54,6 +54,7 @@ const SCHEMA: &str = "
         active TEXT REFERENCES outpost_versions (id),
         seq BIGINT NOT NULL REFERENCES outpost_feed (seq)
     );
+    ALTER TABLE outpost_feed ADD COLUMN IF NOT EXISTS purge TEXT;
 ";
 
 /// An origin's catalog in PostgreSQL.
@@ -212,6 +213,32 @@ impl PgCatalog {
         Ok(change)
     }
 
+    /// Appends a purge of `app`'s cache to the feed; the app's version (and the history
+    /// rollbacks walk) stays as it is.
+    pub async fn purge(&self, app: &str, purge: &str) -> Result<Change, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let seq = next_seq(&tx).await?;
+        let Some(active) = active_of(&tx, app).await? else {
+            return Err(StoreError::NoSuchApp(app.into()));
+        };
+        tx.execute(
+            "INSERT INTO outpost_feed (seq, app, version, prev, at_ms, purge) \
+             VALUES ($1, $2, $3, NULL, $4, $5)",
+            &[&seq, &app, &active, &(now_ms() as i64), &purge],
+        )
+        .await?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])
+            .await?;
+        tx.commit().await?;
+        Ok(Change {
+            seq: seq as u64,
+            app: app.to_string(),
+            version: Some(active),
+            purge: crate::sqlite::parse_purge(Some(purge.to_string())),
+        })
+    }
+
     /// Every version of `app`, newest first.
     pub async fn versions(&self, app: &str) -> Result<Vec<VersionInfo>, StoreError> {
         let client = self.client().await?;
@@ -257,7 +284,8 @@ impl PgCatalog {
             .client()
             .await?
             .query(
-                "SELECT seq, app, version FROM outpost_feed WHERE seq > $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, app, version, purge FROM outpost_feed WHERE seq > $1 \
+                 ORDER BY seq LIMIT $2",
                 &[&(since as i64), &(limit as i64)],
             )
             .await?;
@@ -267,6 +295,7 @@ impl PgCatalog {
                 seq: r.get::<_, i64>(0) as u64,
                 app: r.get(1),
                 version: r.get(2),
+                purge: crate::sqlite::parse_purge(r.get(3)),
             })
             .collect())
     }
@@ -334,6 +363,7 @@ async fn append(
         seq: seq as u64,
         app: app.to_string(),
         version: version.map(str::to_string),
+        purge: None,
     })
 }
 

@@ -31,6 +31,9 @@ const SCHEMA: &str = "
     );
 ";
 
+/// Columns added after the first release, added to older databases when they open.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("feed", "purge", "TEXT")];
+
 /// An origin's catalog in an embedded SQLite database; clones share the connection.
 #[derive(Clone)]
 pub struct SqliteCatalog {
@@ -43,6 +46,16 @@ impl SqliteCatalog {
         let conn = Connection::open(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
         conn.execute_batch(SCHEMA)?;
+        for (table, column, kind) in ADDED_COLUMNS {
+            let present: bool = conn.query_row(
+                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+            }
+        }
         Ok(SqliteCatalog {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -143,6 +156,28 @@ impl SqliteCatalog {
         Ok(change)
     }
 
+    /// Appends a purge of `app`'s cache to the feed; the app's version (and the history
+    /// rollbacks walk) stays as it is.
+    pub fn purge(&self, app: &str, purge: &str) -> Result<Change, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let Some(active) = active_of(&tx, app)? else {
+            return Err(StoreError::NoSuchApp(app.into()));
+        };
+        tx.execute(
+            "INSERT INTO feed (app, version, prev, at_ms, purge) VALUES (?1, ?2, NULL, ?3, ?4)",
+            params![app, active, now_ms() as i64, purge],
+        )?;
+        let seq = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Change {
+            seq: seq as u64,
+            app: app.to_string(),
+            version: Some(active),
+            purge: parse_purge(Some(purge.to_string())),
+        })
+    }
+
     /// Every version of `app`, newest first.
     pub fn versions(&self, app: &str) -> Result<Vec<VersionInfo>, StoreError> {
         let conn = self.conn()?;
@@ -176,13 +211,15 @@ impl SqliteCatalog {
     /// The changes after `since`, oldest first, at most `limit`.
     pub fn changes(&self, since: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare("SELECT seq, app, version FROM feed WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, app, version, purge FROM feed WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
         let rows = stmt.query_map(params![since as i64, limit as i64], |r| {
             Ok(Change {
                 seq: r.get::<_, i64>(0)? as u64,
                 app: r.get(1)?,
                 version: r.get(2)?,
+                purge: parse_purge(r.get(3)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -235,5 +272,11 @@ fn append(
         seq: seq as u64,
         app: app.to_string(),
         version: version.map(str::to_string),
+        purge: None,
     })
+}
+
+/// A stored purge's JSON (written by this origin, so it parses).
+pub(crate) fn parse_purge(text: Option<String>) -> Option<serde_json::Value> {
+    serde_json::from_str(&text?).ok()
 }

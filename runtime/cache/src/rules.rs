@@ -1,0 +1,613 @@
+//! What HTTP says about reusing a response, beyond what `http-cache-semantics` decides:
+//! which responses this shared cache stores (only those that declare themselves storable
+//! by one), `CDN-Cache-Control` (RFC 9213) taking precedence, the stale extensions of
+//! RFC 5861, answering a client's conditional and range requests from a stored response,
+//! and the `Cache-Status` field (RFC 9211).
+
+use std::time::{Duration, SystemTime};
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_cache_semantics::{CacheOptions, CachePolicy};
+
+/// The cache's name in `Cache-Status`.
+pub const CACHE_NAME: &str = "Outpost";
+
+/// `CDN-Cache-Control`: Cache-Control for CDNs only (RFC 9213).
+pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+/// `Cache-Tag`: comma-separated tags to purge a response by.
+pub static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+/// `Cache-Status` (RFC 9211).
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Headers whose stored values a 304 does not replace (RFC 9111 §3.2).
+const KEPT_ON_UPDATE: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_RANGE,
+];
+
+/// The request as the cache's rules see it: without the client's own `Cache-Control` and
+/// `Pragma`, which a shared edge cache does not let one client use against everyone's
+/// hit rate (as CDNs do).
+pub fn policy_request(parts: &http::request::Parts) -> http::request::Parts {
+    let mut request = http::Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    let headers = request.headers_mut();
+    for (name, value) in &parts.headers {
+        if name != header::CACHE_CONTROL && name != header::PRAGMA {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    request.into_parts().0
+}
+
+/// The response headers the rules read: `CDN-Cache-Control`, when present, replaces
+/// `Cache-Control` and `Expires` (RFC 9213 §2.1).
+fn policy_headers(headers: &HeaderMap) -> HeaderMap {
+    let Some(cdn) = headers.get(&CDN_CACHE_CONTROL) else {
+        return headers.clone();
+    };
+    let mut headers = headers.clone();
+    headers.remove(header::EXPIRES);
+    headers.insert(header::CACHE_CONTROL, cdn.clone());
+    headers
+}
+
+/// The rules' view of a response to `request`, as of `now`.
+pub fn policy(
+    request: &http::request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> CachePolicy {
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = policy_headers(headers);
+    CachePolicy::new_options(
+        request,
+        &response,
+        now,
+        CacheOptions {
+            shared: true,
+            ..CacheOptions::default()
+        },
+    )
+}
+
+/// The rules' view after revalidating with a response (a 304 or a new one).
+pub fn after_response(
+    policy: &CachePolicy,
+    request: &http::request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> (CachePolicy, bool) {
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = policy_headers(headers);
+    match policy.after_response(request, &response, now) {
+        http_cache_semantics::AfterResponse::NotModified(policy, _) => (policy, true),
+        http_cache_semantics::AfterResponse::Modified(policy, _) => (policy, false),
+    }
+}
+
+/// The stored headers updated with those of a 304 (RFC 9111 §3.2).
+pub fn updated_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    for name in not_modified.keys() {
+        if KEPT_ON_UPDATE.contains(name) {
+            continue;
+        }
+        headers.remove(name);
+        for value in not_modified.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// Why a response is not stored, for `Cache-Status: …; detail=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// The rules forbid it: `no-store`, `private`, an uncacheable status, `Vary: *`, an
+    /// authorized request without `public`/`s-maxage`.
+    Forbidden,
+    /// It does not declare itself storable by a shared cache (`public` with `max-age` or
+    /// `Expires`, `s-maxage`, or `CDN-Cache-Control`).
+    NotDeclared,
+    /// It sets a cookie: one client's cookie is never handed to another.
+    SetCookie,
+}
+
+impl NotStored {
+    pub fn detail(self) -> &'static str {
+        match self {
+            NotStored::Forbidden => "not-storable",
+            NotStored::NotDeclared => "no-shared-freshness",
+            NotStored::SetCookie => "set-cookie",
+        }
+    }
+}
+
+/// Whether a response may be stored: the rules allow it, it declares itself storable by a
+/// shared cache, and it sets no cookie.
+pub fn storable(policy: &CachePolicy, headers: &HeaderMap) -> Result<(), NotStored> {
+    if !policy.is_storable() {
+        return Err(NotStored::Forbidden);
+    }
+    if headers.contains_key(header::SET_COOKIE) {
+        return Err(NotStored::SetCookie);
+    }
+    if headers.contains_key(&CDN_CACHE_CONTROL) {
+        return Ok(());
+    }
+    let directives = Directives::of(headers.get_all(header::CACHE_CONTROL));
+    let declared = directives.has("s-maxage")
+        || (directives.has("public")
+            && (directives.has("max-age") || headers.contains_key(header::EXPIRES)));
+    if declared {
+        Ok(())
+    } else {
+        Err(NotStored::NotDeclared)
+    }
+}
+
+/// The directives of a Cache-Control-like field, for the few the rules crate leaves out
+/// (the stale extensions of RFC 5861).
+pub struct Directives(Vec<(String, Option<String>)>);
+
+impl Directives {
+    pub fn of<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> Directives {
+        let mut directives = Vec::new();
+        for value in values {
+            let Ok(value) = value.to_str() else { continue };
+            for part in value.split(',') {
+                let part = part.trim();
+                if part.is_empty() {
+                    continue;
+                }
+                let (name, argument) = match part.split_once('=') {
+                    Some((name, argument)) => (
+                        name.trim(),
+                        Some(argument.trim().trim_matches('"').to_string()),
+                    ),
+                    None => (part, None),
+                };
+                directives.push((name.to_ascii_lowercase(), argument));
+            }
+        }
+        Directives(directives)
+    }
+
+    /// The directives that govern a stored response: `CDN-Cache-Control`'s when present.
+    pub fn governing(headers: &HeaderMap) -> Directives {
+        match headers.get(&CDN_CACHE_CONTROL) {
+            Some(cdn) => Directives::of([cdn]),
+            None => Directives::of(headers.get_all(header::CACHE_CONTROL)),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn seconds(&self, name: &str) -> Option<Duration> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, argument)| argument.as_deref()?.parse::<u64>().ok())
+            .map(Duration::from_secs)
+    }
+
+    /// Whether stale reuse is forbidden outright.
+    fn must_revalidate(&self) -> bool {
+        self.has("must-revalidate") || self.has("proxy-revalidate") || self.has("no-cache")
+    }
+
+    /// How long past freshness the response may be served while it is revalidated in the
+    /// background (`stale-while-revalidate`).
+    pub fn while_revalidate(&self) -> Option<Duration> {
+        if self.must_revalidate() {
+            return None;
+        }
+        self.seconds("stale-while-revalidate")
+    }
+
+    /// How long past freshness the response may be served when revalidating fails
+    /// (`stale-if-error`).
+    pub fn if_error(&self) -> Option<Duration> {
+        if self.must_revalidate() {
+            return None;
+        }
+        self.seconds("stale-if-error")
+    }
+}
+
+/// Until when a response the rules just judged stays fresh.
+pub fn fresh_until(policy: &CachePolicy, now: SystemTime) -> SystemTime {
+    now + policy.time_to_live(now)
+}
+
+/// The tags a response may be purged by (`Cache-Tag: a, b`).
+pub fn tags(headers: &HeaderMap) -> Vec<String> {
+    let mut tags: Vec<String> = headers
+        .get_all(&CACHE_TAG)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+/// The names a response varies on (lowercased, sorted), or `None` for `Vary: *`.
+pub fn vary(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        for name in value.to_str().unwrap_or("").split(',') {
+            let name = name.trim();
+            if name == "*" {
+                return None;
+            }
+            if let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                names.push(name);
+            }
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
+}
+
+/// The secondary key of a request for a response that varies on `names`: the request's
+/// values of them.
+pub fn variant(names: &[HeaderName], request: &HeaderMap) -> String {
+    let mut variant = String::new();
+    for name in names {
+        variant.push_str(name.as_str());
+        variant.push(':');
+        let mut first = true;
+        for value in request.get_all(name) {
+            if !first {
+                variant.push(',');
+            }
+            first = false;
+            variant.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        }
+        variant.push('\n');
+    }
+    variant
+}
+
+/// Whether a client's conditional request is satisfied by a stored response it may reuse,
+/// so it is answered `304 Not Modified` (RFC 9110 §13.2.2: `If-None-Match` first, weak
+/// comparison; else `If-Modified-Since`).
+pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if let Some(condition) = request.get(header::IF_NONE_MATCH) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|e| e.to_str().ok()) else {
+            return false;
+        };
+        let etag = etag.trim().trim_start_matches("W/");
+        return condition.to_str().unwrap_or("").split(',').any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.trim_start_matches("W/") == etag
+        });
+    }
+    let since = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(httpdate);
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(httpdate);
+    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+}
+
+/// An HTTP date (RFC 9110 §5.6.7).
+fn httpdate(value: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(value.trim()).ok()
+}
+
+/// One satisfiable byte range of a body `size` long, from `Range: bytes=…` (a single
+/// range; several are answered with the whole body, which RFC 9110 allows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// Serve the whole body.
+    Whole,
+    /// Bytes `start..=end`.
+    Part { start: u64, end: u64 },
+    /// 416 Range Not Satisfiable.
+    Unsatisfiable,
+}
+
+pub fn range(request: &HeaderMap, size: u64) -> RangeRequest {
+    let Some(value) = request.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return RangeRequest::Whole;
+    };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Whole;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = if first.is_empty() {
+        // The last N bytes.
+        match last.parse::<u64>() {
+            Ok(0) => return RangeRequest::Unsatisfiable,
+            Ok(n) => Some((size.saturating_sub(n), size.saturating_sub(1))),
+            Err(_) => None,
+        }
+    } else {
+        match (first.parse::<u64>(), last) {
+            (Ok(start), "") => Some((start, size.saturating_sub(1))),
+            (Ok(start), last) => match last.parse::<u64>() {
+                Ok(end) if end >= start => Some((start, end.min(size.saturating_sub(1)))),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    match parsed {
+        None => RangeRequest::Whole,
+        Some((start, _)) if start >= size => RangeRequest::Unsatisfiable,
+        Some((start, end)) => RangeRequest::Part { start, end },
+    }
+}
+
+/// One `Cache-Status` entry of this cache (RFC 9211).
+#[derive(Debug, Clone, Default)]
+pub struct CacheStatus {
+    /// Served from the cache without going to the handler.
+    pub hit: bool,
+    /// Why the request went to the handler: `uri-miss`, `vary-miss`, `stale`, `bypass`,
+    /// `method`, `request`.
+    pub fwd: Option<&'static str>,
+    /// The status the handler answered with, when it differs from the one sent.
+    pub fwd_status: Option<u16>,
+    /// Freshness left, in seconds (negative: served stale).
+    pub ttl: Option<i64>,
+    /// The handler's response was stored.
+    pub stored: bool,
+    /// The request waited for another one's handler call and was answered with its result.
+    pub collapsed: bool,
+    pub detail: Option<&'static str>,
+}
+
+impl CacheStatus {
+    pub fn forwarded(why: &'static str) -> CacheStatus {
+        CacheStatus {
+            fwd: Some(why),
+            ..CacheStatus::default()
+        }
+    }
+
+    pub fn value(&self) -> String {
+        let mut value = String::from(CACHE_NAME);
+        if self.hit {
+            value.push_str("; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            value.push_str("; fwd=");
+            value.push_str(fwd);
+        }
+        if let Some(status) = self.fwd_status {
+            value.push_str(&format!("; fwd-status={status}"));
+        }
+        if let Some(ttl) = self.ttl {
+            value.push_str(&format!("; ttl={ttl}"));
+        }
+        if self.stored {
+            value.push_str("; stored");
+        }
+        if self.collapsed {
+            value.push_str("; collapsed");
+        }
+        if let Some(detail) = self.detail {
+            value.push_str("; detail=");
+            value.push_str(detail);
+        }
+        value
+    }
+
+    /// Appends this entry to the response's `Cache-Status` (caches nearer the handler list
+    /// theirs first).
+    pub fn add_to(&self, headers: &mut HeaderMap) {
+        let value = self.value();
+        let value = match headers.get(&CACHE_STATUS).and_then(|v| v.to_str().ok()) {
+            Some(earlier) if !earlier.is_empty() => format!("{earlier}, {value}"),
+            _ => value,
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(CACHE_STATUS.clone(), value);
+        }
+    }
+}
+
+/// Seconds of freshness left as of `now` (negative once stale), for `ttl=`.
+pub fn ttl_secs(fresh_until: SystemTime, now: SystemTime) -> i64 {
+    match fresh_until.duration_since(now) {
+        Ok(left) => left.as_secs() as i64,
+        Err(past) => -(past.duration().as_secs() as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn get(url: &str) -> http::request::Parts {
+        http::Request::get(url).body(()).unwrap().into_parts().0
+    }
+
+    fn check(response: &[(&str, &str)]) -> Result<(), NotStored> {
+        let headers = headers(response);
+        let policy = policy(
+            &get("http://a.test/"),
+            StatusCode::OK,
+            &headers,
+            SystemTime::now(),
+        );
+        storable(&policy, &headers)
+    }
+
+    #[test]
+    fn stores_only_what_declares_itself_shared() {
+        assert_eq!(check(&[("cache-control", "public, max-age=60")]), Ok(()));
+        assert_eq!(check(&[("cache-control", "s-maxage=60")]), Ok(()));
+        assert_eq!(check(&[("cdn-cache-control", "max-age=60")]), Ok(()));
+        assert_eq!(
+            check(&[("cache-control", "max-age=60")]),
+            Err(NotStored::NotDeclared)
+        );
+        assert_eq!(check(&[]), Err(NotStored::NotDeclared));
+        assert_eq!(
+            check(&[("cache-control", "private, max-age=60")]),
+            Err(NotStored::Forbidden)
+        );
+        assert_eq!(
+            check(&[("cache-control", "public, max-age=60, no-store")]),
+            Err(NotStored::Forbidden)
+        );
+        assert_eq!(
+            check(&[
+                ("cache-control", "public, max-age=60"),
+                ("set-cookie", "a=b")
+            ]),
+            Err(NotStored::SetCookie)
+        );
+        // CDN-Cache-Control wins over Cache-Control, both ways.
+        assert_eq!(
+            check(&[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=60")
+            ]),
+            Ok(())
+        );
+        assert_eq!(
+            check(&[
+                ("cache-control", "public, max-age=60"),
+                ("cdn-cache-control", "no-store")
+            ]),
+            Err(NotStored::Forbidden)
+        );
+    }
+
+    #[test]
+    fn cdn_cache_control_sets_freshness() {
+        let now = SystemTime::now();
+        let headers = headers(&[
+            ("cache-control", "public, max-age=5"),
+            ("cdn-cache-control", "max-age=600"),
+        ]);
+        let policy = policy(&get("http://a.test/"), StatusCode::OK, &headers, now);
+        assert_eq!(policy.time_to_live(now).as_secs(), 600);
+    }
+
+    #[test]
+    fn conditionals() {
+        let stored = headers(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        assert!(not_modified(
+            &headers(&[("if-none-match", "\"v1\"")]),
+            &stored
+        ));
+        assert!(not_modified(
+            &headers(&[("if-none-match", "W/\"v1\"")]),
+            &stored
+        ));
+        assert!(!not_modified(
+            &headers(&[("if-none-match", "\"v2\"")]),
+            &stored
+        ));
+        assert!(not_modified(
+            &headers(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]),
+            &stored
+        ));
+        assert!(!not_modified(
+            &headers(&[("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT")]),
+            &stored
+        ));
+        // If-None-Match decides alone when present.
+        assert!(!not_modified(
+            &headers(&[
+                ("if-none-match", "\"v2\""),
+                ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")
+            ]),
+            &stored
+        ));
+    }
+
+    #[test]
+    fn ranges() {
+        let r = |v: &str| range(&headers(&[("range", v)]), 100);
+        assert_eq!(r("bytes=0-9"), RangeRequest::Part { start: 0, end: 9 });
+        assert_eq!(r("bytes=90-"), RangeRequest::Part { start: 90, end: 99 });
+        assert_eq!(r("bytes=-10"), RangeRequest::Part { start: 90, end: 99 });
+        assert_eq!(r("bytes=95-200"), RangeRequest::Part { start: 95, end: 99 });
+        assert_eq!(r("bytes=100-"), RangeRequest::Unsatisfiable);
+        assert_eq!(r("bytes=0-1,5-6"), RangeRequest::Whole);
+        assert_eq!(r("items=0-1"), RangeRequest::Whole);
+        assert_eq!(range(&HeaderMap::new(), 100), RangeRequest::Whole);
+    }
+
+    #[test]
+    fn stale_directives() {
+        let d = Directives::of(&[HeaderValue::from_static(
+            "public, max-age=1, stale-while-revalidate=30, stale-if-error=\"60\"",
+        )]);
+        assert_eq!(d.while_revalidate(), Some(Duration::from_secs(30)));
+        assert_eq!(d.if_error(), Some(Duration::from_secs(60)));
+        let d = Directives::of(&[HeaderValue::from_static(
+            "max-age=1, must-revalidate, stale-if-error=60",
+        )]);
+        assert_eq!(d.if_error(), None);
+    }
+
+    #[test]
+    fn cache_status_values() {
+        let hit = CacheStatus {
+            hit: true,
+            ttl: Some(42),
+            ..CacheStatus::default()
+        };
+        assert_eq!(hit.value(), "Outpost; hit; ttl=42");
+        let miss = CacheStatus {
+            fwd: Some("uri-miss"),
+            stored: true,
+            ..CacheStatus::default()
+        };
+        let mut headers = headers(&[("cache-status", "Upstream; hit")]);
+        miss.add_to(&mut headers);
+        assert_eq!(
+            headers["cache-status"],
+            "Upstream; hit, Outpost; fwd=uri-miss; stored"
+        );
+        assert_eq!(
+            httpdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+    }
+}

@@ -1,0 +1,528 @@
+//! The HTTP cache in front of a handler: a request is answered from the cache when a stored
+//! response may be reused, else forwarded to the handler (once for concurrent misses of one
+//! URL), and what the handler answers is stored when it may be.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::rules::{self, CacheStatus, Directives, RangeRequest};
+use crate::store::{Fill, FillGuard, Found, Key, Meta, Pending, Space, Storable, Tee};
+use crate::{Body, Cache};
+
+/// Hop-by-hop headers, never stored (RFC 9111 §3.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Statuses that make `stale-if-error` serve the stored response instead (RFC 5861 §4).
+fn is_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The parts of a request that a forwarded copy keeps (extensions stay with the original).
+fn copy_request(parts: &http::request::Parts) -> http::request::Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request.into_parts().0
+}
+
+/// What the cache asks of the handler when revalidating `found`: the request with the
+/// stored response's validators (the client's own conditions removed).
+fn revalidation(parts: &http::request::Parts, found: &Found) -> http::request::Parts {
+    let mut request = copy_request(parts);
+    let headers = &mut request.headers;
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+    ] {
+        headers.remove(name);
+    }
+    let stored = &found.meta.headers;
+    if let Some(etag) = stored.get(header::ETAG) {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = stored.get(header::LAST_MODIFIED) {
+        headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+    }
+    request
+}
+
+/// The headers kept with a stored response: not hop-by-hop ones, nor `Age` (computed on
+/// each hit) or `Server-Timing` (the timing of the call that filled the entry).
+fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if HOP_BY_HOP.contains(&name.as_str())
+            || name == header::AGE
+            || name.as_str() == "server-timing"
+        {
+            continue;
+        }
+        kept.append(name.clone(), value.clone());
+    }
+    kept
+}
+
+/// How long a stored response has been stale as of `now`.
+fn stale_for(meta: &Meta, now: SystemTime) -> std::time::Duration {
+    now.duration_since(meta.fresh_until).unwrap_or_default()
+}
+
+impl Cache {
+    /// Answers `request` for `app`: from the cache if it may, else through `dispatch` (the
+    /// app's handler), storing what it answers when that may be reused. Every response
+    /// carries this cache's `Cache-Status` entry. Requests other than GET and HEAD go
+    /// straight to the handler; an unsafe one that succeeds removes its URL's responses.
+    pub async fn serve<E, D, F>(
+        self: &Arc<Self>,
+        app: &str,
+        request: Request<Body>,
+        dispatch: D,
+    ) -> Result<Response<Body>, E>
+    where
+        D: Fn(Request<Body>) -> F + Clone + 'static,
+        F: Future<Output = Result<Response<Body>, E>> + 'static,
+        E: 'static,
+    {
+        let (parts, body) = request.into_parts();
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            let url = parts.uri.to_string();
+            let is_unsafe = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
+            let mut response = dispatch(Request::from_parts(parts, body)).await?;
+            let status = response.status();
+            if is_unsafe && (status.is_success() || status.is_redirection()) {
+                // RFC 9111 §4.4: what it changed is not served from the cache any more.
+                self.purge(app, &crate::Purge::Url(url));
+            }
+            CacheStatus::forwarded("method").add_to(response.headers_mut());
+            return Ok(response);
+        }
+        let key = Key {
+            app: app.to_string(),
+            space: Space::Http,
+            url: parts.uri.to_string(),
+            variant: String::new(),
+        };
+        let mut policy_request = rules::policy_request(&parts);
+        // HEAD is answered from the GET's response.
+        policy_request.method = Method::GET;
+        let mut collapsed = false;
+        loop {
+            let now = SystemTime::now();
+            let why = match self.tiers.find(&key, &parts.headers).await {
+                Some(Ok(found)) => match found.meta.policy.before_request(&policy_request, now) {
+                    http_cache_semantics::BeforeRequest::Fresh(_) => {
+                        let status = CacheStatus {
+                            hit: true,
+                            ttl: Some(rules::ttl_secs(found.meta.fresh_until, now)),
+                            collapsed,
+                            ..CacheStatus::default()
+                        };
+                        match answer(&parts, &found, status, now).await {
+                            Ok(response) => return Ok(response),
+                            Err(e) => {
+                                tracing::warn!("a cached body cannot be read: {e}");
+                                self.tiers.remove(&found.meta.key);
+                                "miss"
+                            }
+                        }
+                    }
+                    http_cache_semantics::BeforeRequest::Stale { matches: true, .. } => {
+                        return self.revalidate(app, &parts, body, found, dispatch).await;
+                    }
+                    http_cache_semantics::BeforeRequest::Stale { matches: false, .. } => "miss",
+                },
+                Some(Err(crate::store::VaryMiss)) => "vary-miss",
+                None => "uri-miss",
+            };
+            if collapsed {
+                // Waited once already: no second wait.
+                return self
+                    .fill(app, &parts, body, &policy_request, None, why, dispatch)
+                    .await;
+            }
+            match self.fills.begin(&key, self.config().max_collapsed) {
+                Fill::Leader(guard) => {
+                    return self
+                        .fill(
+                            app,
+                            &parts,
+                            body,
+                            &policy_request,
+                            Some(guard),
+                            why,
+                            dispatch,
+                        )
+                        .await;
+                }
+                Fill::Crowded => {
+                    return self
+                        .fill(app, &parts, body, &policy_request, None, why, dispatch)
+                        .await;
+                }
+                Fill::Wait(mut done) => {
+                    let timeout = self.config().collapse_timeout;
+                    let _ = tokio::time::timeout(timeout, done.changed()).await;
+                    collapsed = true;
+                }
+            }
+        }
+    }
+
+    /// Forwards a miss to the handler and stores what it answers if it may.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill<E, D, F>(
+        self: &Arc<Self>,
+        app: &str,
+        parts: &http::request::Parts,
+        body: Body,
+        policy_request: &http::request::Parts,
+        guard: Option<FillGuard>,
+        why: &'static str,
+        dispatch: D,
+    ) -> Result<Response<Body>, E>
+    where
+        D: Fn(Request<Body>) -> F,
+        F: Future<Output = Result<Response<Body>, E>>,
+    {
+        let still_valid = self.unpurged(app);
+        let response = dispatch(Request::from_parts(copy_request(parts), body)).await?;
+        let mut status = CacheStatus::forwarded(why);
+        Ok(self.keep(
+            app,
+            parts,
+            policy_request,
+            response,
+            guard,
+            still_valid,
+            &mut status,
+        ))
+    }
+
+    /// Passes a handler's response on, storing it on the way when it may be.
+    #[allow(clippy::too_many_arguments)]
+    fn keep(
+        self: &Arc<Self>,
+        app: &str,
+        parts: &http::request::Parts,
+        policy_request: &http::request::Parts,
+        response: Response<Body>,
+        guard: Option<FillGuard>,
+        still_valid: Box<dyn Fn() -> bool + Send>,
+        status: &mut CacheStatus,
+    ) -> Response<Body> {
+        let now = SystemTime::now();
+        let (mut head, body) = response.into_parts();
+        let policy = rules::policy(policy_request, head.status, &head.headers, now);
+        let verdict = if parts.method == Method::HEAD {
+            // A HEAD response has no body to store.
+            Err(None)
+        } else {
+            rules::storable(&policy, &head.headers).map_err(Some)
+        };
+        let vary = rules::vary(&head.headers);
+        if parts.method == Method::GET {
+            let storable = match (&verdict, &vary) {
+                (Ok(()), Some(_)) => Storable::Yes,
+                _ => Storable::No,
+            };
+            self.fills.note(
+                &Key {
+                    app: app.to_string(),
+                    space: Space::Http,
+                    url: parts.uri.to_string(),
+                    variant: String::new(),
+                },
+                storable,
+            );
+        }
+        let body = match (verdict, vary) {
+            (Ok(()), Some(vary)) => {
+                let meta = Meta {
+                    key: Key {
+                        app: app.to_string(),
+                        space: Space::Http,
+                        url: parts.uri.to_string(),
+                        variant: if vary.is_empty() {
+                            String::new()
+                        } else {
+                            rules::variant(&vary, &parts.headers)
+                        },
+                    },
+                    fresh_until: rules::fresh_until(&policy, now),
+                    policy,
+                    status: head.status,
+                    headers: storable_headers(&head.headers),
+                    tags: rules::tags(&head.headers),
+                    vary,
+                    size: 0,
+                };
+                status.stored = true;
+                status.ttl = Some(rules::ttl_secs(meta.fresh_until, now));
+                Tee::wrap(
+                    body,
+                    Pending {
+                        tiers: self.tiers.clone(),
+                        meta,
+                        still_valid,
+                        guard,
+                    },
+                )
+            }
+            (Err(Some(why)), _) => {
+                status.detail = Some(why.detail());
+                body
+            }
+            (Ok(()), None) => {
+                status.detail = Some(rules::NotStored::Forbidden.detail());
+                body
+            }
+            (Err(None), _) => body,
+        };
+        status.add_to(&mut head.headers);
+        Response::from_parts(head, body)
+    }
+
+    /// A stored response that is stale but matches: served stale while it is refreshed in
+    /// the background (`stale-while-revalidate`), else revalidated with the handler first
+    /// (served stale if that fails and `stale-if-error` allows).
+    async fn revalidate<E, D, F>(
+        self: &Arc<Self>,
+        app: &str,
+        parts: &http::request::Parts,
+        body: Body,
+        found: Found,
+        dispatch: D,
+    ) -> Result<Response<Body>, E>
+    where
+        D: Fn(Request<Body>) -> F + Clone + 'static,
+        F: Future<Output = Result<Response<Body>, E>> + 'static,
+        E: 'static,
+    {
+        let now = SystemTime::now();
+        let directives = Directives::governing(&found.meta.headers);
+        let stale = stale_for(&found.meta, now);
+        let ttl = Some(rules::ttl_secs(found.meta.fresh_until, now));
+        if directives
+            .while_revalidate()
+            .is_some_and(|window| stale <= window)
+        {
+            // One background refresh per URL at a time.
+            if let Fill::Leader(guard) = self.fills.begin(&found.meta.key.primary(), 0) {
+                let cache = self.clone();
+                let app = app.to_string();
+                let dispatch = dispatch.clone();
+                let request = revalidation(parts, &found);
+                let policy_request = rules::policy_request(&request);
+                let original = copy_request(parts);
+                let found = found.clone();
+                tokio::task::spawn_local(async move {
+                    let result = dispatch(Request::from_parts(request, empty())).await;
+                    if let Ok(response) = result {
+                        let updated =
+                            cache.update(&app, &original, &policy_request, &found, response);
+                        if let Updated::Replaced(response) = updated {
+                            // Drained so that what it answered is stored.
+                            let _ = response.into_body().collect().await;
+                        }
+                    }
+                    drop(guard);
+                });
+            }
+            let status = CacheStatus {
+                hit: true,
+                ttl,
+                detail: Some("stale-while-revalidate"),
+                ..CacheStatus::default()
+            };
+            if let Ok(response) = answer(parts, &found, status, now).await {
+                return Ok(response);
+            }
+        }
+        let if_error = directives.if_error().filter(|window| stale <= *window);
+        let request = revalidation(parts, &found);
+        let revalidation_policy_request = rules::policy_request(&request);
+        let result = dispatch(Request::from_parts(request, body)).await;
+        let failed_status = match &result {
+            Err(_) => Some(None),
+            Ok(response) if is_error(response.status()) => Some(Some(response.status())),
+            Ok(_) => None,
+        };
+        if let (Some(failed), Some(_)) = (failed_status, if_error) {
+            let status = CacheStatus {
+                fwd: Some("stale"),
+                fwd_status: Some(failed.map_or(500, |s| s.as_u16())),
+                ttl,
+                detail: Some("stale-if-error"),
+                ..CacheStatus::default()
+            };
+            if let Ok(response) = answer(parts, &found, status, now).await {
+                return Ok(response);
+            }
+        }
+        match self.update(app, parts, &revalidation_policy_request, &found, result?) {
+            Updated::NotModified(found) => {
+                let status = CacheStatus {
+                    fwd: Some("stale"),
+                    fwd_status: Some(304),
+                    ttl: Some(rules::ttl_secs(found.meta.fresh_until, SystemTime::now())),
+                    stored: true,
+                    ..CacheStatus::default()
+                };
+                match answer(parts, &found, status, SystemTime::now()).await {
+                    Ok(response) => Ok(response),
+                    Err(e) => {
+                        tracing::warn!("a cached body cannot be read: {e}");
+                        self.tiers.remove(&found.meta.key);
+                        let mut response = Response::new(empty());
+                        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        CacheStatus::forwarded("stale").add_to(response.headers_mut());
+                        Ok(response)
+                    }
+                }
+            }
+            Updated::Replaced(response) => Ok(response),
+        }
+    }
+
+    /// What revalidating `found` with the handler's `response` makes of it: a 304 that
+    /// matches refreshes the stored response; anything else replaces it (stored if it may
+    /// be, passed on either way).
+    fn update(
+        self: &Arc<Self>,
+        app: &str,
+        parts: &http::request::Parts,
+        policy_request: &http::request::Parts,
+        found: &Found,
+        response: Response<Body>,
+    ) -> Updated {
+        let now = SystemTime::now();
+        if response.status() == StatusCode::NOT_MODIFIED {
+            let (policy, matched) = rules::after_response(
+                &found.meta.policy,
+                policy_request,
+                response.status(),
+                response.headers(),
+                now,
+            );
+            if matched {
+                let headers = rules::updated_headers(&found.meta.headers, response.headers());
+                let meta = Meta {
+                    key: found.meta.key.clone(),
+                    fresh_until: rules::fresh_until(&policy, now),
+                    policy,
+                    status: found.meta.status,
+                    tags: rules::tags(&headers),
+                    headers: storable_headers(&headers),
+                    vary: found.meta.vary.clone(),
+                    size: found.meta.size,
+                };
+                let refreshed = self.tiers.refresh(found, meta);
+                return Updated::NotModified(refreshed);
+            }
+        }
+        let mut status = CacheStatus {
+            fwd: Some("stale"),
+            fwd_status: Some(response.status().as_u16()),
+            ..CacheStatus::default()
+        };
+        let still_valid = self.unpurged(app);
+        Updated::Replaced(self.keep(
+            app,
+            parts,
+            policy_request,
+            response,
+            None,
+            still_valid,
+            &mut status,
+        ))
+    }
+}
+
+/// What a revalidation made of a stored response.
+enum Updated {
+    /// Still valid (304): the stored response, its headers refreshed.
+    NotModified(Found),
+    /// The handler's new response.
+    Replaced(Response<Body>),
+}
+
+/// A response from the cache: `304` when the client's conditions hold, `206`/`416` for a
+/// single byte range of a `200`, else the stored status; with `Age` and `Cache-Status`.
+pub(crate) async fn answer(
+    parts: &http::request::Parts,
+    found: &Found,
+    status: CacheStatus,
+    now: SystemTime,
+) -> std::io::Result<Response<Body>> {
+    let meta = &found.meta;
+    let mut headers = meta.headers.clone();
+    let age = meta.policy.age(now).as_secs();
+    headers.insert(header::AGE, HeaderValue::from(age));
+    status.add_to(&mut headers);
+    let mut code = meta.status;
+    let mut part = None;
+    if rules::not_modified(&parts.headers, &meta.headers) {
+        code = StatusCode::NOT_MODIFIED;
+        headers.remove(header::CONTENT_LENGTH);
+    } else if meta.status == StatusCode::OK {
+        match rules::range(&parts.headers, meta.size) {
+            RangeRequest::Whole => {}
+            RangeRequest::Part { start, end } => {
+                code = StatusCode::PARTIAL_CONTENT;
+                part = Some((start, end));
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes {start}-{end}/{}", meta.size))
+                        .expect("digits are a header value"),
+                );
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end + 1 - start));
+            }
+            RangeRequest::Unsatisfiable => {
+                code = StatusCode::RANGE_NOT_SATISFIABLE;
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{}", meta.size))
+                        .expect("digits are a header value"),
+                );
+                headers.remove(header::CONTENT_LENGTH);
+            }
+        }
+    }
+    let body = if code == StatusCode::NOT_MODIFIED
+        || code == StatusCode::RANGE_NOT_SATISFIABLE
+        || parts.method == Method::HEAD
+    {
+        empty()
+    } else {
+        found.body(part).await?
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = code;
+    *response.headers_mut() = headers;
+    Ok(response)
+}

@@ -1,0 +1,93 @@
+//! The store on its own: the disk tier across reopening, purges, the Cache API scope.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+
+use super::*;
+use crate::api::CacheScope;
+
+fn disk(dir: &std::path::Path) -> CacheConfig {
+    CacheConfig {
+        disk: Some(DiskConfig {
+            dir: dir.to_path_buf(),
+            bytes: 64 << 20,
+        }),
+        ..CacheConfig::default()
+    }
+}
+
+fn response(text: &'static str, cache_control: &'static str) -> http::Response<Body> {
+    let mut response = http::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static(cache_control),
+    );
+    response
+}
+
+fn get(url: &str) -> http::request::Parts {
+    http::Request::get(url).body(()).unwrap().into_parts().0
+}
+
+async fn text(response: http::Response<Body>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Waits until the disk tier indexed what was written behind the response.
+async fn until_on_disk(cache: &Cache) {
+    for _ in 0..200 {
+        cache.sync();
+        if cache.sizes().1 > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("nothing reached the disk tier");
+}
+
+#[tokio::test]
+async fn the_disk_tier_is_found_again_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "https://a.test/x";
+    {
+        let cache = Cache::open(disk(dir.path())).unwrap();
+        let scope = CacheScope {
+            cache: cache.clone(),
+            app: "a".into(),
+        };
+        scope
+            .put(None, &get(url), response("kept", "max-age=600"))
+            .await
+            .unwrap();
+        until_on_disk(&cache).await;
+    }
+    let cache = Cache::open(disk(dir.path())).unwrap();
+    let scope = CacheScope {
+        cache: cache.clone(),
+        app: "a".into(),
+    };
+    let found = scope
+        .lookup(None, &get(url))
+        .await
+        .expect("found after reopening");
+    assert_eq!(text(found).await, "kept");
+    // Other apps and other caches do not see it.
+    let other = CacheScope {
+        cache: cache.clone(),
+        app: "b".into(),
+    };
+    assert!(other.lookup(None, &get(url)).await.is_none());
+    assert!(scope.lookup(Some("named"), &get(url)).await.is_none());
+    // A purge removes it from both tiers, files included.
+    cache.purge("a", &Purge::All);
+    cache.sync();
+    assert!(scope.lookup(None, &get(url)).await.is_none());
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files, 0, "purged files remain");
+}
