@@ -4,6 +4,7 @@
 // it). Outbound `fetch` counts against that request's subrequest limit and is refused where
 // no request is being handled.
 import { core, primordials } from "ext:core/mod.js";
+import { op_outpost_fetch_began, op_outpost_fetch_ended } from "ext:core/ops";
 
 const {
 
@@ -12,6 +13,7 @@ const {
   PromiseReject,
   ReflectApply,
   RegExpPrototypeExec,
+  StringPrototypeEndsWith,
   StringPrototypeIncludes,
   StringPrototypeStartsWith,
   StringPrototypeToLowerCase,
@@ -31,14 +33,19 @@ export function setSubrequestLimit(limit) {
 /** What is known of the request a piece of code works for. */
 class RequestRecord {
   /**
+   * @param {number} dispatchId the host's number for the request in this isolate
    * @param {string} id the node's id of the request (`x-request-id`)
    * @param {string | null} traceparent its W3C `traceparent`, if it came with one
    * @param {string | null} tracestate its W3C `tracestate`, if any
    */
-  constructor(id, traceparent, tracestate) {
+  constructor(dispatchId, id, traceparent, tracestate) {
+    this.dispatchId = dispatchId;
     this.id = id;
     this.traceparent = traceparent;
     this.tracestate = tracestate;
+    // A sampled trace (flags 01): its outbound fetches are timed for the node's spans.
+    this.sampled = traceparent !== null && traceparent.length === 55 &&
+      StringPrototypeEndsWith(traceparent, "-01");
     this.subrequests = 0;
   }
 }
@@ -57,11 +64,12 @@ export function currentRequestId() {
  * Runs `fn` as part of a new request: everything it schedules (promise reactions, timers)
  * keeps that request's record.
  * @template T
+ * @param {number} dispatchId the host's number for the request
  * @param {string[]} headers the request's headers, as a flat name/value list
  * @param {() => T} fn
  * @returns {T}
  */
-export function runInRequest(headers, fn) {
+export function runInRequest(dispatchId, headers, fn) {
   let id = "", traceparent = null, tracestate = null;
   for (let i = 0; i < headers.length; i += 2) {
     const name = headers[i];
@@ -70,7 +78,7 @@ export function runInRequest(headers, fn) {
     else if (name === "tracestate") tracestate = headers[i + 1];
   }
   const outer = getAsyncContext();
-  setAsyncContext(new RequestRecord(id, traceparent, tracestate));
+  setAsyncContext(new RequestRecord(dispatchId, id, traceparent, tracestate));
   try {
     return fn();
   } finally {
@@ -117,8 +125,9 @@ function explainRefusal(error, input) {
 /**
  * `fetch`, counted against the current request's subrequest limit, and carrying the
  * request's W3C trace context (`traceparent`, `tracestate`) unless the app set its own:
- * the node forwards the trace it was called in, as an intermediary that records no spans
- * of its own.
+ * the trace it was called in (with `--otlp`, the node's handler span as the parent). In a
+ * sampled trace, each fetch's start and response head are reported to the host, which
+ * makes a client span of it.
  * @param {(input: any, init?: any) => Promise<any>} inner deno_fetch's fetch
  * @param {any} RequestClass the Request constructor
  */
@@ -147,6 +156,7 @@ export function countedFetch(inner, RequestClass) {
     }
     record.subrequests++;
     let args = arguments;
+    let span = -1;
     if (record.traceparent !== null) {
       try {
         const request = new RequestClass(input, init);
@@ -157,14 +167,22 @@ export function countedFetch(inner, RequestClass) {
           }
         }
         args = [request];
+        if (record.sampled) {
+          span = op_outpost_fetch_began(record.dispatchId, request.method, request.url);
+        }
       } catch {
         // What the Request constructor refuses, fetch refuses too, with the same error.
       }
     }
+    const dispatchId = record.dispatchId;
     return PromisePrototypeThen(
       ReflectApply(inner, this, args),
-      undefined,
+      (/** @type {any} */ response) => {
+        if (span >= 0) op_outpost_fetch_ended(dispatchId, span, response.status);
+        return response;
+      },
       (/** @type {any} */ error) => {
+        if (span >= 0) op_outpost_fetch_ended(dispatchId, span, 0);
         throw explainRefusal(error, input);
       },
     );

@@ -301,7 +301,7 @@ class IncomingInnerRequest {
  * @param {number | null} bodyRid a resource streaming the request body, or null
  */
 export function dispatch(id, method, url, headers, bodyRid) {
-  runInRequest(headers, () => handle(id, method, url, headers, bodyRid));
+  runInRequest(id, headers, () => handle(id, method, url, headers, bodyRid));
 }
 
 /**

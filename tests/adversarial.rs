@@ -305,7 +305,9 @@ async fn a_100_mb_response_streams_with_bounded_memory() {
 async fn a_console_flood_does_not_stall_the_node() {
     // The sink drops what it cannot queue (see the unit test in runtime/isolate's console.rs);
     // here: the flood finishes, its lines reach the terminal, and the neighbour answers.
-    let mut node = node("cpu_ms = 5000\n", &[]);
+    // 200,000 console lines take about a second of CPU on a slow machine: the limit is not
+    // what this test is about.
+    let mut node = node("", &["--cpu-ms", "20000", "--timeout-ms", "60000"]);
     let res = get(&node, "bad", "/console-flood").await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "flooded");

@@ -715,3 +715,36 @@ async fn a_deploy_empties_the_apps_cache_unless_its_manifest_says_not_to() {
     let fresh = until(&pop, path, "emptied by the deploy", |a| !a.hit()).await;
     assert_eq!(fresh.call(), 1, "the new version's first call");
 }
+
+#[tokio::test]
+async fn what_the_cache_did_is_counted_in_the_metrics() {
+    let dir = app("counted", HANDLER);
+    let mut node = Node::start(dir.path(), &["--admin", "127.0.0.1:0"]);
+    node.keep(dir);
+    let admin = node.admin_url();
+    let path = "/m?cc=public,max-age=60";
+    fetch(&node, path, &[]).await;
+    fetch(&node, path, &[]).await;
+    fetch(&node, path, &[]).await;
+    fetch(&node, "/m?uncached", &[]).await;
+    let metrics = http1()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "outpost_cache_responses_total{app=\"counted\",result=\"hit\"} 2",
+        "outpost_cache_responses_total{app=\"counted\",result=\"miss\"} 2",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    let memory = metrics
+        .lines()
+        .find(|l| l.starts_with("outpost_cache_bytes{tier=\"memory\"}"))
+        .unwrap_or_else(|| panic!("no outpost_cache_bytes in\n{metrics}"));
+    let bytes: u64 = memory.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(bytes > 0, "{memory}");
+}

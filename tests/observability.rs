@@ -636,3 +636,198 @@ async fn outbound_fetch_carries_the_requests_trace_context() {
     assert_eq!(body, "the-apps-own|none");
     assert_eq!(common::get(&node, "/").await.1, "none|none");
 }
+
+/// One span as the test's OTLP receiver decoded it.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: HashMap<String, String>,
+    service: String,
+}
+
+/// An OTLP/HTTP receiver on loopback (`POST /v1/traces`, protobuf), which also answers any
+/// other path as an upstream that echoes the `traceparent` it got.
+async fn otlp_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<ReceivedSpan>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let sender = sender.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let path = request.uri().path().to_string();
+                            let traceparent = request
+                                .headers()
+                                .get("traceparent")
+                                .map_or("none".to_string(), |v| v.to_str().unwrap().to_string());
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            if path == "/v1/traces" {
+                                let export = ExportTraceServiceRequest::decode(body).unwrap();
+                                for resource in export.resource_spans {
+                                    let service = resource
+                                        .resource
+                                        .iter()
+                                        .flat_map(|r| r.attributes.iter())
+                                        .find(|a| a.key == "service.name")
+                                        .map(|a| format!("{:?}", a.value))
+                                        .unwrap_or_default();
+                                    for scope in resource.scope_spans {
+                                        for span in scope.spans {
+                                            let attributes = span
+                                                .attributes
+                                                .iter()
+                                                .map(|a| (a.key.clone(), format!("{:?}", a.value)))
+                                                .collect();
+                                            let _ = sender.send(ReceivedSpan {
+                                                name: span.name.clone(),
+                                                trace_id: hex(&span.trace_id),
+                                                span_id: hex(&span.span_id),
+                                                parent_span_id: hex(&span.parent_span_id),
+                                                attributes,
+                                                service: service.clone(),
+                                            });
+                                        }
+                                    }
+                                }
+                                return Ok::<_, std::convert::Infallible>(http::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::new()),
+                                ));
+                            }
+                            Ok(http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(traceparent),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, receiver)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Spans from `receiver` until `count` of them came, or 20 s passed.
+async fn spans(
+    receiver: &mut tokio::sync::mpsc::UnboundedReceiver<ReceivedSpan>,
+    count: usize,
+) -> Vec<ReceivedSpan> {
+    let mut spans = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while spans.len() < count {
+        match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            Ok(Some(span)) => spans.push(span),
+            _ => break,
+        }
+    }
+    spans
+}
+
+#[tokio::test]
+async fn a_traced_request_reaches_an_otlp_receiver_with_its_spans() {
+    let (port, mut receiver) = otlp_receiver().await;
+    let site = app_dir(&[
+        (
+            "outpost.toml",
+            &format!(
+                "name = \"traced\"\n[vars]\nUPSTREAM = \"http://127.0.0.1:{port}/upstream\"\n"
+            ),
+        ),
+        (
+            "src/index.js",
+            "export default { async fetch(request, env) {\n\
+               const answer = await fetch(env.UPSTREAM);\n\
+               return new Response(await answer.text());\n\
+             } };\n",
+        ),
+    ]);
+    let otlp = format!("http://127.0.0.1:{port}");
+    let mut node = Node::start(site.path(), &["--otlp", &otlp, "--spares", "0"]);
+    node.keep(site);
+    // A caller's trace: the request joins it.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = "00f067aa0ba902b7";
+    let response = http1()
+        .get(node.url("/"))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .send()
+        .await
+        .unwrap();
+    // The upstream saw the trace, its parent the node's handler span.
+    let forwarded = response.text().await.unwrap();
+    let parts: Vec<&str> = forwarded.split('-').collect();
+    assert_eq!(parts.len(), 4, "{forwarded}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", trace, "01"),
+        "{forwarded}"
+    );
+
+    let received = spans(&mut receiver, 4).await;
+    let named = |name: &str| {
+        received
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name:?} span in {received:#?}"))
+            .clone()
+    };
+    let server = named("GET");
+    let start = named("isolate start");
+    let handler = named("handler");
+    let fetch = named("fetch GET");
+    for span in [&server, &start, &handler, &fetch] {
+        assert_eq!(span.trace_id, trace, "{span:?}");
+        assert!(span.service.contains("outpost-dev"), "{span:?}");
+    }
+    assert_eq!(server.parent_span_id, caller);
+    assert_eq!(start.parent_span_id, server.span_id);
+    assert_eq!(handler.parent_span_id, server.span_id);
+    assert_eq!(fetch.parent_span_id, handler.span_id);
+    assert_eq!(
+        parts[2], handler.span_id,
+        "the upstream's parent is the handler span"
+    );
+    assert!(server.attributes["http.response.status_code"].contains("200"));
+    assert!(server.attributes["outpost.app"].contains("traced"));
+    assert!(fetch.attributes["url.full"].contains("/upstream"));
+
+    // A caller that does not sample: no spans, and the decision travels on.
+    let response = http1()
+        .get(node.url("/"))
+        .header("traceparent", format!("00-{trace}-{caller}-00"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.text().await.unwrap().ends_with("-00"));
+    // Without a caller: a new trace of the node's own (sampled at 1.0 by default).
+    let response = http1().get(node.url("/")).send().await.unwrap();
+    let own = response.text().await.unwrap();
+    let own_trace = own.split('-').nth(1).unwrap().to_string();
+    assert_ne!(own_trace, trace);
+    let next = spans(&mut receiver, 3).await;
+    assert!(
+        next.iter().all(|s| s.trace_id == own_trace),
+        "spans of the unsampled request arrived: {next:#?}"
+    );
+    assert!(next
+        .iter()
+        .any(|s| s.name == "GET" && s.parent_span_id.is_empty()));
+}

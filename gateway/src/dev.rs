@@ -43,6 +43,7 @@ async fn run(
     cache: Arc<outpost_cache::Cache>,
 ) -> anyhow::Result<()> {
     let sources = discover(&args.paths)?;
+    let tracing = front_door::tracing(&args.front, "outpost-dev", "dev")?;
     let pool = Arc::new(Pool::new(engine, args.node.pool()).context("starting worker threads")?);
     let routes = Arc::new(Routes::default());
     let listener = TcpListener::bind(args.listen)
@@ -65,7 +66,11 @@ async fn run(
         cache: cache.clone(),
     };
     apps.reload().await;
-    let metrics = Arc::new(Metrics::new(pool.clone(), args.front.metrics_max_apps));
+    let metrics = Arc::new(Metrics::new(
+        pool.clone(),
+        cache.clone(),
+        args.front.metrics_max_apps,
+    ));
     let tail = crate::front_door::tail();
     if let Some(admin_addr) = args.admin {
         let admin = Admin {
@@ -104,6 +109,7 @@ async fn run(
         metrics: Some(metrics),
         tail: Some(tail),
         cache: Some(cache),
+        tracing: tracing.clone(),
         ..ServeConfig::default()
     };
     let front = FrontDoor::open(
@@ -118,6 +124,9 @@ async fn run(
     .await?;
     front.run_until_stopped().await;
     reloads.abort();
+    if let Some(tracing) = tracing {
+        tracing.flush();
+    }
     // Instances are dropped with the process; their threads hold no state worth flushing.
     std::process::exit(0)
 }

@@ -63,6 +63,15 @@ pub struct FrontDoorArgs {
     /// Distinct apps labelled by name in /metrics; more share the label `other`.
     #[arg(long, default_value_t = outpost_gateway::metrics::DEFAULT_MAX_APPS)]
     pub metrics_max_apps: usize,
+    /// Send traces to this OpenTelemetry collector (OTLP over HTTP, protobuf): its base URL
+    /// (`http://127.0.0.1:4318`; `/v1/traces` is added) or the full traces URL. Off unless
+    /// given.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+    /// The share of traces that start at this node which are kept (0.0–1.0); a request
+    /// arriving with a W3C `traceparent` follows its caller's decision.
+    #[arg(long, default_value_t = 1.0, value_name = "RATIO")]
+    pub otlp_sample: f64,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the node exits.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_secs: u64,
@@ -284,6 +293,19 @@ fn watch_certificates(
 
 /// The node's live tail, fed by every tenant's console lines (the process's console tap)
 /// and by the listeners' request summaries.
+/// The node's tracer, with `--otlp`.
+pub fn tracing(
+    args: &FrontDoorArgs,
+    service: &str,
+    node: &str,
+) -> anyhow::Result<Option<Arc<outpost_gateway::trace::Tracing>>> {
+    let Some(url) = &args.otlp else {
+        return Ok(None);
+    };
+    let tracing = outpost_gateway::trace::Tracing::new(url, args.otlp_sample, service, node)?;
+    Ok(Some(Arc::new(tracing)))
+}
+
 pub fn tail() -> Arc<outpost_gateway::tail::Tail> {
     let tail = Arc::new(outpost_gateway::tail::Tail::default());
     let tap = tail.clone();

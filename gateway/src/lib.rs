@@ -12,6 +12,7 @@ pub mod routes;
 pub mod server;
 pub mod tail;
 pub mod tls;
+pub mod trace;
 pub mod watch;
 
 pub use error::{GatewayError, Kind, Source};

@@ -16,6 +16,8 @@
 //! | `outpost_app_version_info` | gauge (1) | `app`, `version` — what a PoP serves |
 //! | `outpost_origin_reachable` | gauge | PoP: 1 while the origin answers its feed |
 //! | `outpost_sync_lag_seconds` | gauge | PoP: time since the feed last answered |
+//! | `outpost_cache_responses_total` | counter | `app`, `result` (`hit`, `stale` (served stale), `revalidated`, `miss`, `bypass`) |
+//! | `outpost_cache_bytes` | gauge | `tier` (`memory`, `disk`) — what the cache holds |
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -56,6 +58,12 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    app: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     app: String,
     version: String,
@@ -71,6 +79,7 @@ pub struct Metrics {
     cpu: Family<AppLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     limits: Family<LimitLabels, Counter>,
     versions: Family<VersionLabels, Gauge>,
+    cache: Family<CacheLabels, Counter>,
     reachable: Gauge,
     /// Unix ms of the feed's last answer (0: never).
     last_sync_ms: Arc<AtomicI64>,
@@ -92,11 +101,42 @@ pub struct Answered<'a> {
     pub elapsed: Duration,
     pub cpu: Option<Duration>,
     pub failure: Option<(Kind, &'a str)>,
+    /// What the cache did, from the response's `Cache-Status`.
+    pub cache: Option<&'static str>,
+}
+
+/// What this node's cache did for a response, from its entry in `Cache-Status` (the last
+/// one): `hit`, `stale`, `revalidated`, `miss` or `bypass`.
+pub fn cache_result(headers: &http::HeaderMap) -> Option<&'static str> {
+    let value = headers
+        .get(&outpost_cache::rules::CACHE_STATUS)?
+        .to_str()
+        .ok()?;
+    let ours = value.rsplit(',').next()?.trim();
+    if !ours.starts_with(outpost_cache::rules::CACHE_NAME) {
+        return None;
+    }
+    Some(if ours.contains("; hit") {
+        if ours.contains("ttl=-") {
+            "stale"
+        } else {
+            "hit"
+        }
+    } else if ours.contains("detail=stale-if-error") {
+        "stale"
+    } else if ours.contains("fwd-status=304") {
+        "revalidated"
+    } else if ours.contains("fwd=bypass") || ours.contains("fwd=method") {
+        "bypass"
+    } else {
+        "miss"
+    })
 }
 
 impl Metrics {
-    /// Metrics of a node running `pool`, labelling at most `max_apps` apps by name.
-    pub fn new(pool: Arc<Pool>, max_apps: usize) -> Metrics {
+    /// Metrics of a node running `pool` (and `cache`), labelling at most `max_apps` apps by
+    /// name.
+    pub fn new(pool: Arc<Pool>, cache: Arc<outpost_cache::Cache>, max_apps: usize) -> Metrics {
         let mut registry = Registry::with_prefix("outpost");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests answered", requests.clone());
@@ -125,10 +165,17 @@ impl Metrics {
             "The version each app serves (1)",
             versions.clone(),
         );
+        let cache_responses = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_responses",
+            "Responses by what the cache did for them",
+            cache_responses.clone(),
+        );
         let reachable = Gauge::default();
         let last_sync_ms = Arc::new(AtomicI64::new(0));
         registry.register_collector(Box::new(PoolCollector {
             pool,
+            cache,
             reachable: reachable.clone(),
             last_sync_ms: last_sync_ms.clone(),
         }));
@@ -139,6 +186,7 @@ impl Metrics {
             cpu,
             limits,
             versions,
+            cache: cache_responses,
             reachable,
             last_sync_ms,
             apps: Mutex::new(HashSet::new()),
@@ -184,6 +232,14 @@ impl Metrics {
             .observe(answer.elapsed.as_secs_f64());
         if let Some(cpu) = answer.cpu {
             self.cpu.get_or_create(&labels).inc_by(cpu.as_secs_f64());
+        }
+        if let (Some(result), Some(_)) = (answer.cache, answer.app) {
+            self.cache
+                .get_or_create(&CacheLabels {
+                    app: app.clone(),
+                    result,
+                })
+                .inc();
         }
         if let Some((kind, message)) = answer.failure {
             if let Some(limit) = limit_of(kind, message) {
@@ -260,6 +316,7 @@ fn limit_of(kind: Kind, message: &str) -> Option<&'static str> {
 /// The scheduler's counters and a PoP's sync state, read at each scrape.
 struct PoolCollector {
     pool: Arc<Pool>,
+    cache: Arc<outpost_cache::Cache>,
     reachable: Gauge,
     last_sync_ms: Arc<AtomicI64>,
 }
@@ -311,6 +368,17 @@ impl Collector for PoolCollector {
         for (name, help, value) in counters {
             let metric = ConstCounter::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        let (memory, disk) = self.cache.sizes();
+        let mut family = encoder.encode_descriptor(
+            "cache_bytes",
+            "Bytes the cache holds, by tier",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tier, bytes) in [("memory", memory), ("disk", disk)] {
+            let labels = [("tier", tier)];
+            ConstGauge::new(bytes as i64).encode(family.encode_family(&labels)?)?;
         }
         let last_sync = self.last_sync_ms.load(Ordering::Relaxed);
         if last_sync > 0 {

@@ -432,12 +432,17 @@ async fn run(
     cache: Arc<outpost_cache::Cache>,
 ) -> anyhow::Result<()> {
     let store = LocalStore::open(&args.data)?;
+    let tracing = front_door::tracing(&args.front, "outpost-pop", &args.name)?;
     let state = store.state()?;
     let pool = Arc::new(Pool::new(engine, args.node.pool()).context("starting worker threads")?);
     let routes = Arc::new(Routes::default());
     let label = format!("outpost pop {}", args.name);
     let certificates = front_door::certificates(&args.front, &Role::Pop, &label)?;
-    let metrics = Arc::new(Metrics::new(pool.clone(), args.front.metrics_max_apps));
+    let metrics = Arc::new(Metrics::new(
+        pool.clone(),
+        cache.clone(),
+        args.front.metrics_max_apps,
+    ));
     let tail = crate::front_door::tail();
     let mut serving = Serving {
         cache: cache.clone(),
@@ -578,6 +583,7 @@ async fn run(
         metrics: Some(metrics),
         tail: Some(tail),
         cache: Some(cache),
+        tracing: tracing.clone(),
         ..ServeConfig::default()
     };
     let front = FrontDoor::open(
@@ -592,5 +598,8 @@ async fn run(
     .await?;
     front.run_until_stopped().await;
     follow.abort();
+    if let Some(tracing) = tracing {
+        tracing.flush();
+    }
     std::process::exit(0)
 }

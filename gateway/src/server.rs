@@ -24,6 +24,12 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::error::{GatewayError, Kind};
 use crate::routes::{Routes, Target};
 
+// Header names of the request path, made once (a `&str` name is parsed on every use).
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static X_OUTPOST_POP: http::HeaderName = http::HeaderName::from_static("x-outpost-pop");
+static X_OUTPOST_VERSION: http::HeaderName = http::HeaderName::from_static("x-outpost-version");
+
 /// How the node treats requests before they reach an app.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -44,6 +50,8 @@ pub struct ServeConfig {
     pub tail: Option<Arc<crate::tail::Tail>>,
     /// The HTTP cache in front of apps' handlers (and behind their Cache API), if any.
     pub cache: Option<Arc<outpost_cache::Cache>>,
+    /// Where request spans go (`--otlp`), if anywhere.
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 /// When isolates start ahead of a request.
@@ -67,6 +75,7 @@ impl Default for ServeConfig {
             metrics: None,
             tail: None,
             cache: None,
+            tracing: None,
         }
     }
 }
@@ -446,6 +455,10 @@ struct Outcome {
     request_id: http::HeaderValue,
     /// The app it was routed to.
     app: Option<String>,
+    /// Its trace, when the node traces.
+    trace: Option<crate::trace::RequestTrace>,
+    /// When it was handed to its app (the cache or the isolate).
+    dispatched: Option<std::time::SystemTime>,
 }
 
 /// Answers one request on a listener: routes it, dispatches it, maps failures to statuses;
@@ -462,9 +475,15 @@ pub(crate) async fn handle<B: RequestBody>(
     let method = request.method().clone();
     // A clone of the URI shares its bytes: the path is copied out only where it is used.
     let uri = request.uri().clone();
+    let arrived = std::time::SystemTime::now();
     let mut outcome = Outcome {
         request_id: request_id(request.headers()),
         app: None,
+        trace: config
+            .tracing
+            .as_ref()
+            .map(|tracing| tracing.begin(request.headers())),
+        dispatched: None,
     };
     let routed = route(
         request,
@@ -483,10 +502,25 @@ pub(crate) async fn handle<B: RequestBody>(
         }
     };
     let elapsed = started.elapsed();
-    let cpu = response
-        .extensions()
-        .get::<outpost_isolate::Timing>()
-        .map(|timing| timing.cpu);
+    let timing = response.extensions().get::<outpost_isolate::Timing>();
+    let cpu = timing.map(|timing| timing.cpu);
+    if let (Some(tracing), Some(trace)) = (&config.tracing, &outcome.trace) {
+        tracing.finish(
+            trace,
+            crate::trace::Finished {
+                method: &method,
+                path: uri.path(),
+                status: response.status().as_u16(),
+                request_id: outcome.request_id.to_str().unwrap_or_default(),
+                app: outcome.app.as_deref(),
+                cache: crate::metrics::cache_result(response.headers()),
+                start: arrived,
+                dispatched: outcome.dispatched,
+                end: std::time::SystemTime::now(),
+                timing,
+            },
+        );
+    }
     if let Some(metrics) = &config.metrics {
         metrics.answered(crate::metrics::Answered {
             app: outcome.app.as_deref(),
@@ -497,6 +531,7 @@ pub(crate) async fn handle<B: RequestBody>(
             failure: failure
                 .as_ref()
                 .map(|(kind, message)| (*kind, message.as_str())),
+            cache: crate::metrics::cache_result(response.headers()),
         });
     }
     tracing::info!(
@@ -523,7 +558,7 @@ pub(crate) async fn handle<B: RequestBody>(
         }
     }
     let headers = response.headers_mut();
-    headers.insert("x-request-id", outcome.request_id);
+    headers.insert(X_REQUEST_ID.clone(), outcome.request_id);
     if !headers.contains_key(&outpost_cache::rules::CACHE_STATUS) {
         // Answered before reaching the cache (no route, a bad request) or failed in the
         // handler.
@@ -547,7 +582,7 @@ pub(crate) async fn handle<B: RequestBody>(
 /// `[A-Za-z0-9._:-]`, else a new one (16 hex digits, unique within the process and
 /// unlikely to repeat across processes).
 fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
-    if let Some(given) = headers.get("x-request-id") {
+    if let Some(given) = headers.get(&X_REQUEST_ID) {
         let sane = !given.is_empty()
             && given.len() <= 128
             && given
@@ -593,7 +628,13 @@ async fn route<B: RequestBody>(
     outcome.app = Some(app.name.clone());
     parts
         .headers
-        .insert("x-request-id", outcome.request_id.clone());
+        .insert(X_REQUEST_ID.clone(), outcome.request_id.clone());
+    if let Some(trace) = &outcome.trace {
+        // The app's view (and what its fetches forward): this trace, the handler's span.
+        parts
+            .headers
+            .insert(TRACEPARENT.clone(), trace.traceparent());
+    }
     let deployment = match &app.target {
         Target::Serving(deployment) => deployment,
         Target::Broken(reason) => return Err(load_failed(config, &app.name, reason)),
@@ -601,6 +642,7 @@ async fn route<B: RequestBody>(
     let limits = deployment.limits();
     let (request, overflow) = admit(parts, body, limits.max_body_bytes)?;
     let deadline = Instant::now() + limits.timeout;
+    outcome.dispatched = Some(std::time::SystemTime::now());
     let cache = config
         .cache
         .as_ref()
@@ -631,9 +673,9 @@ async fn route<B: RequestBody>(
         Ok(mut response) => {
             if let Some(name) = &config.pop_name {
                 let headers = response.headers_mut();
-                headers.insert("x-outpost-pop", name.clone());
+                headers.insert(X_OUTPOST_POP.clone(), name.clone());
                 if let Ok(version) = http::HeaderValue::from_str(&deployment.bundle().label()) {
-                    headers.insert("x-outpost-version", version);
+                    headers.insert(X_OUTPOST_VERSION.clone(), version);
                 }
             }
             Ok(response)

@@ -78,9 +78,10 @@ pub struct DiskConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Purge {
-    /// Everything, the Cache API's entries included.
+    /// Everything, the Cache API's entries included (as for prefixes and tags).
     All,
-    /// The responses of one URL (every variant; `http:` and `https:` alike).
+    /// The responses of one URL (every variant; `http:` and `https:` alike) in the HTTP
+    /// cache and `caches.default`.
     Url(String),
     /// The responses of URLs starting with this (`host/path…`, scheme optional).
     Prefix(String),
@@ -159,10 +160,36 @@ impl Cache {
             let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
             *epochs.entry(app.to_string()).or_default() += 1;
         }
+        if let Purge::Url(url) = purge {
+            // Both schemes' keys, directly: no scan of every entry.
+            let path = schemeless(url);
+            for scheme in ["http", "https"] {
+                let url = format!("{scheme}://{path}");
+                self.forget_url(app, &url);
+                self.tiers.remove(&Key {
+                    app: app.to_string(),
+                    space: Space::Api(None),
+                    url,
+                    variant: String::new(),
+                });
+            }
+            return;
+        }
         let app = app.to_string();
         let purge = purge.clone();
         self.tiers
             .invalidate(move |key, meta| key.app == app && purge.matches(key, meta));
+    }
+
+    /// Removes what the HTTP cache holds for `url` (every variant) without cancelling fills
+    /// under way for other URLs of the app.
+    pub(crate) fn forget_url(&self, app: &str, url: &str) {
+        self.tiers.remove_url(&Key {
+            app: app.to_string(),
+            space: Space::Http,
+            url: url.to_string(),
+            variant: String::new(),
+        });
     }
 
     /// Completes pending evictions and purges now (they otherwise complete lazily; a purged

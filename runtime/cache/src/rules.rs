@@ -131,6 +131,15 @@ impl NotStored {
     }
 }
 
+/// Whether a response carries anything that could make it storable here
+/// (`Cache-Control`, `CDN-Cache-Control` or `Expires`); without, [`storable`] says
+/// [`NotStored::NotDeclared`].
+pub fn declares_freshness(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::CACHE_CONTROL)
+        || headers.contains_key(&CDN_CACHE_CONTROL)
+        || headers.contains_key(header::EXPIRES)
+}
+
 /// Whether a response may be stored: the rules allow it, it declares itself storable by a
 /// shared cache, and it sets no cookie.
 pub fn storable(policy: &CachePolicy, headers: &HeaderMap) -> Result<(), NotStored> {

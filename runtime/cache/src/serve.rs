@@ -13,6 +13,8 @@ use crate::rules::{self, CacheStatus, Directives, RangeRequest};
 use crate::store::{Fill, FillGuard, Found, Key, Meta, Pending, Space, Storable, Tee};
 use crate::{Body, Cache};
 
+static SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
+
 /// Hop-by-hop headers, never stored (RFC 9111 §3.1).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -76,15 +78,45 @@ fn revalidation(parts: &http::request::Parts, found: &Found) -> http::request::P
 fn storable_headers(headers: &HeaderMap) -> HeaderMap {
     let mut kept = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if HOP_BY_HOP.contains(&name.as_str())
-            || name == header::AGE
-            || name.as_str() == "server-timing"
-        {
+        if HOP_BY_HOP.contains(&name.as_str()) || name == header::AGE || name == SERVER_TIMING {
             continue;
         }
         kept.append(name.clone(), value.clone());
     }
     kept
+}
+
+/// The request as the rules see it ([`rules::policy_request`], as a GET: HEAD is answered
+/// from the GET's response), made the first time it is needed.
+fn policy_of<'p>(
+    made: &'p mut Option<http::request::Parts>,
+    parts: &http::request::Parts,
+) -> &'p http::request::Parts {
+    made.get_or_insert_with(|| {
+        let mut request = rules::policy_request(parts);
+        request.method = Method::GET;
+        request
+    })
+}
+
+/// Whether `found` may answer the request as it is. While it is fresh (its freshness was
+/// computed by the rules when it was stored; the key already matched URL, host and
+/// variant, and the client's own Cache-Control is not consulted) that is known without
+/// asking the rules again, the common case of a hit; else the rules decide, and say how to
+/// revalidate it.
+fn fresh_or_not(
+    found: &Found,
+    policy_request: &mut Option<http::request::Parts>,
+    parts: &http::request::Parts,
+    now: SystemTime,
+) -> http_cache_semantics::BeforeRequest {
+    if now < found.meta.fresh_until {
+        return http_cache_semantics::BeforeRequest::Fresh(Response::new(()).into_parts().0);
+    }
+    found
+        .meta
+        .policy
+        .before_request(policy_of(policy_request, parts), now)
 }
 
 /// How long a stored response has been stale as of `now`.
@@ -116,7 +148,7 @@ impl Cache {
             let status = response.status();
             if is_unsafe && (status.is_success() || status.is_redirection()) {
                 // RFC 9111 §4.4: what it changed is not served from the cache any more.
-                self.purge(app, &crate::Purge::Url(url));
+                self.forget_url(app, &url);
             }
             CacheStatus::forwarded("method").add_to(response.headers_mut());
             return Ok(response);
@@ -127,14 +159,13 @@ impl Cache {
             url: parts.uri.to_string(),
             variant: String::new(),
         };
-        let mut policy_request = rules::policy_request(&parts);
-        // HEAD is answered from the GET's response.
-        policy_request.method = Method::GET;
+        // Made when first needed: most requests of a dynamic app never need it.
+        let mut policy_request = None;
         let mut collapsed = false;
         loop {
             let now = SystemTime::now();
             let why = match self.tiers.find(&key, &parts.headers).await {
-                Some(Ok(found)) => match found.meta.policy.before_request(&policy_request, now) {
+                Some(Ok(found)) => match fresh_or_not(&found, &mut policy_request, &parts, now) {
                     http_cache_semantics::BeforeRequest::Fresh(_) => {
                         let status = CacheStatus {
                             hit: true,
@@ -162,7 +193,7 @@ impl Cache {
             if collapsed {
                 // Waited once already: no second wait.
                 return self
-                    .fill(app, &parts, body, &policy_request, None, why, dispatch)
+                    .fill(app, &parts, body, &mut policy_request, None, why, dispatch)
                     .await;
             }
             match self.fills.begin(&key, self.config().max_collapsed) {
@@ -172,7 +203,7 @@ impl Cache {
                             app,
                             &parts,
                             body,
-                            &policy_request,
+                            &mut policy_request,
                             Some(guard),
                             why,
                             dispatch,
@@ -181,7 +212,7 @@ impl Cache {
                 }
                 Fill::Crowded => {
                     return self
-                        .fill(app, &parts, body, &policy_request, None, why, dispatch)
+                        .fill(app, &parts, body, &mut policy_request, None, why, dispatch)
                         .await;
                 }
                 Fill::Wait(mut done) => {
@@ -200,7 +231,7 @@ impl Cache {
         app: &str,
         parts: &http::request::Parts,
         body: Body,
-        policy_request: &http::request::Parts,
+        policy_request: &mut Option<http::request::Parts>,
         guard: Option<FillGuard>,
         why: &'static str,
         dispatch: D,
@@ -229,7 +260,7 @@ impl Cache {
         self: &Arc<Self>,
         app: &str,
         parts: &http::request::Parts,
-        policy_request: &http::request::Parts,
+        policy_request: &mut Option<http::request::Parts>,
         response: Response<Body>,
         guard: Option<FillGuard>,
         still_valid: Box<dyn Fn() -> bool + Send>,
@@ -237,17 +268,23 @@ impl Cache {
     ) -> Response<Body> {
         let now = SystemTime::now();
         let (mut head, body) = response.into_parts();
-        let policy = rules::policy(policy_request, head.status, &head.headers, now);
         let verdict = if parts.method == Method::HEAD {
             // A HEAD response has no body to store.
             Err(None)
+        } else if !rules::declares_freshness(&head.headers) {
+            // The common case of a dynamic response, decided without building a policy.
+            Err(Some(rules::NotStored::NotDeclared))
         } else {
-            rules::storable(&policy, &head.headers).map_err(Some)
+            let request = policy_of(policy_request, parts);
+            let policy = rules::policy(request, head.status, &head.headers, now);
+            rules::storable(&policy, &head.headers)
+                .map(|()| policy)
+                .map_err(Some)
         };
         let vary = rules::vary(&head.headers);
         if parts.method == Method::GET {
             let storable = match (&verdict, &vary) {
-                (Ok(()), Some(_)) => Storable::Yes,
+                (Ok(_), Some(_)) => Storable::Yes,
                 _ => Storable::No,
             };
             self.fills.note(
@@ -261,7 +298,7 @@ impl Cache {
             );
         }
         let body = match (verdict, vary) {
-            (Ok(()), Some(vary)) => {
+            (Ok(policy), Some(vary)) => {
                 let meta = Meta {
                     key: Key {
                         app: app.to_string(),
@@ -297,7 +334,7 @@ impl Cache {
                 status.detail = Some(why.detail());
                 body
             }
-            (Ok(()), None) => {
+            (Ok(_), None) => {
                 status.detail = Some(rules::NotStored::Forbidden.detail());
                 body
             }
@@ -451,10 +488,11 @@ impl Cache {
             ..CacheStatus::default()
         };
         let still_valid = self.unpurged(app);
+        let mut policy_request = Some(policy_request.clone());
         Updated::Replaced(self.keep(
             app,
             parts,
-            policy_request,
+            &mut policy_request,
             response,
             None,
             still_valid,
@@ -486,6 +524,9 @@ pub(crate) async fn answer(
     status.add_to(&mut headers);
     let mut code = meta.status;
     let mut part = None;
+    if !headers.contains_key(header::CONTENT_LENGTH) && meta.status != StatusCode::NO_CONTENT {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+    }
     if rules::not_modified(&parts.headers, &meta.headers) {
         code = StatusCode::NOT_MODIFIED;
         headers.remove(header::CONTENT_LENGTH);

@@ -371,6 +371,21 @@ impl Tiers {
         removed
     }
 
+    /// Removes the responses stored under `key`'s URL: the key itself, or every variant when
+    /// the URL's responses vary (found by scanning, which is rare).
+    pub(crate) fn remove_url(&self, key: &Key) {
+        let primary = key.primary();
+        let marker = self
+            .memory
+            .get(&primary)
+            .or_else(|| self.disk.as_ref().and_then(|disk| disk.index.get(&primary)));
+        self.remove(&primary);
+        if let Some(Entry::Vary(_)) = marker {
+            let (app, space, url) = (primary.app, primary.space, primary.url);
+            self.invalidate(move |k, _| k.app == app && k.space == space && k.url == url);
+        }
+    }
+
     /// Removes every entry `doomed` picks, from both tiers.
     pub(crate) fn invalidate(
         &self,
@@ -395,8 +410,10 @@ impl Tiers {
         }
     }
 
-    /// Bytes held by each tier (memory, disk), by their weights.
+    /// Bytes held by each tier (memory, disk), by their weights (pending maintenance run
+    /// first: moka counts lazily).
     pub fn sizes(&self) -> (u64, u64) {
+        self.sync();
         (
             self.memory.weighted_size(),
             self.disk.as_ref().map_or(0, |d| d.index.weighted_size()),
@@ -534,7 +551,8 @@ impl Fills {
     /// Remembers that `key`'s response could not be stored (or, `storable`, that it could).
     pub(crate) fn note(&self, key: &Key, storable: Storable) {
         match storable {
-            Storable::No => self.passes.insert(key.primary(), ()),
+            Storable::No if !self.passes.contains_key(key) => self.passes.insert(key.primary(), ()),
+            Storable::No => {}
             Storable::Yes => self.passes.invalidate(&key.primary()),
         }
     }

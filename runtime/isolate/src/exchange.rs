@@ -126,7 +126,7 @@ pub fn responder(
                 };
                 let mut response = build_response(status, headers, body);
                 if options.server_timing {
-                    add_server_timing(&mut response, timing);
+                    add_server_timing(&mut response, &timing);
                 }
                 // For the node's metrics and logs.
                 response.extensions_mut().insert(timing);
@@ -149,7 +149,7 @@ pub fn responder(
 
 /// `Server-Timing: cpu;dur=0.042, wall;dur=0.120` (milliseconds), plus `cold` when the
 /// request was its isolate's first.
-fn add_server_timing(response: &mut http::Response<Body>, timing: Timing) {
+fn add_server_timing(response: &mut http::Response<Body>, timing: &Timing) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut value = format!(
         "cpu;dur={:.3}, wall;dur={:.3}",

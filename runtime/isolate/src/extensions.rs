@@ -72,7 +72,7 @@ impl FailureKind {
 pub const LOG_LEVELS: [&str; 4] = ["debug", "log", "warn", "error"];
 
 /// What the host measured of one request when its response started.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Timing {
     /// CPU time charged to the request.
     pub cpu: Duration,
@@ -80,7 +80,25 @@ pub struct Timing {
     pub wall: Duration,
     /// Whether it was its isolate's first request.
     pub cold: bool,
+    /// Its outbound fetches, recorded when its trace is sampled (its `traceparent` says so):
+    /// those begun before the response started.
+    pub fetches: Vec<FetchTiming>,
 }
+
+/// One outbound `fetch` of a traced request.
+#[derive(Debug, Clone)]
+pub struct FetchTiming {
+    pub method: String,
+    pub url: String,
+    pub start: std::time::SystemTime,
+    /// When its response head arrived (or it failed); none while under way.
+    pub end: Option<std::time::SystemTime>,
+    /// Its status; 0 when it failed.
+    pub status: u16,
+}
+
+/// Fetches recorded per traced request, at most.
+const MAX_TRACED_FETCHES: usize = 128;
 
 /// Where the response to one in-flight request goes.
 pub type Responder = Box<dyn FnOnce(Outcome, Timing)>;
@@ -95,6 +113,7 @@ struct Entry {
     own_cpu: u64,
     arrived: Instant,
     cold: bool,
+    fetches: Vec<FetchTiming>,
 }
 
 impl Entry {
@@ -146,6 +165,7 @@ impl InFlight {
             own_cpu: 0,
             arrived: now,
             cold,
+            fetches: Vec::new(),
         };
         self.entries.insert(self.next_id, entry);
         self.next_id
@@ -166,6 +186,7 @@ impl InFlight {
             cpu: Duration::from_nanos(entry.charged(self.cpu_per_request) + running),
             wall: now.saturating_duration_since(entry.arrived),
             cold: entry.cold,
+            fetches: entry.fetches,
         };
         Some((entry.responder, timing))
     }
@@ -192,6 +213,34 @@ impl InFlight {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Records the start of an outbound fetch of request `id`; returns its index.
+    fn fetch_began(&mut self, id: u32, method: String, url: String) -> Option<u32> {
+        let entry = self.entries.get_mut(&id)?;
+        if entry.fetches.len() >= MAX_TRACED_FETCHES {
+            return None;
+        }
+        entry.fetches.push(FetchTiming {
+            method,
+            url,
+            start: std::time::SystemTime::now(),
+            end: None,
+            status: 0,
+        });
+        Some(entry.fetches.len() as u32 - 1)
+    }
+
+    /// Records the end of fetch `index` of request `id`.
+    fn fetch_ended(&mut self, id: u32, index: u32, status: u16) {
+        if let Some(fetch) = self
+            .entries
+            .get_mut(&id)
+            .and_then(|e| e.fetches.get_mut(index as usize))
+        {
+            fetch.end = Some(std::time::SystemTime::now());
+            fetch.status = status;
+        }
     }
 
     /// Starts a turn shared by the requests in flight: returns the CPU it may use before
@@ -316,6 +365,8 @@ deno_core::extension!(
         op_outpost_respond_bytes,
         op_outpost_respond_stream,
         op_outpost_fail,
+        op_outpost_fetch_began,
+        op_outpost_fetch_ended,
         op_outpost_cache_match,
         op_outpost_cache_put,
         op_outpost_cache_delete,
@@ -342,6 +393,39 @@ fn op_outpost_log(
 ) {
     if let Some(sink) = state.try_borrow::<ConsoleSink>() {
         sink(level, request_id, text);
+    }
+}
+
+/// An outbound fetch of a traced request began: returns its index (-1: not recorded).
+#[op2(fast)]
+fn op_outpost_fetch_began(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[string] method: &str,
+    #[string] url: &str,
+) -> i32 {
+    state
+        .try_borrow::<Rc<RefCell<InFlight>>>()
+        .and_then(|in_flight| {
+            in_flight
+                .borrow_mut()
+                .fetch_began(id, method.to_string(), url.to_string())
+        })
+        .map_or(-1, |index| index as i32)
+}
+
+/// An outbound fetch of a traced request got its response head (`status`) or failed (0).
+#[op2(fast)]
+fn op_outpost_fetch_ended(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[smi] index: u32,
+    #[smi] status: u32,
+) {
+    if let Some(in_flight) = state.try_borrow::<Rc<RefCell<InFlight>>>() {
+        in_flight
+            .borrow_mut()
+            .fetch_ended(id, index, u16::try_from(status).unwrap_or(0));
     }
 }
 

@@ -28,6 +28,9 @@ use crate::extensions::{
 };
 use crate::limits::{self, Breach, WatchdogDown, Watched};
 
+/// The gateway's request id header, made once.
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// How long an instance whose queue closed may keep running `waitUntil` work and timers.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -499,7 +502,7 @@ impl Instance {
         // The gateway's id of the request, for the tenant's log lines about it.
         let request_id = parts
             .headers
-            .get("x-request-id")
+            .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();

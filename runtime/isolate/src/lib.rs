@@ -33,7 +33,7 @@ pub use console::{
 };
 pub use egress::Egress;
 pub use exchange::ResponseOptions;
-pub use extensions::{ConsoleSink, Timing};
+pub use extensions::{ConsoleSink, FetchTiming, Timing};
 pub use instance::{Instance, ServeEnd, Tenant};
 
 use blank::Stock;
