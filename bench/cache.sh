@@ -18,28 +18,12 @@ ROUNDS=${ROUNDS:-3}
 bash ../shared/v8/install.sh >/dev/null
 cargo build --release --quiet --bin outpost --bin outpost-load --bin outpost-static
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source bench/lib.sh
 
-# Starts a server in the background and waits until its output names its URL ($url).
-start() {
-  local log; log=$(mktemp)
-  "$@" >"$log" 2>&1 &
-  pids+=("$!")
-  url=""
-  for _ in $(seq 1 300); do
-    url=$(grep -oE 'http://[0-9.]+:[0-9]+' "$log" | head -1 || true)
-    [ -n "$url" ] && return 0
-    sleep 0.05
-  done
-  echo "server did not start:" >&2; cat "$log" >&2; return 1
-}
 
 load() {
   target/release/outpost-load "$1" --connections "$CONNECTIONS" --duration "$DURATION" --requests "$REQUESTS"
 }
-rps() { sed -E 's/.*req\/s ([0-9]+).*/\1/' <<<"$1"; }
 
 # Request logging and Server-Timing off on the node (raw hyper has neither); the three
 # targets are loaded in turn, ROUNDS times, and each one's median is compared.

@@ -21,25 +21,8 @@ APP=examples/hello
 bash ../shared/v8/install.sh >/dev/null
 cargo build --release --quiet --bin outpost --bin outpost-load --bin outpost-coldstart
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source bench/lib.sh
 
-# Starts a server command in the background (its pid in $server) and waits until its log
-# names the URL it listens on (in $url).
-start() {
-  local log; log=$(mktemp)
-  "$@" >"$log" 2>&1 &
-  server=$!
-  pids+=("$server")
-  url=""
-  for _ in $(seq 1 300); do
-    url=$(grep -oE 'http://[0-9.]+:[0-9]+' "$log" | head -1 || true)
-    [ -n "$url" ] && return 0
-    sleep 0.05
-  done
-  echo "server did not start:" >&2; cat "$log" >&2; return 1
-}
 
 load() {
   target/release/outpost-load "$1/" --connections "$CONNECTIONS" --duration "$DURATION" --requests "$REQUESTS"
@@ -56,7 +39,6 @@ if [ -n "$DENO" ]; then
   start "$DENO" serve --host 127.0.0.1 --port "$port" "$APP/src/index.js"
   deno_line=$(load "$url"); echo "$deno_line"
   kill "$server"
-  rps() { sed -E 's/.*req\/s ([0-9]+).*/\1/' <<<"$1"; }
   python3 -c "print(f'outpost / deno = {$(rps "$outpost_line")}/{$(rps "$deno_line")} = {$(rps "$outpost_line")/$(rps "$deno_line"):.2f}x')"
 fi
 

@@ -38,7 +38,7 @@ impl CacheScope {
         name: Option<&str>,
         request: &http::request::Parts,
     ) -> Option<Response<Body>> {
-        let key = self.key(name, &request.uri.to_string());
+        let key = self.key(name, &crate::serve::url_of(&request.uri));
         let found = self.cache.tiers.find(&key, &HeaderMap::new()).await?.ok()?;
         let now = SystemTime::now();
         if found.meta.fresh_until <= now {
@@ -74,7 +74,7 @@ impl CacheScope {
             && !head.headers.contains_key(header::SET_COOKIE);
         let mut body = if storable {
             let meta = Meta {
-                key: self.key(name, &request.uri.to_string()),
+                key: self.key(name, &crate::serve::url_of(&request.uri)),
                 fresh_until: rules::fresh_until(&policy, now),
                 policy,
                 status: head.status,
@@ -88,7 +88,7 @@ impl CacheScope {
                 Pending {
                     tiers: self.cache.tiers.clone(),
                     meta,
-                    still_valid: self.cache.unpurged(&self.app),
+                    still_valid: self.cache.unpurged(),
                     guard: None,
                 },
             )
@@ -102,8 +102,9 @@ impl CacheScope {
         Ok(())
     }
 
-    /// `cache.delete(request)`: whether a response was stored for the URL.
-    pub fn delete(&self, name: Option<&str>, url: &str) -> bool {
-        self.cache.tiers.remove(&self.key(name, url))
+    /// `cache.delete(request)`: whether a response was stored for the request's URL.
+    pub fn delete(&self, name: Option<&str>, request: &http::request::Parts) -> bool {
+        let key = self.key(name, &crate::serve::url_of(&request.uri));
+        self.cache.tiers.remove(&key)
     }
 }

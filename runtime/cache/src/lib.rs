@@ -17,14 +17,15 @@ pub mod rules;
 mod serve;
 pub mod store;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use rules::CacheStatus;
+pub use serve::url_of;
 pub use store::{Key, Space};
 
 use store::{Fills, Tiers};
@@ -105,12 +106,25 @@ impl Purge {
     }
 }
 
+/// Whether a purge happened since a fill began (then what it filled is not stored).
+pub(crate) struct Unpurged {
+    purges: Arc<AtomicU64>,
+    at: u64,
+}
+
+impl Unpurged {
+    pub(crate) fn holds(&self) -> bool {
+        self.purges.load(Ordering::Acquire) == self.at
+    }
+}
+
 /// The node's cache: one per node, its entries scoped by app.
 pub struct Cache {
     tiers: Arc<Tiers>,
     fills: Arc<Fills>,
-    /// Each app's purge count: a fill that began before a purge of its app is not stored.
-    epochs: Arc<Mutex<HashMap<String, u64>>>,
+    /// Purges so far: a fill that began before a purge is not stored. (Counted for the node,
+    /// not per app: a purge is rare, and a fill costs one atomic read this way.)
+    purges: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -129,7 +143,7 @@ impl Cache {
         Ok(Arc::new(Cache {
             tiers: Arc::new(Tiers::open(config)?),
             fills: Arc::new(Fills::default()),
-            epochs: Arc::default(),
+            purges: Arc::default(),
         }))
     }
 
@@ -137,29 +151,18 @@ impl Cache {
         self.tiers.config()
     }
 
-    fn epoch(&self, app: &str) -> u64 {
-        let epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
-        epochs.get(app).copied().unwrap_or(0)
-    }
-
-    /// A check that no purge of `app` happened since it was made.
-    fn unpurged(&self, app: &str) -> Box<dyn Fn() -> bool + Send> {
-        let epochs = self.epochs.clone();
-        let app = app.to_string();
-        let at = self.epoch(&app);
-        Box::new(move || {
-            let epochs = epochs.lock().unwrap_or_else(|e| e.into_inner());
-            epochs.get(&app).copied().unwrap_or(0) == at
-        })
+    /// A check that no purge happened since it was made.
+    fn unpurged(&self) -> Unpurged {
+        Unpurged {
+            at: self.purges.load(Ordering::Acquire),
+            purges: self.purges.clone(),
+        }
     }
 
     /// Removes what `purge` names from `app`'s cache, in both tiers; fills under way for
     /// the app are not stored.
     pub fn purge(&self, app: &str, purge: &Purge) {
-        {
-            let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
-            *epochs.entry(app.to_string()).or_default() += 1;
-        }
+        self.purges.fetch_add(1, Ordering::AcqRel);
         if let Purge::Url(url) = purge {
             // Both schemes' keys, directly: no scan of every entry.
             let path = schemeless(url);

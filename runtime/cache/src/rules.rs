@@ -428,9 +428,37 @@ impl CacheStatus {
         value
     }
 
+    /// The value of the common entries that carry no numbers, made without formatting.
+    fn fixed(&self) -> Option<&'static str> {
+        if self.hit || self.ttl.is_some() || self.fwd_status.is_some() || self.stored {
+            return None;
+        }
+        Some(match (self.fwd, self.detail, self.collapsed) {
+            (Some("bypass"), None, false) => "Outpost; fwd=bypass",
+            (Some("method"), None, false) => "Outpost; fwd=method",
+            (Some("uri-miss"), Some("no-shared-freshness"), false) => {
+                "Outpost; fwd=uri-miss; detail=no-shared-freshness"
+            }
+            (Some("uri-miss"), Some("not-storable"), false) => {
+                "Outpost; fwd=uri-miss; detail=not-storable"
+            }
+            (Some("uri-miss"), Some("set-cookie"), false) => {
+                "Outpost; fwd=uri-miss; detail=set-cookie"
+            }
+            (Some("uri-miss"), None, false) => "Outpost; fwd=uri-miss",
+            _ => return None,
+        })
+    }
+
     /// Appends this entry to the response's `Cache-Status` (caches nearer the handler list
     /// theirs first).
     pub fn add_to(&self, headers: &mut HeaderMap) {
+        if let Some(fixed) = self.fixed() {
+            if !headers.contains_key(&CACHE_STATUS) {
+                headers.insert(CACHE_STATUS.clone(), HeaderValue::from_static(fixed));
+                return;
+            }
+        }
         let value = self.value();
         let value = match headers.get(&CACHE_STATUS).and_then(|v| v.to_str().ok()) {
             Some(earlier) if !earlier.is_empty() => format!("{earlier}, {value}"),
@@ -614,6 +642,22 @@ mod tests {
             headers["cache-status"],
             "Upstream; hit, Outpost; fwd=uri-miss; stored"
         );
+        // The fixed values read as the formatted ones would.
+        for (fwd, detail) in [
+            ("bypass", None),
+            ("method", None),
+            ("uri-miss", Some("no-shared-freshness")),
+            ("uri-miss", Some("not-storable")),
+            ("uri-miss", Some("set-cookie")),
+            ("uri-miss", None),
+        ] {
+            let status = CacheStatus {
+                fwd: Some(fwd),
+                detail,
+                ..CacheStatus::default()
+            };
+            assert_eq!(status.fixed(), Some(status.value().as_str()));
+        }
         assert_eq!(
             httpdate("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))

@@ -119,6 +119,20 @@ fn fresh_or_not(
         .before_request(policy_of(policy_request, parts), now)
 }
 
+/// `scheme://authority/path?query` of an absolute URI, without the formatting machinery
+/// (`Uri`'s Display): the key of every GET.
+pub fn url_of(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + path.len());
+    url.push_str(scheme);
+    url.push_str("://");
+    url.push_str(authority);
+    url.push_str(path);
+    url
+}
+
 /// How long a stored response has been stale as of `now`.
 fn stale_for(meta: &Meta, now: SystemTime) -> std::time::Duration {
     now.duration_since(meta.fresh_until).unwrap_or_default()
@@ -142,7 +156,7 @@ impl Cache {
     {
         let (parts, body) = request.into_parts();
         if parts.method != Method::GET && parts.method != Method::HEAD {
-            let url = parts.uri.to_string();
+            let url = url_of(&parts.uri);
             let is_unsafe = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
             let mut response = dispatch(Request::from_parts(parts, body)).await?;
             let status = response.status();
@@ -156,7 +170,7 @@ impl Cache {
         let key = Key {
             app: app.to_string(),
             space: Space::Http,
-            url: parts.uri.to_string(),
+            url: url_of(&parts.uri),
             variant: String::new(),
         };
         // Made when first needed: most requests of a dynamic app never need it.
@@ -240,7 +254,7 @@ impl Cache {
         D: Fn(Request<Body>) -> F,
         F: Future<Output = Result<Response<Body>, E>>,
     {
-        let still_valid = self.unpurged(app);
+        let still_valid = self.unpurged();
         let response = dispatch(Request::from_parts(copy_request(parts), body)).await?;
         let mut status = CacheStatus::forwarded(why);
         Ok(self.keep(
@@ -263,7 +277,7 @@ impl Cache {
         policy_request: &mut Option<http::request::Parts>,
         response: Response<Body>,
         guard: Option<FillGuard>,
-        still_valid: Box<dyn Fn() -> bool + Send>,
+        still_valid: crate::Unpurged,
         status: &mut CacheStatus,
     ) -> Response<Body> {
         let now = SystemTime::now();
@@ -282,16 +296,17 @@ impl Cache {
                 .map_err(Some)
         };
         let vary = rules::vary(&head.headers);
-        if parts.method == Method::GET {
-            let storable = match (&verdict, &vary) {
-                (Ok(_), Some(_)) => Storable::Yes,
-                _ => Storable::No,
-            };
+        let storable = match (&verdict, &vary) {
+            (Ok(_), Some(_)) => Storable::Yes,
+            _ => Storable::No,
+        };
+        // What a leader learns is noted for the URL; others only clear a pass.
+        if parts.method == Method::GET && (guard.is_some() || storable == Storable::Yes) {
             self.fills.note(
                 &Key {
                     app: app.to_string(),
                     space: Space::Http,
-                    url: parts.uri.to_string(),
+                    url: url_of(&parts.uri),
                     variant: String::new(),
                 },
                 storable,
@@ -303,7 +318,7 @@ impl Cache {
                     key: Key {
                         app: app.to_string(),
                         space: Space::Http,
-                        url: parts.uri.to_string(),
+                        url: url_of(&parts.uri),
                         variant: if vary.is_empty() {
                             String::new()
                         } else {
@@ -487,7 +502,7 @@ impl Cache {
             fwd_status: Some(response.status().as_u16()),
             ..CacheStatus::default()
         };
-        let still_valid = self.unpurged(app);
+        let still_valid = self.unpurged();
         let mut policy_request = Some(policy_request.clone());
         Updated::Replaced(self.keep(
             app,

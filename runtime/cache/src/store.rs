@@ -581,8 +581,8 @@ impl Fills {
 pub(crate) struct Pending {
     pub(crate) tiers: Arc<Tiers>,
     pub(crate) meta: Meta,
-    /// Still true when the body ends: no purge of the app happened meanwhile.
-    pub(crate) still_valid: Box<dyn Fn() -> bool + Send>,
+    /// Still true when the body ends: no purge happened meanwhile.
+    pub(crate) still_valid: crate::Unpurged,
     pub(crate) guard: Option<FillGuard>,
 }
 
@@ -682,7 +682,7 @@ impl Tee {
         let Some(pending) = self.pending.take() else {
             return;
         };
-        if !(pending.still_valid)() {
+        if !pending.still_valid.holds() {
             return self.abandon();
         }
         let memory = self.memory.take().map(|chunks| match chunks.len() {

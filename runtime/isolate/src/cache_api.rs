@@ -127,6 +127,6 @@ impl CacheHost for CacheApi {
 
     fn delete(&self, name: Option<String>, url: String) -> Result<bool, JsErrorBox> {
         let request = key_request(&url, Vec::new())?;
-        Ok(self.scope.delete(name.as_deref(), &request.uri.to_string()))
+        Ok(self.scope.delete(name.as_deref(), &request))
     }
 }

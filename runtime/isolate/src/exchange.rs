@@ -57,7 +57,7 @@ pub fn request_args<'s>(
 ) -> [v8::Local<'s, v8::Value>; 5] {
     let id = v8::Integer::new_from_unsigned(scope, id).into();
     let method = one_byte(scope, parts.method.as_str().as_bytes());
-    let url = one_byte(scope, absolute_url(&parts.uri).as_bytes());
+    let url = one_byte(scope, outpost_cache::url_of(&parts.uri).as_bytes());
     let mut flat = Vec::with_capacity(parts.headers.len() * 2);
     for (name, value) in &parts.headers {
         flat.push(one_byte(scope, name.as_str().as_bytes()));
@@ -69,19 +69,6 @@ pub fn request_args<'s>(
         None => v8::null(scope).into(),
     };
     [id, method, url, headers, rid]
-}
-
-/// `scheme://authority/path?query` of an absolute URI, without the formatting machinery.
-fn absolute_url(uri: &http::Uri) -> String {
-    let scheme = uri.scheme_str().unwrap_or("http");
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + path.len());
-    url.push_str(scheme);
-    url.push_str("://");
-    url.push_str(authority);
-    url.push_str(path);
-    url
 }
 
 /// A JS string of bytes read as Latin-1 (how the Fetch standard maps header bytes).
