@@ -12,6 +12,7 @@
 //! | `outpost_isolates_live`, `outpost_isolates_peak`, `outpost_isolates_max` | gauge | |
 //! | `outpost_isolates_created_total`, `outpost_isolates_evicted_total` | counter | |
 //! | `outpost_isolate_memory_bytes` | gauge | all live isolates' measured memory together |
+//! | `outpost_spare_runtimes` | gauge | ready runtimes waiting for a cold app (`--spares` per worker) |
 //! | `outpost_requests_in_flight` | gauge | requests isolates hold now |
 //! | `outpost_app_version_info` | gauge (1) | `app`, `version` — what a PoP serves |
 //! | `outpost_origin_reachable` | gauge | PoP: 1 while the origin answers its feed |
@@ -330,7 +331,12 @@ impl std::fmt::Debug for PoolCollector {
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.pool.stats();
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 6] = [
+            (
+                "spare_runtimes",
+                "Ready runtimes waiting for a cold app, on every worker",
+                outpost_isolate::spare_runtimes() as i64,
+            ),
             ("isolates_live", "Isolates alive now", stats.live as i64),
             (
                 "isolates_peak",

@@ -86,6 +86,14 @@ thread_local! {
     static STOCK: RefCell<Vec<Blank>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Ready runtimes of every worker of the process, for the node's metrics.
+static READY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Ready runtimes waiting for a cold app on every worker now.
+pub fn spare_runtimes() -> usize {
+    READY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// How a worker keeps its stock of ready runtimes.
 #[derive(Debug, Clone, Copy)]
 pub struct Stock {
@@ -101,6 +109,7 @@ impl Stock {
     pub fn take(&self, memory_limit: u64) -> Result<Blank, LoadError> {
         if memory_limit == self.memory_limit && self.size > 0 {
             if let Some(blank) = STOCK.with(|stock| stock.borrow_mut().pop()) {
+                READY.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 let stock = *self;
                 tokio::task::spawn_local(async move {
                     // Let the request that took the runtime run first.
@@ -121,7 +130,10 @@ impl Stock {
                 return;
             }
             match Blank::new(self.memory_limit) {
-                Ok(blank) => STOCK.with(|stock| stock.borrow_mut().push(blank)),
+                Ok(blank) => {
+                    STOCK.with(|stock| stock.borrow_mut().push(blank));
+                    READY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(e) => {
                     tracing::error!("could not make a spare runtime: {e}");
                     return;

@@ -36,6 +36,7 @@ pub use exchange::ResponseOptions;
 pub use extensions::{ConsoleSink, FetchTiming, Timing};
 pub use instance::{Instance, ServeEnd, Tenant};
 
+pub use blank::spare_runtimes;
 use blank::Stock;
 
 /// How the engine runs every isolate.
