@@ -435,16 +435,21 @@ fn reindex(dir: &Path, index: &moka::sync::Cache<Key, Entry>) -> std::io::Result
     let mut metas = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
+        if !named_by_this_cache(&path) {
+            // Not this cache's: left alone (the directory may be shared).
+            continue;
+        }
         match path.extension().and_then(|e| e.to_str()) {
             Some("meta") => metas.push(path),
-            Some("body") => {
-                if !path.with_extension("meta").exists() {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-            _ => {
+            // A body whose metadata never made it.
+            Some("body") if !path.with_extension("meta").exists() => {
                 let _ = std::fs::remove_file(&path);
             }
+            // Bodies and metadata cut off mid-write.
+            Some("partial" | "meta-new") => {
+                let _ = std::fs::remove_file(&path);
+            }
+            _ => {}
         }
     }
     for meta_path in metas {
@@ -469,6 +474,22 @@ fn reindex(dir: &Path, index: &moka::sync::Cache<Key, Entry>) -> std::io::Result
         }
     }
     Ok(found)
+}
+
+/// Whether a file's name is one [`Disk::body_path`] makes (`<24 hex>-<pid>-<n>.<ext>`).
+fn named_by_this_cache(path: &Path) -> bool {
+    let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+        return false;
+    };
+    let mut parts = stem.split('-');
+    let hash = parts.next().unwrap_or("");
+    let digits =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    hash.len() == 24
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        && digits(parts.next())
+        && digits(parts.next())
+        && parts.next().is_none()
 }
 
 fn write_meta(body: &Path, meta: &Meta) {
