@@ -836,3 +836,49 @@ async fn a_traced_request_reaches_an_otlp_receiver_with_its_spans() {
         .iter()
         .any(|s| s.name == "GET" && s.parent_span_id.is_empty()));
 }
+
+#[tokio::test]
+async fn requests_waiting_for_a_busy_isolate_show_as_queued() {
+    // One request at a time per isolate, one worker: the others wait in its queue.
+    let site = app_dir(&[
+        (
+            "outpost.toml",
+            "name = \"busy\"\n[limits]\nconcurrency = 1\n",
+        ),
+        (
+            "src/index.js",
+            "export default { async fetch() {\n\
+               await new Promise((r) => setTimeout(r, 1500));\n\
+               return new Response('done');\n\
+             } };\n",
+        ),
+    ]);
+    let mut node = Node::start(site.path(), &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    node.keep(site);
+    let admin = node.admin_url();
+    let url = node.url("/");
+    let requests: Vec<_> = (0..3)
+        .map(|i| {
+            // Distinct URLs: the cache would otherwise have them wait for the first.
+            let url = format!("{url}?n={i}");
+            tokio::spawn(async move { http1().get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut peak = 0.0f64;
+    while peak < 2.0 && Instant::now() < deadline {
+        peak = peak.max(sample(&scrape(&admin).await, "outpost_requests_queued"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        peak, 2.0,
+        "two requests should have waited behind the first"
+    );
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(
+        sample(&scrape(&admin).await, "outpost_requests_queued"),
+        0.0
+    );
+}

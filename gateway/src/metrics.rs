@@ -14,6 +14,7 @@
 //! | `outpost_isolate_memory_bytes` | gauge | all live isolates' measured memory together |
 //! | `outpost_spare_runtimes` | gauge | ready runtimes waiting for a cold app (`--spares` per worker) |
 //! | `outpost_requests_in_flight` | gauge | requests isolates hold now |
+//! | `outpost_requests_queued` | gauge | requests waiting in isolates' queues |
 //! | `outpost_app_version_info` | gauge (1) | `app`, `version` — what a PoP serves |
 //! | `outpost_origin_reachable` | gauge | PoP: 1 while the origin answers its feed |
 //! | `outpost_sync_lag_seconds` | gauge | PoP: time since the feed last answered |
@@ -331,7 +332,7 @@ impl std::fmt::Debug for PoolCollector {
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.pool.stats();
-        let gauges: [(&str, &str, i64); 6] = [
+        let gauges: [(&str, &str, i64); 7] = [
             (
                 "spare_runtimes",
                 "Ready runtimes waiting for a cold app, on every worker",
@@ -357,6 +358,11 @@ impl Collector for PoolCollector {
                 "requests_in_flight",
                 "Requests isolates hold now",
                 stats.instances.iter().map(|i| i64::from(i.in_flight)).sum(),
+            ),
+            (
+                "requests_queued",
+                "Requests waiting in isolates' queues (an isolate at its concurrency limit)",
+                stats.instances.iter().map(|i| i64::from(i.queued)).sum(),
             ),
         ];
         for (name, help, value) in gauges {

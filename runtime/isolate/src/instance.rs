@@ -330,7 +330,10 @@ impl Instance {
             }
             if self.tenant.handle.in_flight() < self.tenant.limits.concurrency {
                 match jobs.poll_recv(cx) {
-                    Poll::Ready(Some(job)) => return Poll::Ready(Turn::Job(job)),
+                    Poll::Ready(Some(job)) => {
+                        self.tenant.handle.job_taken();
+                        return Poll::Ready(Turn::Job(job));
+                    }
                     Poll::Ready(None) => *closed = true,
                     Poll::Pending => {}
                 }

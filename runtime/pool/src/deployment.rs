@@ -152,7 +152,10 @@ impl Deployment {
             if let Some(live) = local.as_ref() {
                 if live.handle.accepting() && live.load() < scale_at {
                     match live.jobs.try_send(job) {
-                        Ok(()) => return wait(response).await,
+                        Ok(()) => {
+                            live.handle.job_queued();
+                            return wait(response).await;
+                        }
                         Err(mpsc::error::TrySendError::Full(back))
                         | Err(mpsc::error::TrySendError::Closed(back)) => job = back,
                     }
@@ -186,7 +189,10 @@ impl Deployment {
         }
         for (index, live) in &candidates {
             match live.jobs.try_send(job) {
-                Ok(()) => return wait(response).await,
+                Ok(()) => {
+                    live.handle.job_queued();
+                    return wait(response).await;
+                }
                 Err(mpsc::error::TrySendError::Full(back)) => job = back,
                 Err(mpsc::error::TrySendError::Closed(back)) => {
                     inner.slots[*index]
@@ -212,7 +218,10 @@ impl Deployment {
         for _ in 0..START_ATTEMPTS {
             let live = self.start_on(target, deadline, Purpose::Request).await?;
             match live.jobs.try_send(job) {
-                Ok(()) => return wait(response).await,
+                Ok(()) => {
+                    live.handle.job_queued();
+                    return wait(response).await;
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(DispatchError::Overloaded),
                 Err(mpsc::error::TrySendError::Closed(back)) => job = back,
             }

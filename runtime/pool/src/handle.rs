@@ -57,6 +57,8 @@ pub struct InstanceHandle {
     state: AtomicU8,
     /// Requests accepted and not finished (a request finishes when its response body ends).
     in_flight: AtomicU32,
+    /// Requests in its queue, not yet taken by its serve loop.
+    queued: AtomicU32,
     /// `ctx.waitUntil` promises not yet settled.
     wait_until: AtomicU32,
     /// Bytes of V8 heap plus external (ArrayBuffer) memory, as last sampled.
@@ -92,6 +94,7 @@ impl InstanceHandle {
             worker,
             state: AtomicU8::new(0),
             in_flight: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
             wait_until: AtomicU32::new(0),
             memory: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -168,6 +171,23 @@ impl InstanceHandle {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Deployment: a request was put in its queue.
+    pub(crate) fn job_queued(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Engine: its serve loop took a request from its queue.
+    pub fn job_taken(&self) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Requests waiting in its queue now.
+    pub fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Engine: `waitUntil` promises pending now.
@@ -249,6 +269,8 @@ pub struct InstanceStats {
     pub worker: usize,
     pub state: InstanceState,
     pub in_flight: u32,
+    /// Requests waiting in its queue.
+    pub queued: u32,
     pub wait_until: u32,
     pub memory_bytes: u64,
     pub served: u64,
@@ -262,6 +284,7 @@ impl From<&InstanceHandle> for InstanceStats {
             worker: h.worker,
             state: h.state(),
             in_flight: h.in_flight(),
+            queued: h.queued(),
             wait_until: h.wait_until(),
             memory_bytes: h.memory(),
             served: h.served(),
