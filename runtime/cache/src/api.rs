@@ -20,11 +20,11 @@ pub struct CacheScope {
 }
 
 impl CacheScope {
-    fn key(&self, name: Option<&str>, url: &str) -> Key {
+    fn key(&self, name: Option<&str>, request: &http::request::Parts) -> Key {
         Key {
             app: self.app.clone(),
             space: Space::Api(name.map(str::to_string)),
-            url: url.to_string(),
+            url: crate::serve::url_of(&request.uri),
             variant: String::new(),
         }
     }
@@ -38,7 +38,7 @@ impl CacheScope {
         name: Option<&str>,
         request: &http::request::Parts,
     ) -> Option<Response<Body>> {
-        let key = self.key(name, &crate::serve::url_of(&request.uri));
+        let key = self.key(name, request);
         let found = self.cache.tiers.find(&key, &HeaderMap::new()).await?.ok()?;
         let now = SystemTime::now();
         if found.meta.fresh_until <= now {
@@ -74,7 +74,7 @@ impl CacheScope {
             && !head.headers.contains_key(header::SET_COOKIE);
         let mut body = if storable {
             let meta = Meta {
-                key: self.key(name, &crate::serve::url_of(&request.uri)),
+                key: self.key(name, request),
                 fresh_until: rules::fresh_until(&policy, now),
                 policy,
                 status: head.status,
@@ -104,7 +104,7 @@ impl CacheScope {
 
     /// `cache.delete(request)`: whether a response was stored for the request's URL.
     pub fn delete(&self, name: Option<&str>, request: &http::request::Parts) -> bool {
-        let key = self.key(name, &crate::serve::url_of(&request.uri));
+        let key = self.key(name, request);
         self.cache.tiers.remove(&key)
     }
 }

@@ -99,24 +99,38 @@ fn policy_of<'p>(
     })
 }
 
+/// What a stored response can do for a request.
+enum Reuse {
+    /// Answer it as it is.
+    Fresh,
+    /// Answer it once revalidated.
+    Stale,
+    /// Nothing: the request does not match it.
+    Mismatch,
+}
+
 /// Whether `found` may answer the request as it is. While it is fresh (its freshness was
 /// computed by the rules when it was stored; the key already matched URL, host and
 /// variant, and the client's own Cache-Control is not consulted) that is known without
-/// asking the rules again, the common case of a hit; else the rules decide, and say how to
-/// revalidate it.
-fn fresh_or_not(
+/// asking the rules again, the common case of a hit; else the rules decide.
+fn reuse(
     found: &Found,
     policy_request: &mut Option<http::request::Parts>,
     parts: &http::request::Parts,
     now: SystemTime,
-) -> http_cache_semantics::BeforeRequest {
+) -> Reuse {
     if now < found.meta.fresh_until {
-        return http_cache_semantics::BeforeRequest::Fresh(Response::new(()).into_parts().0);
+        return Reuse::Fresh;
     }
-    found
+    match found
         .meta
         .policy
         .before_request(policy_of(policy_request, parts), now)
+    {
+        http_cache_semantics::BeforeRequest::Fresh(_) => Reuse::Fresh,
+        http_cache_semantics::BeforeRequest::Stale { matches: true, .. } => Reuse::Stale,
+        http_cache_semantics::BeforeRequest::Stale { matches: false, .. } => Reuse::Mismatch,
+    }
 }
 
 /// `scheme://authority/path?query` of an absolute URI, without the formatting machinery
@@ -179,8 +193,8 @@ impl Cache {
         loop {
             let now = SystemTime::now();
             let why = match self.tiers.find(&key, &parts.headers).await {
-                Some(Ok(found)) => match fresh_or_not(&found, &mut policy_request, &parts, now) {
-                    http_cache_semantics::BeforeRequest::Fresh(_) => {
+                Some(Ok(found)) => match reuse(&found, &mut policy_request, &parts, now) {
+                    Reuse::Fresh => {
                         let status = CacheStatus {
                             hit: true,
                             ttl: Some(rules::ttl_secs(found.meta.fresh_until, now)),
@@ -196,10 +210,10 @@ impl Cache {
                             }
                         }
                     }
-                    http_cache_semantics::BeforeRequest::Stale { matches: true, .. } => {
-                        return self.revalidate(app, &parts, body, found, dispatch).await;
+                    Reuse::Stale => {
+                        return self.revalidate(&parts, body, found, dispatch).await;
                     }
-                    http_cache_semantics::BeforeRequest::Stale { matches: false, .. } => "miss",
+                    Reuse::Mismatch => "miss",
                 },
                 Some(Err(crate::store::VaryMiss)) => "vary-miss",
                 None => "uri-miss",
@@ -207,14 +221,14 @@ impl Cache {
             if collapsed {
                 // Waited once already: no second wait.
                 return self
-                    .fill(app, &parts, body, &mut policy_request, None, why, dispatch)
+                    .fill(&key, &parts, body, &mut policy_request, None, why, dispatch)
                     .await;
             }
             match self.fills.begin(&key, self.config().max_collapsed) {
                 Fill::Leader(guard) => {
                     return self
                         .fill(
-                            app,
+                            &key,
                             &parts,
                             body,
                             &mut policy_request,
@@ -226,7 +240,7 @@ impl Cache {
                 }
                 Fill::Crowded => {
                     return self
-                        .fill(app, &parts, body, &mut policy_request, None, why, dispatch)
+                        .fill(&key, &parts, body, &mut policy_request, None, why, dispatch)
                         .await;
                 }
                 Fill::Wait(mut done) => {
@@ -238,11 +252,12 @@ impl Cache {
         }
     }
 
-    /// Forwards a miss to the handler and stores what it answers if it may.
+    /// Forwards a miss of `key` (a URL's key) to the handler and stores what it answers if
+    /// it may.
     #[allow(clippy::too_many_arguments)]
     async fn fill<E, D, F>(
         self: &Arc<Self>,
-        app: &str,
+        key: &Key,
         parts: &http::request::Parts,
         body: Body,
         policy_request: &mut Option<http::request::Parts>,
@@ -258,7 +273,7 @@ impl Cache {
         let response = dispatch(Request::from_parts(copy_request(parts), body)).await?;
         let mut status = CacheStatus::forwarded(why);
         Ok(self.keep(
-            app,
+            key,
             parts,
             policy_request,
             response,
@@ -268,11 +283,12 @@ impl Cache {
         ))
     }
 
-    /// Passes a handler's response on, storing it on the way when it may be.
+    /// Passes a handler's response to a request for `key` (its URL's key) on, storing it on
+    /// the way when it may be.
     #[allow(clippy::too_many_arguments)]
     fn keep(
         self: &Arc<Self>,
-        app: &str,
+        key: &Key,
         parts: &http::request::Parts,
         policy_request: &mut Option<http::request::Parts>,
         response: Response<Body>,
@@ -302,28 +318,18 @@ impl Cache {
         };
         // What a leader learns is noted for the URL; others only clear a pass.
         if parts.method == Method::GET && (guard.is_some() || storable == Storable::Yes) {
-            self.fills.note(
-                &Key {
-                    app: app.to_string(),
-                    space: Space::Http,
-                    url: url_of(&parts.uri),
-                    variant: String::new(),
-                },
-                storable,
-            );
+            self.fills.note(key, storable);
         }
         let body = match (verdict, vary) {
             (Ok(policy), Some(vary)) => {
                 let meta = Meta {
                     key: Key {
-                        app: app.to_string(),
-                        space: Space::Http,
-                        url: url_of(&parts.uri),
                         variant: if vary.is_empty() {
                             String::new()
                         } else {
                             rules::variant(&vary, &parts.headers)
                         },
+                        ..key.clone()
                     },
                     fresh_until: rules::fresh_until(&policy, now),
                     policy,
@@ -364,7 +370,6 @@ impl Cache {
     /// (served stale if that fails and `stale-if-error` allows).
     async fn revalidate<E, D, F>(
         self: &Arc<Self>,
-        app: &str,
         parts: &http::request::Parts,
         body: Body,
         found: Found,
@@ -386,7 +391,6 @@ impl Cache {
             // One background refresh per URL at a time.
             if let Fill::Leader(guard) = self.fills.begin(&found.meta.key.primary(), 0) {
                 let cache = self.clone();
-                let app = app.to_string();
                 let dispatch = dispatch.clone();
                 let request = revalidation(parts, &found);
                 let policy_request = rules::policy_request(&request);
@@ -395,8 +399,7 @@ impl Cache {
                 tokio::task::spawn_local(async move {
                     let result = dispatch(Request::from_parts(request, empty())).await;
                     if let Ok(response) = result {
-                        let updated =
-                            cache.update(&app, &original, &policy_request, &found, response);
+                        let updated = cache.update(&original, policy_request, &found, response);
                         if let Updated::Replaced(response) = updated {
                             // Drained so that what it answered is stored.
                             let _ = response.into_body().collect().await;
@@ -436,7 +439,7 @@ impl Cache {
                 return Ok(response);
             }
         }
-        match self.update(app, parts, &revalidation_policy_request, &found, result?) {
+        match self.update(parts, revalidation_policy_request, &found, result?) {
             Updated::NotModified(found) => {
                 let status = CacheStatus {
                     fwd: Some("stale"),
@@ -466,9 +469,8 @@ impl Cache {
     /// be, passed on either way).
     fn update(
         self: &Arc<Self>,
-        app: &str,
         parts: &http::request::Parts,
-        policy_request: &http::request::Parts,
+        policy_request: http::request::Parts,
         found: &Found,
         response: Response<Body>,
     ) -> Updated {
@@ -476,7 +478,7 @@ impl Cache {
         if response.status() == StatusCode::NOT_MODIFIED {
             let (policy, matched) = rules::after_response(
                 &found.meta.policy,
-                policy_request,
+                &policy_request,
                 response.status(),
                 response.headers(),
                 now,
@@ -503,9 +505,9 @@ impl Cache {
             ..CacheStatus::default()
         };
         let still_valid = self.unpurged();
-        let mut policy_request = Some(policy_request.clone());
+        let mut policy_request = Some(policy_request);
         Updated::Replaced(self.keep(
-            app,
+            &found.meta.key.primary(),
             parts,
             &mut policy_request,
             response,

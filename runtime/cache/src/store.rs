@@ -68,7 +68,7 @@ impl Key {
 }
 
 /// Everything of a stored response but its body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {
     pub key: Key,
     /// The rules' view of it (freshness, validators, what requests it matches).
@@ -283,7 +283,8 @@ impl Tiers {
     }
 
     /// The stored response for `key`, following its URL's `Vary` marker: the variant of
-    /// `request_headers`. `Err(())` when the URL has responses but none for this variant.
+    /// `request_headers`. `Err(VaryMiss)` when the URL has responses but none for this
+    /// variant.
     pub(crate) async fn find(
         &self,
         key: &Key,
@@ -419,14 +420,6 @@ impl Tiers {
             self.disk.as_ref().map_or(0, |d| d.index.weighted_size()),
         )
     }
-
-    fn insert_marker(&self, key: &Key, names: &[HeaderName]) {
-        let marker = Entry::Vary(names.into());
-        if let Some(disk) = &self.disk {
-            disk.index.insert(key.primary(), marker.clone());
-        }
-        self.memory.insert(key.primary(), marker);
-    }
 }
 
 /// Indexes the responses a disk tier's directory holds; removes what is incomplete.
@@ -460,11 +453,7 @@ fn reindex(dir: &Path, index: &moka::sync::Cache<Key, Entry>) -> std::io::Result
         let size = std::fs::metadata(&body).map(|m| m.len()).ok();
         match meta {
             Some(meta) if Some(meta.size) == size => {
-                let key = meta.key.clone();
-                if !meta.vary.is_empty() {
-                    index.insert(key.primary(), Entry::Vary(meta.vary.clone().into()));
-                }
-                index.insert(key, Entry::Disk(Arc::new(meta), Arc::new(body)));
+                index_file(index, meta, body);
                 found += 1;
             }
             _ => {
@@ -490,6 +479,18 @@ fn named_by_this_cache(path: &Path) -> bool {
         && digits(parts.next())
         && digits(parts.next())
         && parts.next().is_none()
+}
+
+/// Puts a response whose body is in the file `body` into the disk tier's index, with its
+/// URL's `Vary` marker when it varies.
+fn index_file(index: &moka::sync::Cache<Key, Entry>, meta: Meta, body: PathBuf) {
+    if !meta.vary.is_empty() {
+        index.insert(meta.key.primary(), Entry::Vary(meta.vary.clone().into()));
+    }
+    index.insert(
+        meta.key.clone(),
+        Entry::Disk(Arc::new(meta), Arc::new(body)),
+    );
 }
 
 fn write_meta(body: &Path, meta: &Meta) {
@@ -718,28 +719,21 @@ impl Tee {
         });
         let mut pending = pending;
         pending.meta.size = self.received;
-        match self.file.take() {
-            Some(mut file) => {
-                // The writer holds the fill guard until the file is indexed; the memory copy
-                // is visible at once.
-                if let Some(bytes) = memory {
-                    store_memory(&pending, bytes);
-                }
-                let sender = file.get_ref().cloned();
-                file.close();
-                if let Some(sender) = sender {
-                    if let Err(mpsc::error::TrySendError::Full(end)) =
-                        sender.try_send(ToFile::End(Box::new(pending)))
-                    {
-                        tokio::spawn(async move {
-                            let _ = sender.send(end).await;
-                        });
-                    }
-                }
-            }
-            None => {
-                if let Some(bytes) = memory {
-                    store_memory(&pending, bytes);
+        // The memory copy is visible at once; with a file, the writer holds the fill guard
+        // until the file is indexed.
+        if let Some(bytes) = memory {
+            store_memory(&pending, bytes);
+        }
+        if let Some(mut file) = self.file.take() {
+            let sender = file.get_ref().cloned();
+            file.close();
+            if let Some(sender) = sender {
+                if let Err(mpsc::error::TrySendError::Full(end)) =
+                    sender.try_send(ToFile::End(Box::new(pending)))
+                {
+                    tokio::spawn(async move {
+                        let _ = sender.send(end).await;
+                    });
                 }
             }
         }
@@ -747,18 +741,12 @@ impl Tee {
 }
 
 fn store_memory(pending: &Pending, body: Bytes) {
-    let meta = Arc::new(Meta {
-        key: pending.meta.key.clone(),
-        policy: pending.meta.policy.clone(),
-        fresh_until: pending.meta.fresh_until,
-        status: pending.meta.status,
-        headers: pending.meta.headers.clone(),
-        vary: pending.meta.vary.clone(),
-        tags: pending.meta.tags.clone(),
-        size: body.len() as u64,
-    });
+    let meta = Arc::new(pending.meta.clone());
     if !meta.vary.is_empty() {
-        pending.tiers.insert_marker(&meta.key, &meta.vary);
+        pending
+            .tiers
+            .memory
+            .insert(meta.key.primary(), Entry::Vary(meta.vary.clone().into()));
     }
     pending
         .tiers
@@ -799,14 +787,7 @@ fn write_file(
                 let meta = pending.meta;
                 write_meta(&path, &meta);
                 if let Some(disk) = &tiers.disk {
-                    if !meta.vary.is_empty() {
-                        disk.index
-                            .insert(meta.key.primary(), Entry::Vary(meta.vary.clone().into()));
-                    }
-                    disk.index.insert(
-                        meta.key.clone(),
-                        Entry::Disk(Arc::new(meta), Arc::new(path)),
-                    );
+                    index_file(&disk.index, meta, path);
                 }
                 // The guard drops here, after the entry is visible: waiters find it.
                 drop(pending.guard);
