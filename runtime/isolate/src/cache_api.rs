@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use outpost_cache::api::CacheScope;
 
 use crate::body::{stream_response, RequestBodyResource};
+use crate::exchange::{build_response, header_map};
 use crate::extensions::{CacheHost, CacheMatch, CachePut, HeaderPairs, LocalFuture};
 
 /// What an isolate's Cache API works on: its app's scope of the node's cache.
@@ -25,19 +26,6 @@ pub struct CacheApi {
 
 fn invalid_url() -> JsErrorBox {
     JsErrorBox::type_error("Invalid URL. Cache API keys must be fully-qualified, valid URLs.")
-}
-
-fn header_map(pairs: HeaderPairs) -> http::HeaderMap {
-    let mut map = http::HeaderMap::with_capacity(pairs.len());
-    for (name, value) in pairs {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(&name),
-            http::HeaderValue::from_bytes(&value),
-        ) {
-            map.append(name, value);
-        }
-    }
-    map
 }
 
 /// The key request: a GET of `url` (an absolute http(s) URL) with `headers`.
@@ -113,9 +101,7 @@ impl CacheHost for CacheApi {
                     .boxed_unsync(),
             };
             let request = key_request(&put.url, put.request_headers)?;
-            let mut response = http::Response::new(body);
-            *response.status_mut() = http::StatusCode::from_u16(put.status).unwrap_or_default();
-            *response.headers_mut() = header_map(put.headers);
+            let response = build_response(put.status, put.headers, body);
             scope
                 .put(put.name.as_deref(), &request, response)
                 .await

@@ -150,27 +150,30 @@ fn add_server_timing(response: &mut http::Response<Body>, timing: &Timing) {
         response.headers_mut().append("server-timing", value);
     }
 }
-fn build_response(
+/// A response of `status` (500 if it is not one), `headers` (pairs that are not a valid
+/// header are left out) and `body`.
+pub(crate) fn build_response(
     status: u16,
-    headers: Vec<(
-        deno_core::convert::ByteString,
-        deno_core::convert::ByteString,
-    )>,
+    headers: crate::extensions::HeaderPairs,
     body: Body,
 ) -> http::Response<Body> {
     let mut response = http::Response::new(body);
     *response.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let map = response.headers_mut();
-    map.reserve(headers.len());
-    for (name, value) in headers {
-        let (Ok(name), Ok(value)) = (
+    *response.headers_mut() = header_map(headers);
+    response
+}
+
+/// Header pairs from JS as a map; pairs that are not a valid header are left out.
+pub(crate) fn header_map(pairs: crate::extensions::HeaderPairs) -> http::HeaderMap {
+    let mut map = http::HeaderMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(&name),
             http::HeaderValue::from_bytes(&value),
-        ) else {
-            continue;
-        };
-        map.append(name, value);
+        ) {
+            map.append(name, value);
+        }
     }
-    response
+    map
 }
