@@ -504,6 +504,7 @@ pub(crate) async fn handle<B: RequestBody>(
     let elapsed = started.elapsed();
     let timing = response.extensions().get::<outpost_isolate::Timing>();
     let cpu = timing.map(|timing| timing.cpu);
+    let cache_result = crate::metrics::cache_result(response.headers());
     if let (Some(tracing), Some(trace)) = (&config.tracing, &outcome.trace) {
         tracing.finish(
             trace,
@@ -513,7 +514,7 @@ pub(crate) async fn handle<B: RequestBody>(
                 status: response.status().as_u16(),
                 request_id: outcome.request_id.to_str().unwrap_or_default(),
                 app: outcome.app.as_deref(),
-                cache: crate::metrics::cache_result(response.headers()),
+                cache: cache_result,
                 start: arrived,
                 dispatched: outcome.dispatched,
                 end: std::time::SystemTime::now(),
@@ -531,7 +532,7 @@ pub(crate) async fn handle<B: RequestBody>(
             failure: failure
                 .as_ref()
                 .map(|(kind, message)| (*kind, message.as_str())),
-            cache: crate::metrics::cache_result(response.headers()),
+            cache: cache_result,
         });
     }
     tracing::info!(
