@@ -11,14 +11,17 @@
 
 use std::time::{Duration, SystemTime};
 
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
+    SamplingDecision, SpanContext, SpanId, SpanKind, TraceContextExt, TraceId, Tracer,
     TracerProvider,
 };
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::HeaderExtractor;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracer,
-    SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler, SdkTracer,
+    SdkTracerProvider, ShouldSample,
 };
 
 /// How often finished spans are sent.
@@ -96,24 +99,7 @@ impl Tracing {
     /// The trace a request joins: its `traceparent`'s, else a new one sampled at the
     /// node's ratio.
     pub fn begin(&self, headers: &http::HeaderMap) -> RequestTrace {
-        let parent = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_traceparent)
-            .map(|context| {
-                let state = headers
-                    .get("tracestate")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| TraceState::from_key_value(parse_tracestate(v)).ok())
-                    .unwrap_or_default();
-                SpanContext::new(
-                    context.trace_id(),
-                    context.span_id(),
-                    context.trace_flags(),
-                    true,
-                    state,
-                )
-            });
+        let parent = caller(headers);
         let (trace_id, sampled) = match &parent {
             Some(parent) => (parent.trace_id(), parent.is_sampled()),
             None => {
@@ -245,70 +231,31 @@ pub struct Finished<'a> {
     pub timing: Option<&'a outpost_isolate::Timing>,
 }
 
-/// Whether a trace started here is kept: its id's low 64 bits below `ratio` of their range
-/// (as OpenTelemetry's TraceIdRatioBased sampler decides, so every node agrees).
+/// Whether a trace started here is kept: OpenTelemetry's TraceIdRatioBased sampler decides
+/// from the trace id, so every node agrees.
 fn keeps(trace_id: TraceId, ratio: f64) -> bool {
-    if ratio >= 1.0 {
-        return true;
-    }
-    let bytes = trace_id.to_bytes();
-    let low = u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")) >> 1;
-    (low as f64) < ratio * (1u64 << 63) as f64
+    let decision = Sampler::TraceIdRatioBased(ratio)
+        .should_sample(None, trace_id, "", &SpanKind::Server, &[], &[])
+        .decision;
+    decision == SamplingDecision::RecordAndSample
 }
 
-/// A W3C `traceparent` (version 00): trace id, parent span id, flags.
-fn parse_traceparent(value: &str) -> Option<SpanContext> {
-    let mut parts = value.trim().split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    let flags = parts.next()?;
-    if version.len() != 2
-        || version == "ff"
-        || trace.len() != 32
-        || span.len() != 16
-        || flags.len() != 2
-    {
-        return None;
-    }
-    if version == "00" && parts.next().is_some() {
-        return None;
-    }
-    let lower_hex = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    if !(lower_hex(version) && lower_hex(trace) && lower_hex(span) && lower_hex(flags)) {
-        return None;
-    }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
-        return None;
-    }
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags & 1),
-        true,
-        TraceState::default(),
-    ))
-}
-
-fn parse_tracestate(value: &str) -> Vec<(String, String)> {
-    value
-        .split(',')
-        .filter_map(|member| {
-            let (key, value) = member.trim().split_once('=')?;
-            Some((key.to_string(), value.to_string()))
-        })
-        .collect()
+/// The caller's span, from a valid W3C `traceparent` (and its `tracestate`).
+fn caller(headers: &http::HeaderMap) -> Option<SpanContext> {
+    let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let span = context.span().span_context().clone();
+    span.is_valid().then_some(span)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_traceparent(value: &str) -> Option<SpanContext> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", http::HeaderValue::from_str(value).unwrap());
+        caller(&headers)
+    }
 
     #[test]
     fn traceparents() {
