@@ -73,17 +73,24 @@ impl Answer {
     }
 }
 
-async fn fetch(node: &Node, path: &str, headers: &[(&str, &str)]) -> Answer {
+/// GETs `path` with `headers`; none if the node cannot be reached or the body not read.
+async fn try_fetch(node: &Node, path: &str, headers: &[(&str, &str)]) -> Option<Answer> {
     let mut request = http1().get(node.url(path));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = request.send().await.unwrap();
-    Answer {
+    let response = request.send().await.ok()?;
+    Some(Answer {
         status: response.status().as_u16(),
         headers: response.headers().clone(),
-        body: response.text().await.unwrap(),
-    }
+        body: response.text().await.ok()?,
+    })
+}
+
+async fn fetch(node: &Node, path: &str, headers: &[(&str, &str)]) -> Answer {
+    try_fetch(node, path, headers)
+        .await
+        .unwrap_or_else(|| panic!("GET {path} on {} failed", node.url))
 }
 
 fn node() -> Node {
@@ -472,6 +479,15 @@ async fn the_cache_api_is_scoped_per_app_and_per_name() {
 const DEPLOY: &str = "deploy-secret";
 const POP: &str = "pop-secret";
 
+/// `outpost origin` with both tokens.
+fn origin(data: &Path) -> Node {
+    Node::origin(
+        data,
+        &[],
+        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
+    )
+}
+
 fn deploy(dir: &Path, origin: &str) {
     let (ok, _, err) = outpost(
         &["deploy", dir.to_str().unwrap(), "--origin", origin],
@@ -487,13 +503,7 @@ const SITE: [(&str, &str); 1] = [("host", "site.localhost")];
 async fn until(node: &Node, path: &str, what: &str, check: impl Fn(&Answer) -> bool) -> Answer {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let request = http1().get(node.url(path)).header("host", SITE[0].1);
-        if let Ok(response) = request.send().await {
-            let answer = Answer {
-                status: response.status().as_u16(),
-                headers: response.headers().clone(),
-                body: response.text().await.unwrap_or_default(),
-            };
+        if let Some(answer) = try_fetch(node, path, &SITE).await {
             if check(&answer) {
                 return answer;
             }
@@ -506,11 +516,7 @@ async fn until(node: &Node, path: &str, what: &str, check: impl Fn(&Answer) -> b
 #[tokio::test]
 async fn purges_by_tag_and_url_reach_every_pop() {
     let origin_data = tempfile::tempdir().unwrap();
-    let origin = Node::origin(
-        origin_data.path(),
-        &[],
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
-    );
+    let origin = origin(origin_data.path());
     let site = app("site", HANDLER);
     deploy(site.path(), &origin.url);
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -566,11 +572,7 @@ async fn purges_by_tag_and_url_reach_every_pop() {
 #[tokio::test]
 async fn the_disk_tier_survives_a_restart() {
     let origin_data = tempfile::tempdir().unwrap();
-    let origin = Node::origin(
-        origin_data.path(),
-        &[],
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
-    );
+    let origin = origin(origin_data.path());
     let site = app("site", HANDLER);
     deploy(site.path(), &origin.url);
     let data = tempfile::tempdir().unwrap();
@@ -677,11 +679,7 @@ export default {
 #[tokio::test]
 async fn a_deploy_empties_the_apps_cache_unless_its_manifest_says_not_to() {
     let origin_data = tempfile::tempdir().unwrap();
-    let origin = Node::origin(
-        origin_data.path(),
-        &[],
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
-    );
+    let origin = origin(origin_data.path());
     let version = |n: u32, keep: bool| {
         let manifest = if keep {
             "name = \"site\"\n[cache]\npurge_on_deploy = false\n".to_string()
