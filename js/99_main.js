@@ -4,6 +4,7 @@
 // them, together with `Deno`, before any tenant code runs.
 import { core } from "ext:core/mod.js";
 import { performance } from "ext:outpost/10_globals.js";
+import "ext:outpost/08_errors.js";
 import "ext:outpost/30_cache.js";
 import {
   configure,

@@ -376,6 +376,7 @@ deno_core::extension!(
         dir "../../js",
         "00_infra.js",
         "05_request_context.js",
+        "08_errors.js",
         "10_globals.js",
         "20_dispatch.js",
         "30_cache.js",
