@@ -33,6 +33,7 @@ const {
   StringPrototypeIncludes,
   Symbol,
   TypeError,
+  TypedArrayPrototypeGetByteLength,
   TypedArrayPrototypeGetSymbolToStringTag,
 } = primordials;
 
@@ -298,10 +299,22 @@ class IncomingInnerRequest {
  * @param {string} method
  * @param {string} url
  * @param {string[]} headers flat name/value list
- * @param {number | null} bodyRid a resource streaming the request body, or null
+ * @param {number | Uint8Array | null} body the resource streaming the request body, the
+ *   body itself when it was received whole, or null
  */
-export function dispatch(id, method, url, headers, bodyRid) {
-  runInRequest(id, headers, () => handle(id, method, url, headers, bodyRid));
+export function dispatch(id, method, url, headers, body) {
+  runInRequest(id, headers, () => handle(id, method, url, headers, body));
+}
+
+/**
+ * A body received whole: read by `json()`, `text()`, ... without a stream; `request.body`
+ * makes one from it when asked.
+ * @param {Uint8Array} bytes
+ */
+function wholeBody(bytes) {
+  const inner = new InnerBody({ body: bytes, consumed: false });
+  inner.length = TypedArrayPrototypeGetByteLength(bytes);
+  return inner;
 }
 
 /**
@@ -309,12 +322,16 @@ export function dispatch(id, method, url, headers, bodyRid) {
  * @param {string} method
  * @param {string} url
  * @param {string[]} headers
- * @param {number | null} bodyRid
+ * @param {number | Uint8Array | null} body
  */
-function handle(id, method, url, headers, bodyRid) {
+function handle(id, method, url, headers, body) {
   let result;
   try {
-    const reqBody = bodyRid === null ? null : new InnerBody(readableStreamForRid(bodyRid));
+    const reqBody = body === null
+      ? null
+      : typeof body === "number"
+      ? new InnerBody(readableStreamForRid(body))
+      : wholeBody(body);
     const inner = new IncomingInnerRequest(method, url, headers, reqBody);
     const req = fromInnerRequest(inner, "immutable");
     const ctx = new ExecutionContext();

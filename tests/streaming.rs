@@ -46,6 +46,30 @@ export default {
         },
       }));
     }
+    if (url.pathname === "/small") {
+      const how = url.searchParams.get("how");
+      if (how === "json") return Response.json(await request.json());
+      if (how === "text") return new Response(await request.text());
+      if (how === "form") return new Response((await request.formData()).get("a"));
+      if (how === "clone") {
+        const copy = request.clone();
+        return new Response(`${await copy.text()}|${await request.text()}`);
+      }
+      if (how === "twice") {
+        await request.arrayBuffer();
+        const again = await request.text().then(() => "read twice", (e) => e.name);
+        return new Response(`${request.bodyUsed} ${again}`);
+      }
+      if (how === "stream") {
+        const parts = [];
+        for await (const chunk of request.body) parts.push(new TextDecoder().decode(chunk));
+        return new Response(parts.join(""));
+      }
+      if (how === "forward") {
+        const inner = new Request("http://example.test/", { method: "POST", body: request.body });
+        return new Response(await inner.text());
+      }
+    }
     if (url.pathname === "/ignore-body") {
       return new Response("ignored");
     }
@@ -133,6 +157,83 @@ async fn upload_streams_through_the_handler_as_it_arrives() {
         "the echo waited for the whole upload: {first_at:?}"
     );
     sender.await.unwrap();
+}
+
+/// Small bodies with a Content-Length reach the handler whole (no stream underneath); every
+/// way of reading them behaves as with a streamed body.
+#[tokio::test]
+async fn small_bodies_read_every_way() {
+    let dir = app("small", HANDLER);
+    let node = Node::start(dir.path(), &[]);
+    let json = r#"{"a":1,"list":[1,2,3],"s":"é"}"#;
+    for client in [http1(), http2()] {
+        let post = |how: &str, body: &str| {
+            client
+                .post(node.url(&format!("/small?how={how}")))
+                .body(body.to_string())
+        };
+        let cases = [
+            ("json", json, json.to_string()),
+            ("text", "plain text", "plain text".to_string()),
+            ("form", "a=hello&b=2", "hello".to_string()),
+            ("clone", "twin", "twin|twin".to_string()),
+            ("twice", "once", "true TypeError".to_string()),
+            ("stream", "streamed", "streamed".to_string()),
+            ("forward", "forwarded", "forwarded".to_string()),
+        ];
+        for (how, body, expected) in cases {
+            let mut request = post(how, body);
+            if how == "form" {
+                request = request.header("content-type", "application/x-www-form-urlencoded");
+            }
+            let res = request.send().await.unwrap();
+            assert_eq!(res.status(), 200, "{how}");
+            assert_eq!(res.text().await.unwrap(), expected, "{how}");
+        }
+    }
+}
+
+/// A small body that arrives slowly is waited for; one cut short is a 400, and the node
+/// keeps serving.
+#[tokio::test]
+async fn small_bodies_that_arrive_slowly_or_never_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = app("slow", HANDLER);
+    let node = Node::start(dir.path(), &[]);
+    let addr = node
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head =
+        "POST /small?how=text HTTP/1.1\r\nhost: slow.localhost\r\ncontent-length: 10\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"01234").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(b"56789").await.unwrap();
+    let mut answer = vec![0; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("0123456789"), "{answer}");
+
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head =
+        "POST /small?how=text HTTP/1.1\r\nhost: slow.localhost\r\ncontent-length: 10\r\n\r\n01234";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    let res = http1()
+        .post(node.url("/small?how=text"))
+        .body("still serving")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), "still serving");
 }
 
 #[tokio::test]

@@ -178,8 +178,10 @@ where
                 Err(e) => Some((Err(e.into()), recv)),
             }
         });
+        // Boxed: the stream's async block type would otherwise have to be proven Send for
+        // every lifetime where the gateway awaits the body (rustc's higher-ranked check).
         server::handle(
-            Request::from_parts(parts, StreamBody::new(frames)),
+            Request::from_parts(parts, StreamBody::new(futures::StreamExt::boxed(frames))),
             listening,
         )
         .await

@@ -641,8 +641,8 @@ async fn route<B: RequestBody>(
         Target::Broken(reason) => return Err(load_failed(config, &app.name, reason)),
     };
     let limits = deployment.limits();
-    let (request, overflow) = admit(parts, body, limits.max_body_bytes)?;
     let deadline = Instant::now() + limits.timeout;
+    let (request, overflow) = admit(parts, body, limits.max_body_bytes, deadline).await?;
     outcome.dispatched = Some(std::time::SystemTime::now());
     let cache = config
         .cache
@@ -696,14 +696,22 @@ fn load_failed(config: &ServeConfig, app: &str, reason: &str) -> GatewayError {
     GatewayError::new(Kind::NoApp, message)
 }
 
+/// Request bodies of at most this many bytes, with a Content-Length, are received whole
+/// before the request goes to the isolate, which then gets them in one piece (no stream, no
+/// resource, no op); larger ones and chunked ones stream.
+const WHOLE_BODY_MAX: u64 = 64 * 1024;
+
 /// Checks a request against the app's body limit. A body that turns out larger than it
 /// claims (or chunked past the limit) ends with an error where the limit is passed, and the
-/// returned flag is set, so the client gets 413 whatever the app did.
-fn admit<B: RequestBody>(
+/// returned flag is set, so the client gets 413 whatever the app did. A small body with a
+/// Content-Length is received here, by `deadline`.
+async fn admit<B: RequestBody>(
     parts: http::request::Parts,
     body: B,
     max_body_bytes: u64,
+    deadline: Instant,
 ) -> Result<(Request<Body>, Option<Arc<AtomicBool>>), GatewayError> {
+    let mut declared = None;
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()
@@ -713,6 +721,30 @@ fn admit<B: RequestBody>(
         if length > max_body_bytes {
             return Err(too_large(max_body_bytes));
         }
+        declared = Some(length);
+    }
+    if declared.is_some_and(|length| length > 0 && length <= WHOLE_BODY_MAX) {
+        let received = tokio::time::timeout_at(deadline.into(), body.collect()).await;
+        let bytes = match received {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) => {
+                let e: outpost_pool::BoxError = e.into();
+                return Err(GatewayError::new(
+                    Kind::BadRequest,
+                    format!("The request body could not be read: {e}"),
+                ));
+            }
+            Err(_elapsed) => {
+                return Err(GatewayError::new(
+                    Kind::Timeout,
+                    "The request body did not arrive within the app's timeout.",
+                ))
+            }
+        };
+        let body = http_body_util::Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        return Ok((Request::from_parts(parts, body), None));
     }
     if hyper::body::Body::is_end_stream(&body) {
         // Nothing to limit (a GET): no wrapper, no flag.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use deno_core::{AsyncRefCell, AsyncResult, BufView, CancelFuture, CancelHandle, RcRef, Resource};
 use deno_error::JsErrorBox;
-use http_body::Frame;
+use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
 use outpost_pool::{Body, BoxError};
 use tokio::sync::mpsc;
@@ -22,10 +22,75 @@ pub const CHUNK: usize = 64 * 1024;
 /// Chunks a response stream may run ahead of the client.
 const RESPONSE_CHANNEL_CHUNKS: usize = 4;
 
+/// How an incoming request's body is handed to JS.
+pub enum RequestBody {
+    None,
+    /// Already received whole (the gateway collects small bodies with a Content-Length).
+    Whole(Bytes),
+    /// Read by JS as it arrives.
+    Stream(RequestBodyResource),
+}
+
+impl From<Body> for RequestBody {
+    /// Takes what is already there without waiting: a body whose frames are all ready now
+    /// (a `Full`) becomes `Whole`; anything that would wait streams, keeping what was taken.
+    fn from(mut body: Body) -> Self {
+        if body.is_end_stream() {
+            return RequestBody::None;
+        }
+        let fits = body
+            .size_hint()
+            .upper()
+            .is_some_and(|upper| upper <= CHUNK as u64);
+        if !fits {
+            return RequestBody::Stream(RequestBodyResource::new(body));
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut whole = Vec::new();
+        loop {
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(None) => break,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        whole.push(data);
+                    }
+                    if body.is_end_stream() {
+                        break;
+                    }
+                }
+                // A frame not here yet, or an error: JS reads the rest (or the error) as a
+                // stream, starting with what was taken.
+                Poll::Pending => {
+                    let resource = RequestBodyResource::new(body);
+                    resource.put_back(concat(whole));
+                    return RequestBody::Stream(resource);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let resource = RequestBodyResource::new(body);
+                    resource.put_back(concat(whole));
+                    *resource.failed.borrow_mut() = Some(e.to_string());
+                    return RequestBody::Stream(resource);
+                }
+            }
+        }
+        RequestBody::Whole(concat(whole))
+    }
+}
+
+fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    }
+}
+
 /// The body of an incoming request, read by JS through `readableStreamForRid`.
 pub struct RequestBodyResource {
     body: AsyncRefCell<Body>,
     pending: RefCell<Option<Bytes>>,
+    /// An error met before JS started reading, reported after `pending`.
+    failed: RefCell<Option<String>>,
     cancel: CancelHandle,
 }
 
@@ -34,7 +99,15 @@ impl RequestBodyResource {
         RequestBodyResource {
             body: AsyncRefCell::new(body),
             pending: RefCell::new(None),
+            failed: RefCell::new(None),
             cancel: CancelHandle::new(),
+        }
+    }
+
+    /// Makes `data` the first bytes JS reads.
+    fn put_back(&self, data: Bytes) {
+        if !data.is_empty() {
+            *self.pending.borrow_mut() = Some(data);
         }
     }
 
@@ -53,6 +126,9 @@ impl RequestBodyResource {
         if let Some(chunk) = self.take_pending(limit) {
             return Ok(BufView::from(chunk));
         }
+        if let Some(e) = self.failed.borrow_mut().take() {
+            return Err(read_failed(e));
+        }
         let mut body = RcRef::map(&self, |r| &r.body).borrow_mut().await;
         loop {
             let cancel = RcRef::map(&self, |r| &r.cancel);
@@ -64,12 +140,7 @@ impl RequestBodyResource {
             };
             match frame {
                 None => return Ok(BufView::empty()),
-                Some(Err(e)) => {
-                    return Err(JsErrorBox::new(
-                        "Http",
-                        format!("reading the request body failed: {e}"),
-                    ))
-                }
+                Some(Err(e)) => return Err(read_failed(e)),
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else {
                         continue;
@@ -84,6 +155,10 @@ impl RequestBodyResource {
             }
         }
     }
+}
+
+fn read_failed(e: impl std::fmt::Display) -> JsErrorBox {
+    JsErrorBox::new("Http", format!("reading the request body failed: {e}"))
 }
 
 impl Resource for RequestBodyResource {

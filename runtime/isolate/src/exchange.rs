@@ -48,12 +48,21 @@ impl Drop for Finish {
     }
 }
 
-/// The arguments of `dispatch(id, method, url, headers, bodyRid)`.
+/// How a request's body reaches `dispatch`.
+pub enum BodyArg {
+    None,
+    /// Received whole: handed over as a `Uint8Array`.
+    Whole(bytes::Bytes),
+    /// Still arriving: the resource JS reads it from.
+    Stream(ResourceId),
+}
+
+/// The arguments of `dispatch(id, method, url, headers, body)`.
 pub fn request_args<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     id: u32,
     parts: &http::request::Parts,
-    body_rid: Option<ResourceId>,
+    body: BodyArg,
 ) -> [v8::Local<'s, v8::Value>; 5] {
     let id = v8::Integer::new_from_unsigned(scope, id).into();
     let method = one_byte(scope, parts.method.as_str().as_bytes());
@@ -64,11 +73,31 @@ pub fn request_args<'s>(
         flat.push(one_byte(scope, value.as_bytes()));
     }
     let headers = v8::Array::new_with_elements(scope, &flat).into();
-    let rid = match body_rid {
-        Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
-        None => v8::null(scope).into(),
+    let body = match body {
+        BodyArg::None => v8::null(scope).into(),
+        BodyArg::Stream(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
+        BodyArg::Whole(bytes) => {
+            // Allocated by the isolate's array buffer allocator, so it counts towards the
+            // isolate's memory like any other ArrayBuffer.
+            let buffer = v8::ArrayBuffer::new(scope, bytes.len());
+            if let Some(data) = buffer.data() {
+                // SAFETY: the buffer was just made with `bytes.len()` bytes and nothing else
+                // refers to it yet.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        data.as_ptr().cast::<u8>(),
+                        bytes.len(),
+                    );
+                }
+            }
+            match v8::Uint8Array::new(scope, buffer, 0, bytes.len()) {
+                Some(array) => array.into(),
+                None => v8::null(scope).into(),
+            }
+        }
     };
-    [id, method, url, headers, rid]
+    [id, method, url, headers, body]
 }
 
 /// A JS string of bytes read as Latin-1 (how the Fetch standard maps header bytes).

@@ -11,13 +11,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use deno_core::{v8, CancelHandle, JsRuntime, PollEventLoopOptions, ResourceId};
-use http_body::Body as _;
 use outpost_bundle::{Bundle, Limits};
 use outpost_pool::{InstanceHandle, Job, LoadError};
 use tokio::sync::mpsc;
 
 use crate::blank::Blank;
-use crate::body::RequestBodyResource;
+use crate::body::RequestBody;
 use crate::code_cache::VersionCache;
 use crate::egress::{self, Egress};
 use crate::enter::{drop_runtime, entered, EnterGuard};
@@ -482,17 +481,18 @@ impl Instance {
     fn start_request(&mut self, job: Job) {
         let deadline = job.deadline;
         let (parts, body) = job.request.into_parts();
-        let body_rid = if body.is_end_stream() {
-            None
-        } else {
-            let resource = RequestBodyResource::new(body);
-            Some(
-                self.runtime()
+        let (body, body_rid) = match RequestBody::from(body) {
+            RequestBody::Stream(resource) => {
+                let rid = self
+                    .runtime()
                     .op_state()
                     .borrow_mut()
                     .resource_table
-                    .add(resource),
-            )
+                    .add(resource);
+                (exchange::BodyArg::Stream(rid), Some(rid))
+            }
+            RequestBody::Whole(bytes) => (exchange::BodyArg::Whole(bytes), None),
+            RequestBody::None => (exchange::BodyArg::None, None),
         };
         let handle = &self.tenant.handle;
         let cold = handle.request_started();
@@ -536,7 +536,7 @@ impl Instance {
         let threw = {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let tc, scope);
-            let args = exchange::request_args(tc, id, &parts, body_rid);
+            let args = exchange::request_args(tc, id, &parts, body);
             let dispatch = v8::Local::new(tc, &host.dispatch);
             let undefined = v8::undefined(tc).into();
             match dispatch.call(tc, undefined, &args) {
