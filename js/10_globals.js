@@ -2,7 +2,7 @@
 // The tenant-visible global scope: Web APIs from Deno's extension crates, wired the way
 // deno_runtime's 98_global_scope_shared.js does, minus everything Deno-specific (no `Deno`,
 // no file system, environment or process access).
-import { core } from "ext:core/mod.js";
+import { core, internals } from "ext:core/mod.js";
 import { op_outpost_log } from "ext:core/ops";
 import { loadExt } from "ext:outpost/00_infra.js";
 import { countedFetch, currentRequestId } from "ext:outpost/05_request_context.js";
@@ -31,6 +31,14 @@ export const request = loadExt("ext:deno_fetch/23_request.js");
 export const response = loadExt("ext:deno_fetch/23_response.js");
 const fetchMod = loadExt("ext:deno_fetch/26_fetch.js");
 const globalInterfaces = loadExt("ext:deno_web/04_global_interfaces.js");
+
+/**
+ * Hands this isolate's CryptoKey brand symbols to deno_crypto, which keeps them per thread
+ * (runtime/isolate/src/enter.rs calls it when this isolate is entered after another).
+ */
+export function claimCryptoBrands() {
+  crypto.Crypto.registerSymbols(webidl.brand, internals.kKeyObject);
+}
 
 const nonEnum = core.propNonEnumerable;
 const writable = core.propWritable;

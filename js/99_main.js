@@ -3,7 +3,7 @@
 // the host's hooks on `globalThis.__outpost_host`; each new isolate takes them and removes
 // them, together with `Deno`, before any tenant code runs.
 import { core } from "ext:core/mod.js";
-import { performance } from "ext:outpost/10_globals.js";
+import { claimCryptoBrands, performance } from "ext:outpost/10_globals.js";
 import "ext:outpost/08_errors.js";
 import "ext:outpost/30_cache.js";
 import {
@@ -24,13 +24,17 @@ core.setReportExceptionCallback(reportException);
 function initInstance(configJson) {
   performance.setTimeOrigin();
   configure(configJson);
+  // deno_crypto makes its SubtleCrypto the first time `crypto.subtle` is read, and takes
+  // the isolate's CryptoKey symbols then; made here, that happens before any tenant code.
+  void globalThis.crypto.subtle;
+  claimCryptoBrands();
   delete globalThis.__outpost_host;
   delete globalThis.Deno;
   delete globalThis.__bootstrap;
 }
 
 Object.defineProperty(globalThis, "__outpost_host", {
-  value: { initInstance, setHandler, dispatch },
+  value: { initInstance, setHandler, dispatch, claimCryptoBrands },
   configurable: true,
   enumerable: false,
   writable: false,

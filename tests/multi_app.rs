@@ -72,6 +72,61 @@ async fn two_apps_interleaving_on_one_thread_keep_separate_state() {
     }
 }
 
+/// WebCrypto keeps per-thread state in deno_crypto (the symbols every new CryptoKey is
+/// branded with). Apps taking turns on one thread each make, import and use keys, including
+/// across an await that another app's request runs during, a tenant calls
+/// `Crypto.registerSymbols` with symbols of its own, and the node keeps serving all of them.
+#[tokio::test]
+async fn apps_taking_turns_with_webcrypto_keys_on_one_thread() {
+    let crypto_app = |name: &str| {
+        vec![
+            (format!("{name}/outpost.toml"), format!("name = \"{name}\"\n")),
+            (
+                format!("{name}/src/index.js"),
+                r#"
+const data = new TextEncoder().encode("signed by me");
+export default {
+  async fetch(request) {
+    if (new URL(request.url).pathname === "/rebrand") {
+      Crypto.registerSymbols(Symbol("mine"), Symbol("also mine"));
+    }
+    const raw = crypto.getRandomValues(new Uint8Array(32));
+    const hmac = await crypto.subtle.importKey("raw", raw, { name: "HMAC", hash: "SHA-256" }, false, ["sign", "verify"]);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const sig = await crypto.subtle.sign("HMAC", hmac, data);
+    const ed = await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign", "verify"]);
+    const jwk = await crypto.subtle.exportKey("jwk", ed.publicKey);
+    const pub = await crypto.subtle.importKey("jwk", jwk, { name: "Ed25519" }, false, ["verify"]);
+    const edSig = await crypto.subtle.sign("Ed25519", ed.privateKey, data);
+    const ok = await crypto.subtle.verify("HMAC", hmac, sig, data) &&
+      await crypto.subtle.verify("Ed25519", pub, edSig, data) &&
+      hmac instanceof CryptoKey && pub.type === "public";
+    return new Response(ok ? "verified" : "not verified");
+  },
+};
+"#
+                .to_string(),
+            ),
+        ]
+    };
+    let dir = apps(&[crypto_app("a"), crypto_app("b"), crypto_app("c")]);
+    let node = Node::start(dir.path(), &["--workers", "1"]);
+    for path in ["/", "/rebrand", "/"] {
+        let requests = ["a", "b", "c", "a", "b", "c"].map(|app| {
+            let host = format!("{app}.localhost");
+            let node = &node;
+            async move { get_host(node, &host, path).await }
+        });
+        for (status, body, _) in futures::future::join_all(requests).await {
+            // What a tenant's own rebranded keys do is its business; every other request
+            // verifies, and the node answers all.
+            if path != "/rebrand" {
+                assert_eq!((status, body.as_str()), (200, "verified"));
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn hosts_route_to_the_most_specific_app_and_unknown_hosts_get_404() {
     let dir = apps(&[

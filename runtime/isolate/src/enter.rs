@@ -1,7 +1,17 @@
 //! Entering an isolate around every use. Several isolates share a worker thread, so none is
 //! left entered: V8 requires the isolate in use to be the thread's current one, and
 //! isolates to be exited in reverse order of entry.
+//!
+//! Entering also makes the isolate the owner of deno_crypto's per-thread state: deno_crypto
+//! keeps the symbols it brands every new `CryptoKey` with in a thread-local, set when an
+//! isolate first touches `crypto.subtle`, as if each thread ran one isolate. With several,
+//! a key made in one isolate with another's symbols panics inside V8 ("attempt to use
+//! Handle in an Isolate that is not its host") and aborts the process: any tenant could
+//! take the node down by using WebCrypto after a neighbour did. So each isolate keeps a way
+//! to hand over its own symbols ([`CryptoBrands`], in an isolate slot), and whichever isolate
+//! is entered gets them in place first when another one had them.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,8 +28,64 @@ impl EnterGuard {
     pub fn new(raw: v8::UnsafeRawIsolatePtr) -> Self {
         // SAFETY: `raw` belongs to a runtime owned by the caller, alive on this thread for
         // the guard's lifetime; entering is balanced by `exit` in `drop`.
-        unsafe { v8::Isolate::from_raw_isolate_ptr(raw).enter() };
+        let mut isolate = unsafe {
+            let isolate = v8::Isolate::from_raw_isolate_ptr(raw);
+            isolate.enter();
+            isolate
+        };
+        CryptoBrands::claim(&mut isolate);
         EnterGuard(raw)
+    }
+}
+
+thread_local! {
+    /// The [`CryptoBrands::id`] of the isolate whose symbols deno_crypto holds on this thread.
+    static CRYPTO_OWNER: Cell<u64> = const { Cell::new(0) };
+}
+
+/// An isolate's way to make deno_crypto brand keys with its own symbols (kept in its slot).
+pub struct CryptoBrands {
+    id: u64,
+    context: v8::Global<v8::Context>,
+    /// `() => Crypto.registerSymbols(webidl.brand, kKeyObject)` of this isolate.
+    register: v8::Global<v8::Function>,
+}
+
+impl CryptoBrands {
+    /// Keeps `register` for the isolate, which has just called it (so owns the symbols).
+    pub fn install(
+        isolate: &mut v8::Isolate,
+        context: v8::Global<v8::Context>,
+        register: v8::Global<v8::Function>,
+    ) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        isolate.set_slot(CryptoBrands {
+            id,
+            context,
+            register,
+        });
+        CRYPTO_OWNER.with(|owner| owner.set(id));
+    }
+
+    /// Hands the entered isolate's symbols to deno_crypto unless it holds them already.
+    fn claim(isolate: &mut v8::Isolate) {
+        let Some(brands) = isolate.get_slot::<CryptoBrands>() else {
+            return;
+        };
+        let id = brands.id;
+        if CRYPTO_OWNER.with(Cell::get) == id {
+            return;
+        }
+        let (context, register) = (brands.context.clone(), brands.register.clone());
+        v8::scope_with_context!(scope, isolate, &context);
+        let register = v8::Local::new(scope, &register);
+        let undefined = v8::undefined(scope).into();
+        // Fails only in an isolate being terminated, which runs no more JS: the owner stays
+        // as it was, and the next isolate entered takes its symbols back.
+        if register.call(scope, undefined, &[]).is_some() {
+            CRYPTO_OWNER.with(|owner| owner.set(id));
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::blank::Blank;
 use crate::body::RequestBody;
 use crate::code_cache::VersionCache;
 use crate::egress::{self, Egress};
-use crate::enter::{drop_runtime, entered, EnterGuard};
+use crate::enter::{drop_runtime, entered, CryptoBrands, EnterGuard};
 use crate::exchange::{self, Finish, ResponseOptions};
 use crate::extensions::{
     ConsoleSink, FailureKind, InFlight, Outcome, TenantState, WaitUntilSink, FAILURE_KINDS,
@@ -235,6 +235,12 @@ impl Instance {
             if init_fn.call(tc, undefined, &[config.into()]).is_none() {
                 return Err(LoadError::new(format!("bootstrap: {}", exception_text(tc))));
             }
+            // initInstance handed this isolate's CryptoKey symbols to deno_crypto; this
+            // function hands them over again whenever the isolate is entered after another.
+            let register = function(tc, host, "claimCryptoBrands")?;
+            let context = tc.get_current_context();
+            let context = v8::Global::new(tc, context);
+            CryptoBrands::install(tc, context, register);
             (set_handler, dispatch)
         };
         let module_id = entered(raw, &watched, runtime.load_main_es_module(&main))
