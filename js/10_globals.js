@@ -130,10 +130,21 @@ core.defineGlobalProperties(globalThis, {
 });
 
 // The global object is an EventTarget (addEventListener("fetch", ...) and
-// dispatchEvent(...) check their receiver's brand), as in a worker.
+// dispatchEvent(...) check their receiver's brand): a ServiceWorkerGlobalScope, as in
+// workerd, whose handlers receive "fetch" events the way a service worker does.
+class ServiceWorkerGlobalScope extends globalInterfaces.WorkerGlobalScope {
+  constructor() {
+    throw new TypeError("Illegal constructor");
+  }
+
+  get [Symbol.toStringTag]() {
+    return "ServiceWorkerGlobalScope";
+  }
+}
 core.defineGlobalProperties(globalThis, {
   WorkerGlobalScope: globalInterfaces.workerGlobalScopeConstructorDescriptor,
+  ServiceWorkerGlobalScope: nonEnum(ServiceWorkerGlobalScope),
 });
-Object.setPrototypeOf(globalThis, globalInterfaces.WorkerGlobalScope.prototype);
+Object.setPrototypeOf(globalThis, ServiceWorkerGlobalScope.prototype);
 event.setEventTargetData(globalThis);
 event.saveGlobalThisReference(globalThis);

@@ -22,6 +22,7 @@ const EXPECTED: &[&str] = &[
     "blob_file",
     "base64",
     "structured_clone",
+    "crypto_errors",
     "crypto_random",
     "crypto_subtle_digest",
     "crypto_subtle_hmac",
