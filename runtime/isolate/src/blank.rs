@@ -43,6 +43,11 @@ impl Blank {
             module_loader: Some(loader.clone()),
             custom_module_evaluation_cb: Some(Box::new(loader::evaluate_custom_module)),
             create_params: Some(params),
+            // Each runtime its own (never shared between tenants): what structuredClone and
+            // MessagePort move through when they transfer an ArrayBuffer or clone a
+            // SharedArrayBuffer or a WebAssembly.Module. Without them transfers copy.
+            shared_array_buffer_store: Some(deno_core::SharedArrayBufferStore::default()),
+            compiled_wasm_module_store: Some(deno_core::CompiledWasmModuleStore::default()),
             ..Default::default()
         })
         .map_err(|e| LoadError::new(format!("creating the isolate failed: {e}")))?;
