@@ -8,6 +8,7 @@ pub mod error;
 pub mod metrics;
 pub mod origin;
 pub mod quic;
+pub mod request_log;
 pub mod routes;
 pub mod server;
 pub mod tail;

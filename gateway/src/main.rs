@@ -289,6 +289,9 @@ fn main() -> ExitCode {
             64 * 1024,
             std::io::stderr(),
         ));
+    if cli.log_format == LogFormat::Json {
+        outpost_gateway::request_log::install(writer.clone());
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

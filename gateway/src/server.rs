@@ -535,17 +535,33 @@ pub(crate) async fn handle<B: RequestBody>(
             cache: cache_result,
         });
     }
-    tracing::info!(
-        target: "outpost::request",
-        request_id = %outcome.request_id.to_str().unwrap_or_default(),
-        app = outcome.app.as_deref().unwrap_or("-"),
-        method = %method,
-        path = %uri.path(),
-        status = response.status().as_u16(),
-        ms = elapsed.as_secs_f64() * 1000.0,
-        cpu_ms = cpu.map_or(0.0, |cpu| cpu.as_secs_f64() * 1000.0),
-        error = failure.as_ref().map(|(_, message)| message.as_str()),
-    );
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    let cpu_ms = cpu.map_or(0.0, |cpu| cpu.as_secs_f64() * 1000.0);
+    if crate::request_log::installed() {
+        crate::request_log::offer(crate::request_log::RequestLine {
+            at: std::time::SystemTime::now(),
+            request_id: outcome.request_id.clone(),
+            app: outcome.app.clone(),
+            method: method.clone(),
+            path: uri.clone(),
+            status: response.status().as_u16(),
+            ms,
+            cpu_ms,
+            error: failure.as_ref().map(|(_, message)| message.clone()),
+        });
+    } else {
+        tracing::info!(
+            target: "outpost::request",
+            request_id = %outcome.request_id.to_str().unwrap_or_default(),
+            app = outcome.app.as_deref().unwrap_or("-"),
+            method = %method,
+            path = %uri.path(),
+            status = response.status().as_u16(),
+            ms,
+            cpu_ms,
+            error = failure.as_ref().map(|(_, message)| message.as_str()),
+        );
+    }
     if let (Some(tail), Some(app)) = (&config.tail, &outcome.app) {
         if tail.followed() {
             tail.publish(crate::tail::TailEvent::Request {
