@@ -65,7 +65,6 @@ core.defineGlobalProperties(globalThis, {
   DOMException: nonEnum(domException.DOMException),
   AbortController: nonEnum(abortSignal.AbortController),
   AbortSignal: nonEnum(abortSignal.AbortSignal),
-  reportError: writable(event.reportError),
   // URL
   URL: nonEnum(url.URL),
   URLSearchParams: nonEnum(url.URLSearchParams),

@@ -4,7 +4,7 @@
 // `FetchEvent` to service-worker style listeners) and sends the `Response` back through ops.
 // Everything here is captured while the snapshot is made, so a tenant overwriting globals
 // (`Response`, `Promise.prototype.then`, ...) cannot change how its responses are read.
-import { primordials } from "ext:core/mod.js";
+import { core, primordials } from "ext:core/mod.js";
 import {
   op_outpost_fail,
   op_outpost_log,
@@ -21,6 +21,7 @@ import {
 } from "ext:outpost/05_request_context.js";
 
 const {
+  ArrayPrototypeFilter,
   ArrayPrototypeIndexOf,
   ArrayPrototypePush,
   Error,
@@ -31,6 +32,7 @@ const {
   ReflectApply,
   String,
   StringPrototypeIncludes,
+  StringPrototypeStartsWith,
   Symbol,
   TypeError,
   TypedArrayPrototypeGetByteLength,
@@ -459,17 +461,57 @@ function sendStatic(id, status, headers, data) {
 }
 
 /**
+ * The message and source position an "error" event reports for `error`: where it was made
+ * (its first stack frame), or for a value that is not an Error, where it was reported (the
+ * first frame outside the runtime's own scripts), as deno_web's reportException does.
+ * @param {any} error
+ * @returns {{ message: string, filename: string, lineno: number, colno: number }}
+ */
+function errorLocation(error) {
+  const described = core.destructureError(error);
+  let frames = described.frames;
+  if (frames.length === 0) {
+    frames = ArrayPrototypeFilter(
+      core.destructureError(new Error()).frames,
+      (/** @type {any} */ frame) =>
+        typeof frame.fileName === "string" && !StringPrototypeStartsWith(frame.fileName, "ext:"),
+    );
+  }
+  const frame = frames[0];
+  return {
+    message: described.exceptionMessage,
+    filename: frame?.fileName ?? "",
+    lineno: frame?.lineNumber ?? 0,
+    colno: frame?.columnNumber ?? 0,
+  };
+}
+
+/**
+ * `reportError(e)`: reports `e` as if it were thrown and nobody caught it (an "error" event
+ * on the global scope, then the log unless a listener prevents it), and returns. The isolate
+ * keeps serving, as in Workers and browsers.
+ * @param {any} error
+ */
+export function reportError(error) {
+  if (this !== undefined && this !== null && this !== globalThis) {
+    throw new TypeError("Illegal invocation");
+  }
+  if (arguments.length < 1) {
+    throw new TypeError(
+      "Failed to execute 'reportError': 1 argument required, but only 0 present.",
+    );
+  }
+  reportException(error);
+}
+
+/**
  * An exception nobody caught outside a request's promise chain (a timer callback, an event
  * listener): dispatched as an "error" event on the global scope and, unless a listener
  * prevents its default, logged. The isolate keeps serving, as in Workers.
  * @param {any} error
  */
 export function reportException(error) {
-  const ev = new event.ErrorEvent("error", {
-    cancelable: true,
-    message: typeof error?.message === "string" ? error.message : String(error),
-    error,
-  });
+  const ev = new event.ErrorEvent("error", { cancelable: true, ...errorLocation(error), error });
   try {
     FunctionPrototypeCall(dispatchEvent, globalThis, ev);
   } catch (listenerError) {

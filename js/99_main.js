@@ -10,12 +10,16 @@ import {
   configure,
   dispatch,
   onUnhandledRejection,
+  reportError,
   reportException,
   setHandler,
 } from "ext:outpost/20_dispatch.js";
 
 core.setUnhandledPromiseRejectionHandler(onUnhandledRejection);
 core.setReportExceptionCallback(reportException);
+// deno_web's reportError ends in core.reportUnhandledException, which stops the event loop
+// (a Deno process exits on it); a tenant's reportError only reports.
+core.defineGlobalProperties(globalThis, { reportError: core.propWritable(reportError) });
 
 /**
  * Called once per isolate, before the tenant's modules load.

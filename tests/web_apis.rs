@@ -37,6 +37,7 @@ const EXPECTED: &[&str] = &[
     "env",
     "wait_until",
     "no_host_access",
+    "report_error",
     "global_scope",
 ];
 
