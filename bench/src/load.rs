@@ -1,6 +1,8 @@
-//! A bounded HTTP load generator: `--connections` keep-alive connections send GET requests
-//! back to back until `--requests` were answered or `--duration` passed, whichever comes
-//! first. Prints requests/s and latency percentiles. Loopback targets only.
+//! A bounded HTTP load generator: `--connections` keep-alive connections send requests
+//! (GET, or `--method` with `--body`/`--body-file` and `--header`s) back to back until
+//! `--requests` were answered or `--duration` passed, whichever comes first. Prints
+//! requests/s and latency percentiles; with `--server-pid`, also the server's CPU time per
+//! request over the measured window and its RSS after it. Loopback targets only.
 //!
 //! `--protocol h1|h2|h3`: HTTP/1.1, HTTP/2 (prior knowledge on http://, ALPN on https://)
 //! or HTTP/3 (https:// only, over QUIC); an https:// URL trusts `--cacert`, and its host
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::{Buf, Bytes};
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -69,7 +71,49 @@ struct Args {
     /// Seconds of load before measuring starts (JIT warm-up).
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Request body (the same for every request).
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+    /// Request body read from this file (at most 16 MiB; the same for every request).
+    #[arg(long)]
+    body_file: Option<std::path::PathBuf>,
+    /// An extra request header, `NAME: VALUE`; repeatable.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// The server's process id (on this machine): its CPU time (utime + stime of
+    /// /proc/PID/stat, all threads) over the measured window, per response, and its VmRSS
+    /// after it are printed after the load line.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
+
+/// utime and stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat).
+fn cpu_ticks(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')').context("/proc/PID/stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Ok((fields[11].parse()?, fields[12].parse()?))
+}
+
+/// VmRSS of a process in MiB.
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    let kib: f64 = line.split_whitespace().nth(1).context("VmRSS")?.parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// Clock ticks per second of /proc/PID/stat's times: USER_HZ, 100 on Linux for every
+/// architecture this runs on (it is part of the user-space ABI, independent of the kernel's HZ).
+const USER_HZ: f64 = 100.0;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -98,6 +142,19 @@ async fn main() -> anyhow::Result<()> {
         authority: uri.authority().context("url has no authority")?.to_string(),
         host,
         protocol: args.protocol,
+        method: args.method.parse().context("--method")?,
+        headers: headers(&args.headers)?,
+        body: match (&args.body, &args.body_file) {
+            (Some(body), _) => Bytes::from(body.clone()),
+            (None, Some(path)) => {
+                let meta = std::fs::metadata(path).with_context(|| path.display().to_string())?;
+                if meta.len() > 16 << 20 {
+                    bail!("{}: a body of at most 16 MiB", path.display());
+                }
+                Bytes::from(std::fs::read(path)?)
+            }
+            (None, None) => Bytes::new(),
+        },
         tls: if tls {
             Some(tls_config(args.cacert.as_deref(), args.protocol)?)
         } else {
@@ -108,9 +165,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(hosts) = args.cold_hosts {
         return cold_hosts(&target, hosts).await;
     }
-    let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);
-    run(&target, &args, warmup_end, true).await?;
+    if args.warmup > 0.0 {
+        let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);
+        run(&target, &args, warmup_end, true).await?;
+    }
+    let before = args.server_pid.map(cpu_ticks).transpose()?;
     let (latencies, errors, elapsed) = run(&target, &args, Instant::now(), false).await?;
+    let after = args.server_pid.map(cpu_ticks).transpose()?;
 
     let mut latencies = latencies;
     latencies.sort_unstable();
@@ -128,7 +189,35 @@ async fn main() -> anyhow::Result<()> {
         pct(0.99),
         pct(1.0)
     );
+    if let (Some(pid), Some(before), Some(after)) = (args.server_pid, before, after) {
+        let per_request = |ticks: u64| ticks as f64 / USER_HZ * 1e6 / (n as u64 + errors) as f64;
+        let (user, sys) = (after.0 - before.0, after.1 - before.1);
+        println!(
+            "server cpu us/req {:.1} (user {:.1} sys {:.1}; {:.2} s of CPU in {:.2} s)  rss MiB {:.1}",
+            per_request(user + sys),
+            per_request(user),
+            per_request(sys),
+            (user + sys) as f64 / USER_HZ,
+            elapsed.as_secs_f64(),
+            rss_mib(pid)?
+        );
+    }
     Ok(())
+}
+
+/// `NAME: VALUE` arguments as a header map.
+fn headers(args: &[String]) -> anyhow::Result<hyper::HeaderMap> {
+    let mut map = hyper::HeaderMap::new();
+    for arg in args {
+        let (name, value) = arg
+            .split_once(':')
+            .with_context(|| format!("--header {arg:?}: not NAME: VALUE"))?;
+        map.append(
+            hyper::header::HeaderName::from_bytes(name.trim().as_bytes())?,
+            hyper::header::HeaderValue::from_str(value.trim())?,
+        );
+    }
+    Ok(map)
 }
 
 /// One request per host `appI.HOST`, each on a new connection, one after the other.
@@ -153,10 +242,13 @@ async fn cold_hosts(target: &Target, hosts: usize) -> anyhow::Result<()> {
             authority,
             host,
             protocol: target.protocol,
+            method: target.method.clone(),
+            headers: target.headers.clone(),
+            body: target.body.clone(),
             tls: target.tls.clone(),
         };
         let t = Instant::now();
-        let ok = Connection::open(&one).await?.get(&one).await?;
+        let ok = Connection::open(&one).await?.send(&one).await?;
         if !ok {
             bail!("{} answered an error", one.host);
         }
@@ -219,7 +311,29 @@ struct Target {
     authority: String,
     host: String,
     protocol: Protocol,
+    method: hyper::Method,
+    headers: hyper::HeaderMap,
+    /// Sent with every request (none when empty).
+    body: Bytes,
     tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    /// A request to `uri` with the method, headers and body.
+    fn request<B>(&self, uri: impl Into<hyper::Uri>, body: B) -> anyhow::Result<Request<B>> {
+        let mut request = Request::builder()
+            .method(self.method.clone())
+            .uri(uri.into())
+            .body(body)?;
+        request.headers_mut().extend(self.headers.clone());
+        if !self.body.is_empty() {
+            request
+                .headers_mut()
+                .entry(hyper::header::CONTENT_LENGTH)
+                .or_insert_with(|| self.body.len().into());
+        }
+        Ok(request)
+    }
 }
 
 /// A client TLS configuration trusting `cacert`, offering the protocol's ALPN.
@@ -248,8 +362,8 @@ fn tls_config(
 
 /// One open connection; HTTP/2 and HTTP/3 ones can be cloned to send on several streams.
 enum Connection {
-    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
     H3 {
         sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
         _quic: Arc<QuicClient>,
@@ -346,13 +460,17 @@ impl Connection {
         })
     }
 
-    /// Sends one GET and reads the whole response; whether it was a success.
-    async fn get(&mut self, target: &Target) -> anyhow::Result<bool> {
+    /// Sends one request and reads the whole response; whether it was a success.
+    async fn send(&mut self, target: &Target) -> anyhow::Result<bool> {
         match self {
             Connection::H1(sender) => {
-                let request = Request::get(target.uri.path())
-                    .header("host", &target.authority)
-                    .body(Empty::new())?;
+                let path = target.uri.path_and_query().map_or("/", |p| p.as_str());
+                let mut request =
+                    target.request(path.parse::<hyper::Uri>()?, Full::new(target.body.clone()))?;
+                request.headers_mut().insert(
+                    hyper::header::HOST,
+                    hyper::header::HeaderValue::from_str(&target.authority)?,
+                );
                 sender.ready().await?;
                 let response = sender.send_request(request).await?;
                 let ok = response.status().is_success();
@@ -360,7 +478,7 @@ impl Connection {
                 Ok(ok)
             }
             Connection::H2(sender) => {
-                let request = Request::get(target.uri.clone()).body(Empty::new())?;
+                let request = target.request(target.uri.clone(), Full::new(target.body.clone()))?;
                 sender.ready().await?;
                 let response = sender.send_request(request).await?;
                 let ok = response.status().is_success();
@@ -368,8 +486,11 @@ impl Connection {
                 Ok(ok)
             }
             Connection::H3 { sender, .. } => {
-                let request = Request::get(target.uri.clone()).body(())?;
+                let request = target.request(target.uri.clone(), ())?;
                 let mut stream = sender.send_request(request).await?;
+                if !target.body.is_empty() {
+                    stream.send_data(target.body.clone()).await?;
+                }
                 stream.finish().await?;
                 let response = stream.recv_response().await?;
                 while let Some(mut chunk) = stream.recv_data().await? {
@@ -446,8 +567,17 @@ async fn stream_loop(
     while Instant::now() < deadline && (warmup || sent < per_stream) {
         let t = Instant::now();
         let ok = match connection.as_mut() {
-            Some(connection) => connection.get(&target).await?,
-            None => Connection::open(&target).await?.get(&target).await?,
+            // A keep-alive connection the server closed (or broke) counts as an error and
+            // is replaced by a new one.
+            Some(open) => match open.send(&target).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    eprintln!("outpost-load: a connection failed ({e}); opening a new one");
+                    *open = Connection::open(&target).await?;
+                    false
+                }
+            },
+            None => Connection::open(&target).await?.send(&target).await?,
         };
         if ok {
             latencies.push(t.elapsed().as_micros() as u64);
