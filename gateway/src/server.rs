@@ -739,24 +739,8 @@ async fn admit<B: RequestBody>(
         }
         declared = Some(length);
     }
-    if declared.is_some_and(|length| length > 0 && length <= WHOLE_BODY_MAX) {
-        let received = tokio::time::timeout_at(deadline.into(), body.collect()).await;
-        let bytes = match received {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) => {
-                let e: outpost_pool::BoxError = e.into();
-                return Err(GatewayError::new(
-                    Kind::BadRequest,
-                    format!("The request body could not be read: {e}"),
-                ));
-            }
-            Err(_elapsed) => {
-                return Err(GatewayError::new(
-                    Kind::Timeout,
-                    "The request body did not arrive within the app's timeout.",
-                ))
-            }
-        };
+    if let Some(length) = declared.filter(|length| *length > 0 && *length <= WHOLE_BODY_MAX) {
+        let bytes = receive_whole(body, length, deadline).await?;
         let body = http_body_util::Full::new(bytes)
             .map_err(|never| match never {})
             .boxed_unsync();
@@ -784,6 +768,50 @@ async fn admit<B: RequestBody>(
         })
         .boxed_unsync();
     Ok((Request::from_parts(parts, body), Some(overflow)))
+}
+
+/// Receives a body of `length` declared bytes by `deadline`. Bounded by the declared length
+/// whatever the transport checks (HTTP/3's body is a plain stream of DATA frames): more is a
+/// 400, not more memory.
+async fn receive_whole<B: RequestBody>(
+    body: B,
+    length: u64,
+    deadline: Instant,
+) -> Result<bytes::Bytes, GatewayError> {
+    let bad = |what: String| GatewayError::new(Kind::BadRequest, what);
+    let length = usize::try_from(length).unwrap_or(usize::MAX);
+    let mut whole = bytes::BytesMut::with_capacity(length);
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                let e: outpost_pool::BoxError = e.into();
+                return Err(bad(format!("The request body could not be read: {e}")));
+            }
+            Err(_elapsed) => {
+                return Err(GatewayError::new(
+                    Kind::Timeout,
+                    "The request body did not arrive within the app's timeout.",
+                ))
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if whole.len() + data.len() > length {
+                return Err(bad(format!(
+                    "The request body is longer than its Content-Length ({length})."
+                )));
+            }
+            whole.extend_from_slice(&data);
+        }
+    }
+    if whole.len() < length {
+        return Err(bad(format!(
+            "The request body ended before its Content-Length ({length})."
+        )));
+    }
+    Ok(whole.freeze())
 }
 
 fn too_large(max_body_bytes: u64) -> GatewayError {
@@ -831,6 +859,35 @@ fn absolute_uri(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frames(parts: &[&'static str]) -> impl RequestBody {
+        let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, outpost_pool::BoxError>> = parts
+            .iter()
+            .map(|part| {
+                Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                    part.as_bytes(),
+                )))
+            })
+            .collect();
+        http_body_util::StreamBody::new(futures::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_is_exactly_its_declared_length() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let whole = receive_whole(frames(&["abc", "def"]), 6, deadline).await;
+        assert_eq!(whole.unwrap(), "abcdef");
+        let longer = receive_whole(frames(&["abc", "def"]), 4, deadline).await;
+        assert!(longer
+            .unwrap_err()
+            .message
+            .contains("longer than its Content-Length"));
+        let shorter = receive_whole(frames(&["abc"]), 8, deadline).await;
+        assert!(shorter
+            .unwrap_err()
+            .message
+            .contains("ended before its Content-Length"));
+    }
 
     fn parts(uri: &str, host: Option<&str>) -> http::request::Parts {
         let mut builder = Request::builder().uri(uri);
