@@ -68,6 +68,9 @@ pub(crate) enum Command {
 /// Commands a worker may have waiting; senders wait beyond that.
 const COMMAND_QUEUE: usize = 64;
 
+/// Threads each worker's runtime may start for blocking work.
+const BLOCKING_THREADS: usize = 8;
+
 /// How often each worker beats while it is free to run tasks.
 const HEARTBEAT: Duration = Duration::from_millis(2);
 
@@ -467,6 +470,12 @@ fn run_worker(
     CURRENT_WORKER.with(|current| current.set(Some(worker)));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Blocking work of the isolates on this worker (WebCrypto, DNS lookups, the cache's
+        // disk writes) runs on at most this many threads; tokio's default of 512 let 64
+        // concurrent `crypto.subtle.digest` calls start ~40 threads, each with its own stack
+        // and allocator heap (RSS 2× Deno's) fighting over the cores.
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name("outpost-blocking")
         .build()
     {
         Ok(rt) => rt,
