@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{app, app_dir, http1, outpost, Node};
+use common::{app, app_dir, http1, outpost, Node, DEPLOY, POP};
 
 /// A handler whose response is described by the query: `cc` (Cache-Control), `cdn`
 /// (CDN-Cache-Control), `etag` (answers 304 to a matching If-None-Match), `vary`, `tag`
@@ -476,18 +476,6 @@ async fn the_cache_api_is_scoped_per_app_and_per_name() {
     );
 }
 
-const DEPLOY: &str = "deploy-secret";
-const POP: &str = "pop-secret";
-
-/// `outpost origin` with both tokens.
-fn origin(data: &Path) -> Node {
-    Node::origin(
-        data,
-        &[],
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
-    )
-}
-
 fn deploy(dir: &Path, origin: &str) {
     let (ok, _, err) = outpost(
         &["deploy", dir.to_str().unwrap(), "--origin", origin],
@@ -516,7 +504,7 @@ async fn until(node: &Node, path: &str, what: &str, check: impl Fn(&Answer) -> b
 #[tokio::test]
 async fn purges_by_tag_and_url_reach_every_pop() {
     let origin_data = tempfile::tempdir().unwrap();
-    let origin = origin(origin_data.path());
+    let origin = Node::origin_with_tokens(origin_data.path(), &[]);
     let site = app("site", HANDLER);
     deploy(site.path(), &origin.url);
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -572,7 +560,7 @@ async fn purges_by_tag_and_url_reach_every_pop() {
 #[tokio::test]
 async fn the_disk_tier_survives_a_restart() {
     let origin_data = tempfile::tempdir().unwrap();
-    let origin = origin(origin_data.path());
+    let origin = Node::origin_with_tokens(origin_data.path(), &[]);
     let site = app("site", HANDLER);
     deploy(site.path(), &origin.url);
     let data = tempfile::tempdir().unwrap();
@@ -679,7 +667,7 @@ export default {
 #[tokio::test]
 async fn a_deploy_empties_the_apps_cache_unless_its_manifest_says_not_to() {
     let origin_data = tempfile::tempdir().unwrap();
-    let origin = origin(origin_data.path());
+    let origin = Node::origin_with_tokens(origin_data.path(), &[]);
     let version = |n: u32, keep: bool| {
         let manifest = if keep {
             "name = \"site\"\n[cache]\npurge_on_deploy = false\n".to_string()

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{app, http1, http2, Node};
+use common::{app, http1, http2, Node, DEPLOY, POP};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 
 const URL_APP: &str = "export default { fetch(request) { return new Response(request.url); } };\n";
@@ -520,8 +520,6 @@ async fn http3_serves_the_same_apps_streaming_both_ways() {
 
 #[tokio::test]
 async fn apps_bring_their_certificates_through_the_origin_to_pops() {
-    const DEPLOY: &str = "deploy-secret";
-    const POP: &str = "pop-secret";
     let ca = TestCa::new();
     let shop = common::app_dir(&[
         (
@@ -532,11 +530,7 @@ async fn apps_bring_their_certificates_through_the_origin_to_pops() {
         ("certs/shop.pem", &ca.leaf(&["shop.test"])),
     ]);
     let origin_data = tempfile::tempdir().unwrap();
-    let origin = Node::origin(
-        origin_data.path(),
-        &[],
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
-    );
+    let origin = Node::origin_with_tokens(origin_data.path(), &[]);
     let pop_data = tempfile::tempdir().unwrap();
     let mut pop = Node::pop(
         &origin.url,

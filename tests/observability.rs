@@ -10,19 +10,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{app_dir, http1, Node};
-
-const DEPLOY: &str = "deploy-secret";
-const POP: &str = "pop-secret";
-
-/// `outpost origin` with both tokens set, and `args`.
-fn origin_with_tokens(data: &std::path::Path, args: &[&str]) -> Node {
-    Node::origin(
-        data,
-        args,
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
-    )
-}
+use common::{app_dir, http1, Node, DEPLOY, POP};
 
 /// An app `site` whose handler runs `body`, deployed to `origin` with the deploy token.
 fn deploy_site(origin: &Node, body: &str) -> tempfile::TempDir {
@@ -456,7 +444,7 @@ async fn outpost_tail_follows_one_app_and_a_slow_follower_is_dropped() {
 #[tokio::test]
 async fn the_origin_counts_api_calls_and_feed_followers() {
     let origin_data = tempfile::tempdir().unwrap();
-    let mut origin = origin_with_tokens(origin_data.path(), &["--admin", "127.0.0.1:0"]);
+    let mut origin = Node::origin_with_tokens(origin_data.path(), &["--admin", "127.0.0.1:0"]);
     let admin = origin.admin_url();
     let site = deploy_site(&origin, "return new Response('hi');");
     let (ok, _, _) = common::outpost(
@@ -509,7 +497,7 @@ async fn the_origin_counts_api_calls_and_feed_followers() {
 #[tokio::test]
 async fn outpost_tail_through_the_origin_follows_every_pop() {
     let origin_data = tempfile::tempdir().unwrap();
-    let origin = origin_with_tokens(origin_data.path(), &[]);
+    let origin = Node::origin_with_tokens(origin_data.path(), &[]);
     let _site = deploy_site(
         &origin,
         "console.log('seen at', new URL(request.url).pathname); return new Response('hi');",

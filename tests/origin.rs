@@ -6,20 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{app, http1, outpost, Node};
+use common::{app, http1, outpost, Node, DEPLOY, POP};
 use outpost_bundle::{load_app, Bundle};
 use serde_json::{json, Value};
-
-const DEPLOY: &str = "deploy-secret";
-const POP: &str = "pop-secret";
-
-fn origin(data: &std::path::Path) -> Node {
-    Node::origin(
-        data,
-        &[],
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
-    )
-}
 
 fn bundle(name: &str, text: &str) -> (tempfile::TempDir, Bundle) {
     let dir = app(
@@ -94,7 +83,7 @@ async fn activate(node: &Node, app: &str, version: &str) -> Value {
 #[tokio::test]
 async fn tokens_guard_every_call_and_a_refusal_changes_nothing() {
     let data = tempfile::tempdir().unwrap();
-    let node = origin(data.path());
+    let node = Node::origin_with_tokens(data.path(), &[]);
     let (_dir, b) = bundle("guarded", "v1");
     let module = b.modules.values().next().unwrap();
     let path = format!("/v1/blobs/{}", module.sha256);
@@ -129,7 +118,7 @@ async fn tokens_guard_every_call_and_a_refusal_changes_nothing() {
 #[tokio::test]
 async fn a_version_needs_valid_blobs_then_activates_and_rolls_back_through_the_feed() {
     let data = tempfile::tempdir().unwrap();
-    let mut node = origin(data.path());
+    let mut node = Node::origin_with_tokens(data.path(), &[]);
     let (_d1, v1) = bundle("shop", "one");
     let (_d2, v2) = bundle("shop", "two");
     // A version whose blobs are missing is refused, naming them.
@@ -211,7 +200,7 @@ async fn a_version_needs_valid_blobs_then_activates_and_rolls_back_through_the_f
 
     // The state survives a restart of the origin.
     drop(node);
-    node = origin(data.path());
+    node = Node::origin_with_tokens(data.path(), &[]);
     let (_, apps) = send(reqwest::Method::GET, &node, "/v1/apps", Some(POP), vec![]).await;
     assert_eq!(apps["head"], 3);
     assert_eq!(apps["apps"], json!([{ "app": "shop", "version": id1 }]));
@@ -245,7 +234,7 @@ async fn an_origin_without_tokens_stays_on_loopback() {
 #[tokio::test]
 async fn outpost_deploy_uploads_what_is_missing_and_activates() {
     let data = tempfile::tempdir().unwrap();
-    let node = origin(data.path());
+    let node = Node::origin_with_tokens(data.path(), &[]);
     let (d1, v1) = bundle("blog", "one");
     let path = d1.path().to_str().unwrap();
     let (ok, out, err) = outpost(&["deploy", path, "--origin", &node.url], Some(DEPLOY));
@@ -337,7 +326,7 @@ async fn outpost_deploy_uploads_what_is_missing_and_activates() {
 #[tokio::test]
 async fn a_kill_during_a_deploy_leaves_a_consistent_store() {
     let data = tempfile::tempdir().unwrap();
-    let node = origin(data.path());
+    let node = Node::origin_with_tokens(data.path(), &[]);
     // A bundle of many modules, so the kill lands mid-deploy.
     let dir = common::big_app();
     let url = node.url.clone();
@@ -352,7 +341,7 @@ async fn a_kill_during_a_deploy_leaves_a_consistent_store() {
     drop(node); // SIGKILL
     let _ = deploying.join();
 
-    let node = origin(data.path());
+    let node = Node::origin_with_tokens(data.path(), &[]);
     let (status, apps) = send(reqwest::Method::GET, &node, "/v1/apps", Some(POP), vec![]).await;
     assert_eq!(status, 200);
     // Whatever is in service has its lock and every blob, intact.

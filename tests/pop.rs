@@ -7,18 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{app, http1, outpost, Node};
-
-const DEPLOY: &str = "deploy-secret";
-const POP: &str = "pop-secret";
-
-fn origin(data: &Path) -> Node {
-    Node::origin(
-        data,
-        &[],
-        &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
-    )
-}
+use common::{app, http1, outpost, Node, DEPLOY, POP};
 
 fn pop(origin_url: &str, data: &Path, name: &str) -> Node {
     Node::pop(origin_url, data, name, POP, &[])
@@ -64,7 +53,7 @@ async fn until_serves(node: &Node, body: &str) -> String {
 #[tokio::test]
 async fn deploys_and_rollbacks_reach_every_pop_which_serve_on_without_the_origin() {
     let origin_data = tempfile::tempdir().unwrap();
-    let mut origin_node = origin(origin_data.path());
+    let mut origin_node = Node::origin_with_tokens(origin_data.path(), &[]);
     let pop_data: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let pops: Vec<Node> = pop_data
         .iter()
@@ -125,7 +114,7 @@ async fn deploys_and_rollbacks_reach_every_pop_which_serve_on_without_the_origin
 #[tokio::test]
 async fn a_corrupt_blob_never_activates() {
     let origin_data = tempfile::tempdir().unwrap();
-    let origin_node = origin(origin_data.path());
+    let origin_node = Node::origin_with_tokens(origin_data.path(), &[]);
     let pop_data = tempfile::tempdir().unwrap();
     let mut pop_node = pop(&origin_node.url, pop_data.path(), "pop-x");
     let v1 = hello("good");
@@ -182,7 +171,7 @@ async fn a_corrupt_blob_never_activates() {
 #[tokio::test]
 async fn identity_headers_can_be_turned_off() {
     let origin_data = tempfile::tempdir().unwrap();
-    let origin_node = origin(origin_data.path());
+    let origin_node = Node::origin_with_tokens(origin_data.path(), &[]);
     let pop_data = tempfile::tempdir().unwrap();
     let quiet = Node::pop(
         &origin_node.url,

@@ -11,11 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::services::{Postgres, S3Server, S3_ENV};
-use common::{app, app_dir, http1, outpost, Node};
+use common::{app, app_dir, http1, outpost, Node, DEPLOY, POP};
 use serde_json::Value;
 
-const DEPLOY: &str = "deploy-secret";
-const POP: &str = "pop-secret";
 const BUCKET: &str = "outpost-blobs";
 
 /// Postgres, an S3 server with the bucket, and what an origin needs to use them.

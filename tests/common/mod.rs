@@ -4,6 +4,10 @@
 
 pub mod services;
 
+/// The deploy and PoP tokens the tests' origins accept.
+pub const DEPLOY: &str = "deploy-secret";
+pub const POP: &str = "pop-secret";
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,6 +58,15 @@ impl Node {
         command.env_remove("OUTPOST_POP_TOKEN");
         command.envs(env.iter().copied());
         Node::spawn(command)
+    }
+
+    /// `outpost origin` accepting the tokens [`DEPLOY`] and [`POP`], with `args`.
+    pub fn origin_with_tokens(data: &Path, args: &[&str]) -> Node {
+        Node::origin(
+            data,
+            args,
+            &[("OUTPOST_DEPLOY_TOKEN", DEPLOY), ("OUTPOST_POP_TOKEN", POP)],
+        )
     }
 
     /// Runs `command` (an `outpost` role) with `--listen 127.0.0.1:0` and waits until it
