@@ -28,9 +28,9 @@ core.defineGlobalProperties(globalThis, { reportError: core.propWritable(reportE
 function initInstance(configJson) {
   performance.setTimeOrigin();
   configure(configJson);
-  // deno_crypto makes its SubtleCrypto the first time `crypto.subtle` is read, and takes
-  // the isolate's CryptoKey symbols then; made here, that happens before any tenant code.
-  void globalThis.crypto.subtle;
+  // Hands deno_crypto this isolate's CryptoKey symbols now (the host keeps them handed over
+  // on every switch between isolates). deno_crypto hands them over once more when
+  // `crypto.subtle` is first read: the same symbols, from within this isolate.
   claimCryptoBrands();
   delete globalThis.__outpost_host;
   delete globalThis.Deno;
