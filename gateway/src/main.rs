@@ -26,6 +26,29 @@ use outpost_pool::PoolConfig;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's defaults, set before it first allocates (that happens before `main`, so this
+/// runs as an early constructor). Its environment variables still take precedence.
+///
+/// `arena_eager_commit` off: on Linux mimalloc otherwise commits whole arenas up front and
+/// keeps them committed, ~15 MiB of a node's RSS that is never used (measured with hello:
+/// 74 → 53 MiB after load).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array.00100"]
+static MIMALLOC_DEFAULTS: extern "C" fn() = {
+    extern "C" {
+        fn mi_option_set_default(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    /// `mi_option_arena_eager_commit` in mimalloc v3's `mi_option_e` (include/mimalloc.h).
+    const ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+    extern "C" fn set_defaults() {
+        // SAFETY: sets one option's default value in mimalloc's static option table; it
+        // runs once, single-threaded, before anything allocates.
+        unsafe { mi_option_set_default(ARENA_EAGER_COMMIT, 0) }
+    }
+    set_defaults
+};
+
 /// Outpost: an edge runtime for Workers-style JavaScript and WebAssembly handlers.
 #[derive(Debug, Parser)]
 #[command(name = "outpost", version, propagate_version = true)]
