@@ -21,9 +21,9 @@
 //! | `outpost_cache_responses_total` | counter | `app`, `result` (`hit`, `stale` (served stale), `revalidated`, `miss`, `bypass`) |
 //! | `outpost_cache_bytes` | gauge | `tier` (`memory`, `disk`) — what the cache holds |
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outpost_pool::Pool;
@@ -85,8 +85,33 @@ pub struct Metrics {
     reachable: Gauge,
     /// Unix ms of the feed's last answer (0: never).
     last_sync_ms: Arc<AtomicI64>,
-    apps: Mutex<HashSet<String>>,
+    /// Each labelled app's series (and `other`'s, `none`'s), found once per request by name.
+    apps: RwLock<AppIndex>,
     max_apps: usize,
+}
+
+/// The series by app name, and how many apps have a label of their own.
+#[derive(Default)]
+struct AppIndex {
+    by_name: HashMap<String, Arc<AppSeries>>,
+    labelled: usize,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const PROTOCOLS: [&str; 3] = ["http1", "http2", "http3"];
+const CACHE_RESULTS: [&str; 5] = ["hit", "stale", "revalidated", "miss", "bypass"];
+
+/// One app label's series, taken from their families once: a request then updates them
+/// without hashing label sets. A series appears in the exposition when first used, as when
+/// it is made in its family on demand.
+struct AppSeries {
+    label: String,
+    duration: Histogram,
+    cpu: Counter<f64, AtomicU64>,
+    /// By status class, then protocol.
+    requests: [[OnceLock<Counter>; PROTOCOLS.len()]; STATUS_CLASSES.len()],
+    /// By [`CACHE_RESULTS`].
+    cache: [OnceLock<Counter>; CACHE_RESULTS.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -191,61 +216,116 @@ impl Metrics {
             cache: cache_responses,
             reachable,
             last_sync_ms,
-            apps: Mutex::new(HashSet::new()),
+            apps: RwLock::new(AppIndex::default()),
             max_apps,
         }
     }
 
     /// The label for `app`: its name while fewer than the cap are labelled, else `other`.
     fn app_label(&self, app: Option<&str>) -> String {
-        let Some(app) = app else {
-            return "none".to_string();
+        self.series(app).label.clone()
+    }
+
+    /// The series of `app`'s label (see [`Metrics::app_label`]), made on its first use.
+    fn series(&self, app: Option<&str>) -> Arc<AppSeries> {
+        let name = app.unwrap_or("none");
+        if let Some(series) = self
+            .apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_name
+            .get(name)
+        {
+            return series.clone();
+        }
+        let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
+        let apps = &mut *apps;
+        if let Some(series) = apps.by_name.get(name) {
+            return series.clone();
+        }
+        // `none` (no app) does not count against the cap.
+        let label = if app.is_none() || apps.labelled < self.max_apps {
+            apps.labelled += usize::from(app.is_some());
+            name
+        } else {
+            "other"
         };
-        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-        if apps.contains(app) {
-            return app.to_string();
+        let series = apps
+            .by_name
+            .entry(label.to_string())
+            .or_insert_with(|| {
+                let labels = AppLabels {
+                    app: label.to_string(),
+                };
+                Arc::new(AppSeries {
+                    label: label.to_string(),
+                    duration: self.duration.get_or_create(&labels).clone(),
+                    cpu: self.cpu.get_or_create(&labels).clone(),
+                    requests: Default::default(),
+                    cache: Default::default(),
+                })
+            })
+            .clone();
+        // An app over the cap finds `other`'s series under its own name next time (the
+        // names remembered that way are bounded too).
+        if label != name && apps.by_name.len() < 4 * self.max_apps {
+            apps.by_name.insert(name.to_string(), series.clone());
         }
-        if apps.len() < self.max_apps {
-            apps.insert(app.to_string());
-            return app.to_string();
-        }
-        "other".to_string()
+        series
     }
 
     /// Counts one answered request.
     pub fn answered(&self, answer: Answered<'_>) {
-        let app = self.app_label(answer.app);
-        let status = status_class(answer.status);
-        let protocol = match answer.version {
-            http::Version::HTTP_2 => "http2",
-            http::Version::HTTP_3 => "http3",
-            _ => "http1",
+        let series = self.series(answer.app);
+        let status = match answer.status.as_u16() {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        self.requests
-            .get_or_create(&RequestLabels {
-                app: app.clone(),
-                status,
-                protocol,
+        let protocol = match answer.version {
+            http::Version::HTTP_2 => 1,
+            http::Version::HTTP_3 => 2,
+            _ => 0,
+        };
+        series.requests[status][protocol]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        app: series.label.clone(),
+                        status: STATUS_CLASSES[status],
+                        protocol: PROTOCOLS[protocol],
+                    })
+                    .clone()
             })
             .inc();
-        let labels = AppLabels { app: app.clone() };
-        self.duration
-            .get_or_create(&labels)
-            .observe(answer.elapsed.as_secs_f64());
+        series.duration.observe(answer.elapsed.as_secs_f64());
         if let Some(cpu) = answer.cpu {
-            self.cpu.get_or_create(&labels).inc_by(cpu.as_secs_f64());
+            series.cpu.inc_by(cpu.as_secs_f64());
         }
         if let (Some(result), Some(_)) = (answer.cache, answer.app) {
-            self.cache
-                .get_or_create(&CacheLabels {
-                    app: app.clone(),
-                    result,
-                })
-                .inc();
+            if let Some(index) = CACHE_RESULTS.iter().position(|r| *r == result) {
+                series.cache[index]
+                    .get_or_init(|| {
+                        self.cache
+                            .get_or_create(&CacheLabels {
+                                app: series.label.clone(),
+                                result,
+                            })
+                            .clone()
+                    })
+                    .inc();
+            }
         }
         if let Some((kind, message)) = answer.failure {
             if let Some(limit) = limit_of(kind, message) {
-                self.limits.get_or_create(&LimitLabels { app, limit }).inc();
+                self.limits
+                    .get_or_create(&LimitLabels {
+                        app: series.label.clone(),
+                        limit,
+                    })
+                    .inc();
             }
         }
     }

@@ -624,7 +624,11 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^= x >> 31;
-    http::HeaderValue::from_str(&format!("{x:016x}")).expect("hex digits are a header value")
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((x >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    http::HeaderValue::from_bytes(&hex).expect("hex digits are a header value")
 }
 
 async fn route<B: RequestBody>(
