@@ -31,6 +31,7 @@ export const request = loadExt("ext:deno_fetch/23_request.js");
 export const response = loadExt("ext:deno_fetch/23_response.js");
 const fetchMod = loadExt("ext:deno_fetch/26_fetch.js");
 const globalInterfaces = loadExt("ext:deno_web/04_global_interfaces.js");
+const location = loadExt("ext:deno_web/12_location.js");
 
 /**
  * Hands this isolate's CryptoKey brand symbols to deno_crypto, which keeps them per thread
@@ -38,6 +39,20 @@ const globalInterfaces = loadExt("ext:deno_web/04_global_interfaces.js");
  */
 export function claimCryptoBrands() {
   crypto.Crypto.registerSymbols(webidl.brand, internals.kKeyObject);
+}
+
+/**
+ * Gives the global scope the app's base URL (`location` in its outpost.toml), as Deno's
+ * `--location` does: `location` (a WorkerLocation, as in a worker), and the base that
+ * deno_fetch resolves relative URLs against. Apps without one have neither (as in Workers).
+ * @param {string} href an absolute http(s) URL (the host validated it)
+ */
+export function setLocation(href) {
+  location.setLocationHref(href);
+  core.defineGlobalProperties(globalThis, {
+    location: location.workerLocationDescriptor,
+    WorkerLocation: location.workerLocationConstructorDescriptor,
+  });
 }
 
 const nonEnum = core.propNonEnumerable;

@@ -13,7 +13,14 @@ import {
   op_outpost_respond_text,
   op_outpost_wait_until,
 } from "ext:core/ops";
-import { body, event, request, response, streams } from "ext:outpost/10_globals.js";
+import {
+  body,
+  event,
+  request,
+  response,
+  setLocation,
+  streams,
+} from "ext:outpost/10_globals.js";
 import {
   currentRequestId,
   runInRequest,
@@ -75,14 +82,17 @@ let handler = null;
 let env = {};
 
 /**
- * Takes the isolate's configuration from the host: the bindings every request sees as
- * `env`, the subrequest limit, and the numbers the host uses for failure kinds and console
- * levels (the host defines them; they are not written here).
+ * Takes the isolate's configuration from the host: its base URL (`location`, if any), the
+ * bindings every request sees as `env`, the subrequest limit, and the numbers the host uses
+ * for failure kinds and console levels (the host defines them; they are not written here).
  * @param {string} configJson
  */
 export function configure(configJson) {
   const config = JSONParse(configJson);
   env = config.vars;
+  if (config.location != null) {
+    setLocation(config.location);
+  }
   setSubrequestLimit(config.subrequests);
   FAIL_EXCEPTION = ArrayPrototypeIndexOf(config.failureKinds, "exception");
   FAIL_NOT_A_RESPONSE = ArrayPrototypeIndexOf(config.failureKinds, "notAResponse");

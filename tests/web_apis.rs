@@ -76,3 +76,48 @@ async fn every_web_api_works_in_a_handler() {
     let line = node.wait_for_stderr("console-error-marker", Duration::from_secs(5));
     assert!(line.starts_with("[web-apis req="), "{line}");
 }
+
+/// `location` in outpost.toml gives the scope a WorkerLocation, and relative URLs resolve
+/// against it (Deno's `--location`).
+#[tokio::test]
+async fn an_app_with_a_location_resolves_relative_urls_against_it() {
+    let app = common::app_dir(&[
+        (
+            "outpost.toml",
+            "name = \"located\"\nlocation = \"https://app.example.com/docs/index.html?x=1\"\n",
+        ),
+        (
+            "src/index.js",
+            r#"
+const results = {};
+function check(name, fn) {
+  try { results[name] = fn(); } catch (e) { results[name] = `threw ${e.name}: ${e.message}`; }
+}
+check("href", () => location.href);
+check("origin", () => location.origin);
+check("pathname", () => location.pathname);
+check("tag", () => Object.prototype.toString.call(location));
+check("is_worker_location", () => location instanceof WorkerLocation);
+check("request", () => new Request("../api/items?q=1").url);
+check("redirect", () => Response.redirect("/moved").headers.get("location"));
+check("blob", () => URL.createObjectURL(new Blob(["x"])).startsWith("blob:https://app.example.com/"));
+export default { fetch() { return Response.json(results); } };
+"#,
+        ),
+    ]);
+    let node = Node::start(app.path(), &[]);
+    let res = http1().get(node.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let results: Value = res.json().await.unwrap();
+    let want = serde_json::json!({
+        "href": "https://app.example.com/docs/index.html?x=1",
+        "origin": "https://app.example.com",
+        "pathname": "/docs/index.html",
+        "tag": "[object WorkerLocation]",
+        "is_worker_location": true,
+        "request": "https://app.example.com/api/items?q=1",
+        "redirect": "https://app.example.com/moved",
+        "blob": true,
+    });
+    assert_eq!(results, want);
+}

@@ -62,6 +62,9 @@ pub struct Lock {
     /// `[cache]`, when it differs from the defaults.
     #[serde(default, skip_serializing_if = "CacheSettings::is_default")]
     pub cache: CacheSettings,
+    /// The app's base URL (`location`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 impl Lock {
@@ -95,6 +98,7 @@ impl Lock {
             modules,
             certificates: manifest.certificates.clone(),
             cache: manifest.cache,
+            location: manifest.location.clone(),
         }
     }
 
@@ -190,6 +194,7 @@ impl Lock {
             limits: self.limits.clone(),
             certificates: self.certificates.clone(),
             cache: self.cache,
+            location: self.location.clone(),
         }
     }
 }

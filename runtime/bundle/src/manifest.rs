@@ -72,6 +72,13 @@ pub struct Manifest {
     /// How the node's HTTP cache treats the app's responses.
     #[serde(default, skip_serializing_if = "CacheSettings::is_default")]
     pub cache: CacheSettings,
+    /// The app's base URL, like Deno's `--location`: an absolute `http:` or `https:` URL.
+    /// With it, the global scope has `location` (a `WorkerLocation`), relative URLs given to
+    /// `fetch`, `new Request` and `Response.redirect` resolve against it, and blob URLs get
+    /// its origin. Without it (the default, as in Workers) there is no `location` and a
+    /// relative URL is a `TypeError`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// `[cache]`: the node's HTTP cache in front of the app's handler.
@@ -136,6 +143,7 @@ impl Manifest {
             limits: AppLimits::default(),
             certificates: Vec::new(),
             cache: CacheSettings::default(),
+            location: None,
         }
     }
 
@@ -196,6 +204,16 @@ impl Manifest {
             if !listed.insert(path) {
                 return Err(BundleError::Manifest(format!(
                     "certificates: {path:?} is listed twice"
+                )));
+            }
+        }
+        if let Some(location) = &self.location {
+            let parsed = url::Url::parse(location).map_err(|e| {
+                BundleError::Manifest(format!("location {location:?} is not a URL: {e}"))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+                return Err(BundleError::Manifest(format!(
+                    "location {location:?} must be an absolute http: or https: URL"
                 )));
             }
         }
@@ -280,6 +298,22 @@ mod tests {
         assert!(Manifest::from_toml("name = \"a\"\ncompatibility_date = \"yesterday\"").is_err());
         assert!(Manifest::from_toml("name = \"a\"\nmain = \"../escape.js\"").is_err());
         assert!(Manifest::from_toml("name = \"a\"\n[vars]\n\"1x\" = \"v\"").is_err());
+    }
+
+    #[test]
+    fn takes_an_absolute_http_location_only() {
+        let m = Manifest::from_toml("name = \"a\"\nlocation = \"https://a.example/x\"").unwrap();
+        assert_eq!(m.location.as_deref(), Some("https://a.example/x"));
+        for bad in [
+            "/relative",
+            "ftp://a.example/",
+            "data:text/plain,x",
+            "not a url",
+        ] {
+            let err =
+                Manifest::from_toml(&format!("name = \"a\"\nlocation = \"{bad}\"")).unwrap_err();
+            assert!(err.to_string().contains("location"), "{bad}: {err}");
+        }
     }
 
     #[test]

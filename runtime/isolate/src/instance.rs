@@ -141,6 +141,12 @@ impl Instance {
                 .op_state()
                 .borrow_mut()
                 .put(deno_web::StartTime::default());
+            // The app's base URL (validated with its manifest): blob URLs take its origin.
+            if let Some(location) = tenant.bundle.manifest.location.as_deref() {
+                if let Ok(url) = deno_core::url::Url::parse(location) {
+                    runtime.op_state().borrow_mut().put(deno_web::Location(url));
+                }
+            }
             let watched = Watched::register(
                 runtime.v8_isolate().thread_safe_handle(),
                 tenant.limits.cpu,
@@ -195,6 +201,7 @@ impl Instance {
         let bundle = self.tenant.bundle.clone();
         let config = serde_json::json!({
             "vars": bundle.manifest.vars,
+            "location": bundle.manifest.location,
             "subrequests": self.tenant.limits.subrequests,
             "failureKinds": FAILURE_KINDS.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
             "logLevels": LOG_LEVELS,
