@@ -5,6 +5,7 @@
 import { core } from "ext:core/mod.js";
 import { claimCryptoBrands, performance } from "ext:outpost/10_globals.js";
 import "ext:outpost/08_errors.js";
+import "ext:outpost/12_webcrypto.js";
 import "ext:outpost/30_cache.js";
 import {
   configure,

@@ -378,6 +378,7 @@ deno_core::extension!(
         "05_request_context.js",
         "08_errors.js",
         "10_globals.js",
+        "12_webcrypto.js",
         "20_dispatch.js",
         "30_cache.js",
         "99_main.js",
