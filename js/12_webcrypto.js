@@ -5,20 +5,39 @@
 // accepts and the spec refuses then becomes the spec's error. Found by the web-platform-tests
 // (tests/wpt/): WebCryptoAPI/derive_bits_keys and import_export.
 import { primordials } from "ext:core/mod.js";
+import { op_outpost_aes_gcm_open, op_outpost_aes_gcm_seal } from "ext:core/ops";
 import { loadExt } from "ext:outpost/00_infra.js";
 
 const {
+  ArrayBufferIsView,
   ArrayBufferPrototypeGetByteLength,
+  ArrayBufferPrototypeSlice,
+  ArrayPrototypeIncludes,
   FunctionPrototypeCall,
   ObjectDefineProperty,
   ObjectGetOwnPropertyDescriptor,
+  ObjectPrototypeIsPrototypeOf,
+  ReflectDeleteProperty,
   StringPrototypeToUpperCase,
+  TypedArrayPrototypeGetBuffer,
+  TypedArrayPrototypeGetByteLength,
+  TypedArrayPrototypeGetByteOffset,
+  TypeError,
+  Uint8Array,
 } = primordials;
 
-const { SubtleCrypto } = loadExt("ext:deno_crypto/00_crypto.js");
+const { CryptoKey, SubtleCrypto } = loadExt("ext:deno_crypto/00_crypto.js");
 const { DOMException } = loadExt("ext:deno_web/01_dom_exception.js");
 
 const proto = SubtleCrypto.prototype;
+
+// deno_crypto puts its Node.js interop on the public class: `CryptoKey.exportNodeMaterial`
+// hands out the bytes of any key, extractable or not, and `CryptoKey.importSync` makes keys
+// outside SubtleCrypto. Tenants get neither; the AES-GCM fallback below keeps the first.
+// (`fromCloneData` stays: structured clone of a CryptoKey calls it.)
+const exportMaterial = CryptoKey.exportNodeMaterial;
+ReflectDeleteProperty(CryptoKey, "exportNodeMaterial");
+ReflectDeleteProperty(CryptoKey, "importSync");
 
 /**
  * The algorithm's name, upper-cased, as a caller gave it (a string or `{ name }`).
@@ -148,3 +167,82 @@ replace(
     },
   }.importKey,
 );
+
+/**
+ * A BufferSource's bytes (a view of them, not a copy).
+ * @param {any} source
+ * @returns {Uint8Array}
+ */
+function bytesOf(source) {
+  if (ArrayBufferIsView(source)) {
+    return new Uint8Array(
+      // @ts-ignore a DataView has these too
+      TypedArrayPrototypeGetBuffer(source),
+      TypedArrayPrototypeGetByteOffset(source),
+      TypedArrayPrototypeGetByteLength(source),
+    );
+  }
+  // An ArrayBuffer (a SharedArrayBuffer is refused by the view's constructor check below).
+  try {
+    ArrayBufferPrototypeGetByteLength(source);
+  } catch {
+    throw new TypeError("expected an ArrayBuffer or an ArrayBuffer view");
+  }
+  return new Uint8Array(source);
+}
+
+/**
+ * AES-GCM parameters deno_crypto refuses though WebCrypto allows them (an IV other than 96
+ * or 128 bits; to decrypt, a tag other than 128 bits): what `op` needs to do them itself,
+ * or null to leave the call to deno_crypto (which also reports every error).
+ * @param {any} algorithm
+ * @param {any} key
+ * @param {"encrypt" | "decrypt"} op
+ */
+function gcmFallback(algorithm, key, op) {
+  if (nameOf(algorithm) !== "AES-GCM" || typeof algorithm !== "object") return null;
+  if (!ObjectPrototypeIsPrototypeOf(CryptoKey.prototype, key)) return null;
+  if (key.algorithm.name !== "AES-GCM" || !ArrayPrototypeIncludes(key.usages, op)) return null;
+  let iv, aad, tagLength;
+  try {
+    iv = bytesOf(algorithm.iv);
+    aad = algorithm.additionalData === undefined ? new Uint8Array(0) : bytesOf(algorithm.additionalData);
+    tagLength = algorithm.tagLength === undefined ? 128 : algorithm.tagLength;
+  } catch {
+    return null;
+  }
+  if (typeof tagLength !== "number") return null;
+  const ivBytes = TypedArrayPrototypeGetByteLength(iv);
+  const deno = (ivBytes === 12 || ivBytes === 16) && (op === "encrypt" || tagLength === 128);
+  if (deno) return null;
+  return { iv, aad, tagLength };
+}
+
+/**
+ * @param {Uint8Array} view the op's result
+ * @returns {ArrayBuffer}
+ */
+function bufferOf(view) {
+  const buffer = TypedArrayPrototypeGetBuffer(view);
+  const offset = TypedArrayPrototypeGetByteOffset(view);
+  const length = TypedArrayPrototypeGetByteLength(view);
+  if (offset === 0 && ArrayBufferPrototypeGetByteLength(buffer) === length) return buffer;
+  return ArrayBufferPrototypeSlice(buffer, offset, offset + length);
+}
+
+for (const [op, fn] of [["encrypt", op_outpost_aes_gcm_seal], ["decrypt", op_outpost_aes_gcm_open]]) {
+  const original = proto[op];
+  replace(
+    op,
+    {
+      async [op](algorithm, key, data) {
+        const gcm = gcmFallback(algorithm, key, /** @type {any} */ (op));
+        if (gcm === null) {
+          return await FunctionPrototypeCall(original, this, algorithm, key, data);
+        }
+        const material = FunctionPrototypeCall(exportMaterial, CryptoKey, key);
+        return bufferOf(fn(material.data, gcm.iv, gcm.aad, gcm.tagLength, bytesOf(data)));
+      },
+    }[op],
+  );
+}

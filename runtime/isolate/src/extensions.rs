@@ -2,8 +2,11 @@
 //!
 //! This file is compiled twice: by `build.rs`, which makes the startup snapshot from
 //! [`extensions`], and by the library, which creates each runtime from that snapshot and
-//! later gives it a tenant's state. It therefore depends on nothing but deno crates and the
-//! standard library.
+//! later gives it a tenant's state. It therefore depends on nothing but deno crates, the
+//! standard library and its child module `aes_gcm` (RustCrypto's `aes` and `ghash`).
+
+#[path = "aes_gcm.rs"]
+mod aes_gcm;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -370,6 +373,8 @@ deno_core::extension!(
         op_outpost_cache_match,
         op_outpost_cache_put,
         op_outpost_cache_delete,
+        aes_gcm::op_outpost_aes_gcm_seal,
+        aes_gcm::op_outpost_aes_gcm_open,
     ],
     esm_entry_point = "ext:outpost/99_main.js",
     esm = [
