@@ -21,6 +21,8 @@ const {
   TypeError,
 } = primordials;
 const { getAsyncContext, setAsyncContext } = core;
+/** `core.getPromiseDetails`' state of a rejected promise (V8's Promise::PromiseState). */
+const PROMISE_REJECTED = 2;
 
 /** Outbound fetches one request may make (set per isolate by `initInstance`). */
 let maxSubrequests = 50;
@@ -175,8 +177,17 @@ export function countedFetch(inner, RequestClass) {
       }
     }
     const dispatchId = record.dispatchId;
+    const promise = ReflectApply(inner, this, args);
+    if (span < 0) {
+      // Already rejected (an aborted signal) with nothing to explain: handed back as it is,
+      // so it rejects as soon as the spec says, not a microtask later.
+      const [state, result] = core.getPromiseDetails(promise);
+      if (state === PROMISE_REJECTED && explainRefusal(result, input) === result) {
+        return promise;
+      }
+    }
     return PromisePrototypeThen(
-      ReflectApply(inner, this, args),
+      promise,
       (/** @type {any} */ response) => {
         if (span >= 0) op_outpost_fetch_ended(dispatchId, span, response.status);
         return response;

@@ -5,6 +5,7 @@
 import { core, primordials } from "ext:core/mod.js";
 import {
   op_outpost_cache_delete,
+  op_outpost_caches_delete,
   op_outpost_cache_match,
   op_outpost_cache_put,
 } from "ext:core/ops";
@@ -212,6 +213,14 @@ class CacheStorage {
       throw new TypeError("Cache name is too long.");
     }
     return new Cache(constructing, text);
+  }
+
+  /**
+   * Removes the app's cache named `name` (every entry): whether it held any.
+   * @param {any} name
+   */
+  async delete(name) {
+    return op_outpost_caches_delete(String(name));
   }
 }
 

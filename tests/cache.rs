@@ -392,6 +392,7 @@ export default {
       return new Response(`${found.status} ${await found.text()}`);
     }
     if (op === "delete") return new Response(String(await cache.delete(key)));
+    if (op === "drop") return new Response(String(await caches.delete("named")));
     if (op === "errors") {
       const errors = [];
       const attempts = [
@@ -458,6 +459,19 @@ async fn the_cache_api_is_scoped_per_app_and_per_name() {
     assert_eq!(on("alpha", "/match").await, "none");
     // A streamed body is stored whole.
     assert_eq!(on("beta", "/stream").await, "chunk1;chunk2;chunk3;chunk4;");
+    // `caches.delete(name)` removes that cache of that app, and says whether it held any.
+    assert_eq!(on("alpha", "/put?named").await, "stored");
+    assert_eq!(on("beta", "/put?named").await, "stored");
+    assert_eq!(on("alpha", "/put").await, "stored");
+    assert_eq!(on("alpha", "/drop").await, "true");
+    assert_eq!(on("alpha", "/drop").await, "false");
+    assert_eq!(on("alpha", "/match?named").await, "none");
+    assert_eq!(on("alpha", "/match").await, format!("200 {value}"));
+    let beta_value = format!("value of beta.localhost {}", "x".repeat(100));
+    assert_eq!(
+        on("beta", "/match?named").await,
+        format!("200 {beta_value}")
+    );
 
     let errors: Vec<String> = serde_json::from_str(&on("alpha", "/errors").await).unwrap();
     assert_eq!(

@@ -107,4 +107,20 @@ impl CacheScope {
         let key = self.key(name, request);
         self.cache.tiers.remove(&key)
     }
+
+    /// `caches.delete(name)`: removes every entry of the app's cache `name`; whether it held
+    /// any (a cache is made by its first `put`, so one without entries does not exist).
+    pub fn delete_cache(&self, name: &str) -> bool {
+        let space = Space::Api(Some(name.to_string()));
+        let app = self.app.clone();
+        let held = self
+            .cache
+            .tiers
+            .any(|key| key.app == app && key.space == space);
+        let app = self.app.clone();
+        self.cache
+            .tiers
+            .invalidate(move |key, _| key.app == app && key.space == space);
+        held
+    }
 }

@@ -372,6 +372,15 @@ impl Tiers {
         removed
     }
 
+    /// Whether either tier holds an entry `wanted` picks (a scan of both: for rare calls).
+    pub(crate) fn any(&self, wanted: impl Fn(&Key) -> bool) -> bool {
+        self.memory.iter().any(|(key, _)| wanted(&key))
+            || self
+                .disk
+                .as_ref()
+                .is_some_and(|disk| disk.index.iter().any(|(key, _)| wanted(&key)))
+    }
+
     /// Removes the responses stored under `key`'s URL: the key itself, or every variant when
     /// the URL's responses vary (found by scanning, which is rare).
     pub(crate) fn remove_url(&self, key: &Key) {

@@ -115,4 +115,8 @@ impl CacheHost for CacheApi {
         let request = key_request(&url, Vec::new())?;
         Ok(self.scope.delete(name.as_deref(), &request))
     }
+
+    fn delete_cache(&self, name: String) -> bool {
+        self.scope.delete_cache(&name)
+    }
 }

@@ -373,6 +373,7 @@ deno_core::extension!(
         op_outpost_cache_match,
         op_outpost_cache_put,
         op_outpost_cache_delete,
+        op_outpost_caches_delete,
         aes_gcm::op_outpost_aes_gcm_seal,
         aes_gcm::op_outpost_aes_gcm_open,
     ],
@@ -583,6 +584,8 @@ pub trait CacheHost {
         put: CachePut,
     ) -> LocalFuture<Result<(), JsErrorBox>>;
     fn delete(&self, name: Option<String>, url: String) -> Result<bool, JsErrorBox>;
+    /// `caches.delete(name)`: whether the named cache held entries (now removed).
+    fn delete_cache(&self, name: String) -> bool;
 }
 
 fn cache_host(state: &Rc<RefCell<OpState>>) -> Option<Rc<dyn CacheHost>> {
@@ -642,6 +645,11 @@ async fn op_outpost_cache_put(
             Ok(())
         }
     }
+}
+
+#[op2(fast)]
+fn op_outpost_caches_delete(state: Rc<RefCell<OpState>>, #[string] name: String) -> bool {
+    cache_host(&state).is_some_and(|host| host.delete_cache(name))
 }
 
 #[op2]
