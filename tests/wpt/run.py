@@ -8,7 +8,9 @@ Every test run (a file, or one `?variant` of it) becomes an app directory (`outp
 module `worker.js` embedding testharness.js, the report glue, the META scripts and the test) under
 a temporary directory. One `outpost dev` serves them all; each is requested once at
 http://NAME.localhost:PORT/ and answers its results as JSON. With --deno the same `worker.js` runs
-under `deno serve`, one process per run. See tests/wpt/README.md.
+under `deno serve`, one process per run. The WPT files are served by WPT's own server, wptserve,
+from the checkout's tools/ (tests/wpt/wpt_server.py), or, without tools/ or with --static-server,
+by a static file server of the runner's own. See tests/wpt/README.md.
 
 Standard library only (Python 3.11).
 """
@@ -208,8 +210,111 @@ def discover(wpt: Path, areas: list[str] | None, substr: str | None):
 
 
 # --------------------------------------------------------------------------------------------
-# The WPT file server (what wptserve does for static files: `.headers` side files, `.sub.`
-# substitution of the few templates the covered tests use; no Python handlers)
+# The WPT server. By default WPT's own, wptserve (tools/serve and tools/wptserve of the
+# checkout), run by tests/wpt/wpt_server.py in a child process: Python handlers (`*.py`), the
+# stash, every pipe and template. Without tools/ in the checkout, or with --static-server, a
+# static file server of our own (what wptserve does for static files: `.headers` side files,
+# `.sub.` substitution of the few templates the covered tests use; no Python handlers).
+
+WPT_SERVER_SCRIPT = HERE / "wpt_server.py"
+# The hosts of the WPT server's URLs: 127.0.0.1 ({{host}}); with wptserve, localhost too (every
+# other host of its config, e.g. {{domains[www]}}). normalize() hides their ports.
+WPT_HOSTS = ("127.0.0.1", "localhost")
+# wptserve's log (logs/wptserve.log): "debug" logs every request with its status.
+WPTSERVE_LOG_LEVEL = "debug"
+WPTSERVE_START_S = 60
+
+
+@dataclass
+class WptServer:
+    kind: str                # "wptserve" or "static"
+    port: int                # {{ports[http][0]}}: the test URLs' origin is http://127.0.0.1:port
+    ports: dict[str, int]    # label -> port, for normalize(): "wpt-port", "wpt-port2", ...
+    stop: object             # () -> None
+    alt_host: str | None = None  # wptserve: the host of {{domains[www]}}, {{hosts[alt][]}}...
+
+
+# Which server read_source() asks: set by start_wpt_server().
+SERVER: WptServer | None = None
+
+
+def wptserve_available(wpt: Path) -> bool:
+    return (wpt / "tools" / "serve" / "serve.py").is_file() and \
+        (wpt / "tools" / "wptserve" / "wptserve").is_dir() and (wpt / "tools" / "localpaths.py").is_file()
+
+
+def start_wpt_server(wpt: Path, logs: Path, static: bool) -> WptServer:
+    global SERVER
+    if not static and not wptserve_available(wpt):
+        log(f"NOTE: {wpt} has no tools/ (tools/serve, tools/wptserve, tools/localpaths.py): "
+            "serving it with the runner's static file server instead of wptserve. Subtests that "
+            "need a wptserve Python handler (*.py URLs, the stash, most pipes) will fail on every "
+            "engine. Extract tools/ from the WPT commit to get them (tests/wpt/README.md).")
+        static = True
+    SERVER = start_static(wpt) if static else start_wptserve(wpt, logs)
+    return SERVER
+
+
+def start_static(wpt: Path) -> WptServer:
+    server, server2 = make_server(wpt), make_server(wpt)
+    SERVER_PORTS[:] = [server.server_port, server2.server_port]
+
+    def stop():
+        server.shutdown()
+        server2.shutdown()
+
+    return WptServer("static", server.server_port,
+                     {"wpt-port": server.server_port, "wpt-port2": server2.server_port}, stop)
+
+
+def start_wptserve(wpt: Path, logs: Path) -> WptServer:
+    """wptserve on 127.0.0.1 at free ports, in a child process that stops when its stdin closes
+    (so also when this process dies)."""
+    err_log = logs / "wptserve.log"
+    cmd = [sys.executable, str(WPT_SERVER_SCRIPT), "--wpt-dir", str(wpt),
+           "--log-level", WPTSERVE_LOG_LEVEL]
+    log("$ " + shlex.join(cmd))
+    with open(err_log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+    line: list[bytes] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(WPTSERVE_START_S)
+    try:
+        info = json.loads(line[0])
+        http = info["ports"]["http"]
+    except Exception:  # noqa: BLE001 - no line, or not the JSON: it did not start
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        tail = err_log.read_text("utf-8", "replace")[-3000:]
+        sys.exit(f"wptserve did not start (see {err_log}):\n{tail}\n"
+                 "(--static-server serves the checkout without it)")
+
+    def stop():
+        if proc.poll() is None:
+            try:
+                proc.stdin.close()  # wpt_server.py stops when its stdin closes
+                proc.wait(15)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    ports = {"wpt-port": http[0], "wpt-port2": http[1]}
+    for scheme, numbers in sorted(info["ports"].items()):
+        for i, port in enumerate(numbers):
+            if scheme != "http":
+                ports[f"wpt-{scheme}-port" + (str(i + 1) if i else "")] = port
+    log(f"wptserve (pid {proc.pid}, log {err_log}) listening on 127.0.0.1, ports "
+        + ", ".join(f"{s} {'/'.join(map(str, p))}" for s, p in info["ports"].items()
+                    if s in info["listening"])
+        + f"; {{{{host}}}} is {info['host']}, other hosts are {info['alt_host']}")
+    return WptServer("wptserve", http[0], ports, stop, info["alt_host"])
+
 
 SUB_RE = re.compile(r"\{\{([^}]*)\}\}")
 # wptserve's rewrites (tools/serve/serve.py): URL path -> file path.
@@ -243,6 +348,9 @@ def substitute(text: str) -> str:
 
 
 def read_source(wpt: Path, url_path: str, port: int) -> str | None:
+    """A script's source as the WPT server serves it (None: not found)."""
+    if SERVER is not None and SERVER.kind == "wptserve":
+        return fetch_source(url_path, port)
     f = wpt / REWRITES.get(url_path, url_path).lstrip("/")
     if not f.is_file():
         return None
@@ -250,6 +358,36 @@ def read_source(wpt: Path, url_path: str, port: int) -> str | None:
     if ".sub." in f.name:
         text = substitute(text)
     return text
+
+
+SOURCES: dict[tuple[str, int], str | None] = {}  # fetch_source's answers (scripts are static)
+
+
+def fetch_source(url_path: str, port: int) -> str | None:
+    """GET a script from wptserve, so `.sub.` templates, `.headers` and rewrites are its own."""
+    if (url_path, port) not in SOURCES:
+        SOURCES[(url_path, port)] = fetch_source_uncached(url_path, port)
+    return SOURCES[(url_path, port)]
+
+
+def fetch_source_uncached(url_path: str, port: int) -> str | None:
+    for attempt in range(3):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", urllib.parse.quote("/" + url_path.lstrip("/")))
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            break
+        except OSError as e:
+            if attempt == 2:
+                log(f"wptserve: GET {url_path} failed: {e}")
+                return None
+            time.sleep(0.5)
+    if resp.status != 200:
+        log(f"wptserve: GET {url_path} answered {resp.status}: {body[:200]!r}")
+        return None
+    return body.decode("utf-8", "replace")  # importScripts decodes UTF-8
 
 
 def make_server(wpt: Path):
@@ -351,17 +489,6 @@ def test_url(run: Run, port: int) -> str:
     return f"http://127.0.0.1:{port}/{run.path[:-len('.js')]}.worker.html{run.variant}"
 
 
-def location_parts(url: str) -> dict:
-    u = urllib.parse.urlsplit(url)
-    port = "" if u.port in (None, 80) else str(u.port)
-    host = u.hostname + (f":{port}" if port else "")
-    return {
-        "href": url, "origin": f"{u.scheme}://{host}", "protocol": u.scheme + ":",
-        "host": host, "hostname": u.hostname, "port": port, "pathname": u.path,
-        "search": ("?" + u.query) if u.query else "", "hash": ("#" + u.fragment) if u.fragment else "",
-    }
-
-
 def write_app(apps: Path, run: Run, wpt: Path, port: int):
     origin = f"http://127.0.0.1:{port}"
     url = test_url(run, port)
@@ -370,7 +497,6 @@ def write_app(apps: Path, run: Run, wpt: Path, port: int):
     data = {
         "key": run.key,
         "url": url,
-        "location": location_parts(url),
         "timeoutMs": int(HARNESS_TIMEOUT_S["long" if run.long else "normal"] * 1000),
         "title": run.title,
         "testharness": {"url": origin + "/resources/testharness.js",
@@ -381,7 +507,9 @@ def write_app(apps: Path, run: Run, wpt: Path, port: int):
     }
     d = apps / run.app
     d.mkdir(parents=True)
-    (d / "outpost.toml").write_text(f'name = "{run.app}"\nmain = "worker.js"\n')
+    # The test's URL is the app's base URL (relative URLs, `location`), as Deno's --location.
+    (d / "outpost.toml").write_text(
+        f'name = "{run.app}"\nmain = "worker.js"\nlocation = {json.dumps(url)}\n')
     module = (HERE / "harness" / "module.js").read_text()
     (d / "worker.js").write_text(
         f"// Generated by tests/wpt/run.py for {run.key}. Do not edit.\n"
@@ -663,7 +791,8 @@ def normalize(message, ports: dict[str, int], limit: int | None = MESSAGE_CHARS)
         return ""
     text = str(message)
     for name, port in ports.items():
-        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:<{name}>")
+        for host in WPT_HOSTS:
+            text = text.replace(f"{host}:{port}", f"{host}:<{name}>")
     text = re.sub(r"/[\w/.-]*/outpost-wpt-[\w]+", "<work>", text)
     text = re.sub(r"\s+", " ", text).strip()
     return text[:limit] if limit else text
@@ -673,7 +802,8 @@ def normalize_name(name, ports: dict[str, int]) -> str:
     """A subtest name without the WPT server's port (some names contain a URL)."""
     text = str(name)
     for label, port in ports.items():
-        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:<{label}>")
+        for host in WPT_HOSTS:
+            text = text.replace(f"{host}:{port}", f"{host}:<{label}>")
     return text
 
 
@@ -831,6 +961,10 @@ def main():
                     help="multiply the harness timeouts (10 s, 30 s for timeout=long), e.g. for a "
                          "slow machine; the expectations are made with 1")
     ap.add_argument("--keep", action="store_true", help="keep the generated apps")
+    ap.add_argument("--static-server", action="store_true",
+                    help="serve the WPT files with the runner's static server instead of "
+                         "wptserve (the default when the checkout has tools/): no Python "
+                         "handlers, so the subtests that need one fail")
     ap.add_argument("--from-logs", metavar="DIR",
                     help="run nothing: redo the report (and --update/--check) from an earlier "
                          "run's logs directory (its results.json and run.json), e.g. after "
@@ -882,31 +1016,32 @@ def main():
     apps, logs = work / "apps", work / "logs"
     apps.mkdir()
     logs.mkdir()
-    server, server2 = make_server(wpt), make_server(wpt)
-    port_wpt = server.server_port
-    SERVER_PORTS[:] = [port_wpt, server2.server_port]
-    log(f"WPT files served at http://127.0.0.1:{port_wpt}/ from {wpt}; work dir {work}")
-    for i, r in enumerate(runs):
-        r.app = f"wpt{i:04d}"
-        write_app(apps, r, wpt, port_wpt)
-    log(f"{len(runs)} runs ({len(window_only)} files not applicable (window- or ShadowRealm-only))")
+    server = start_wpt_server(wpt, logs, args.static_server)
+    try:
+        port_wpt = server.port
+        log(f"WPT files served ({server.kind}) at http://127.0.0.1:{port_wpt}/ from {wpt}; "
+            f"work dir {work}")
+        for i, r in enumerate(runs):
+            r.app = f"wpt{i:04d}"
+            write_app(apps, r, wpt, port_wpt)
+        log(f"{len(runs)} runs ({len(window_only)} files not applicable (window- or ShadowRealm-only))")
 
-    engines = ["outpost"]
-    crashes = run_outpost(binary, apps, logs, runs, args.jobs)
-    t_outpost = time.monotonic() - started
-    deno_ver = None
-    if args.deno:
-        engines.append("deno")
-        deno_ver = deno_version(args.deno)
-        run_deno(args.deno, apps, logs, runs, args.jobs, port_wpt)
-    elapsed = time.monotonic() - started
-    server.shutdown()
-    server2.shutdown()
+        engines = ["outpost"]
+        crashes = run_outpost(binary, apps, logs, runs, args.jobs)
+        t_outpost = time.monotonic() - started
+        deno_ver = None
+        if args.deno:
+            engines.append("deno")
+            deno_ver = deno_version(args.deno)
+            run_deno(args.deno, apps, logs, runs, args.jobs, port_wpt)
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
 
     meta = {
         "engines": engines, "area": args.area, "filter": args.filter, "elapsed": elapsed,
         "t_outpost": t_outpost, "crashes": crashes, "deno": deno_ver, "jobs": args.jobs,
-        "ports": {"wpt-port": port_wpt, "wpt-port2": server2.server_port},
+        "server": server.kind, "ports": server.ports,
         "binary": str(binary), "built": built, "argv": sys.argv[1:],
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -972,6 +1107,9 @@ def finish(args, runs: list[Run], window_only: dict[str, str], meta: dict, logs:
             f" (built {built})" + (f"; Deno: {deno_ver}" if deno_ver else ""),
             f"- Duration: {elapsed:.0f} s (Outpost {t_outpost:.0f} s) on {os.cpu_count()} cores, "
             f"--jobs {meta['jobs']}",
+            "- WPT server: " + ("wptserve (the checkout's tools/serve; see README.md)"
+                                if meta.get("server") == "wptserve" else
+                                "the runner's static file server (no Python handlers)"),
             f"- {len(runs)} runs of {len({r.path for r in runs})} files; "
             f"{len(window_only)} files not applicable (window- or ShadowRealm-only)",
             "",

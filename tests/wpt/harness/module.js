@@ -1,8 +1,8 @@
 // The handler half of a generated WPT app (tests/wpt/run.py appends this to `const TEST = {...};`).
 //
 // TEST: {
-//   key, url,            // "url/url-constructor.any.js?include=file", the test's URL
-//   location,            // the URL's parts, computed by run.py (used only if `location` is missing)
+//   key, url,            // "url/url-constructor.any.js?include=file", the test's URL (also the
+//                        // app's `location` in its outpost.toml, as Deno gets `--location`)
 //   timeoutMs,           // harness timeout: 10 s, 30 s for `timeout=long`
 //   title,               // META title or null
 //   testharness: {url, source},
@@ -21,7 +21,6 @@ const _stringify = JSON.stringify;
 const _setTimeout = G.setTimeout;
 const _clearTimeout = G.clearTimeout;
 const _Promise = G.Promise;
-const _URL = G.URL;
 const _apply = Reflect.apply;
 const _defineProperty = Object.defineProperty;
 const _getOwnPropertyDescriptor = Object.getOwnPropertyDescriptor;
@@ -114,49 +113,6 @@ function describe(error) {
   }
 }
 
-// Outpost has no `location` (as on Cloudflare Workers); variants read `location.search`, and
-// testharness names untitled tests after `location.pathname`. Deno gets `--location` instead.
-function defineLocation() {
-  if ("location" in G) return;
-  const loc = { ...TEST.location };
-  _defineProperty(loc, "toString", { value: function toString() { return this.href; } });
-  _defineProperty(G, "location", {
-    value: loc,
-    writable: true,
-    enumerable: true,
-    configurable: true,
-  });
-}
-
-// Tests fetch resources relative to their own URL (`resources/urltestdata.json`); a worker has a
-// base URL for that, an Outpost isolate has none. Only a relative *string* is resolved here.
-function wrapFetch() {
-  const desc = _getOwnPropertyDescriptor(G, "fetch");
-  if (!desc || typeof desc.value !== "function") return;
-  const original = desc.value;
-  const resolve = (input) => {
-    try {
-      new _URL(input);
-      return input; // already absolute
-    } catch {}
-    try {
-      return new _URL(input, TEST.url).href;
-    } catch {
-      return input;
-    }
-  };
-  // A method: named `fetch`, length 1, not a constructor, like the original.
-  const wrapper = {
-    fetch(input, init = undefined) {
-      const args = [];
-      for (let i = 0; i < arguments.length; i++) args.push(arguments[i]);
-      if (typeof args[0] === "string") args[0] = resolve(args[0]);
-      return _apply(original, this, args);
-    },
-  }.fetch;
-  _defineProperty(G, "fetch", { ...desc, value: wrapper });
-}
-
 // testharness.js picks its environment once, when it loads, from the global's interfaces. An
 // Outpost global is a worker scope (a ServiceWorkerGlobalScope, earlier a bare
 // WorkerGlobalScope), so it would pick a worker environment that reports to a client page
@@ -216,8 +172,6 @@ function convert(tests, status, pendingAtTimeout, loadError) {
 }
 
 async function runTest() {
-  defineLocation();
-  wrapFetch();
   G.GLOBAL = {
     isWindow: function () { return false; },
     isWorker: function () { return true; },
