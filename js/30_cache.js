@@ -6,12 +6,15 @@ import { core, primordials } from "ext:core/mod.js";
 import {
   op_outpost_cache_delete,
   op_outpost_caches_delete,
+  op_outpost_cache_keys,
   op_outpost_cache_match,
   op_outpost_cache_put,
 } from "ext:core/ops";
 import { request as requestMod, response as responseMod, streams } from "ext:outpost/10_globals.js";
 
 const {
+  ArrayPrototypeFilter,
+  ArrayPrototypeMap,
   ArrayPrototypePush,
   Error,
   ObjectPrototypeIsPrototypeOf,
@@ -186,6 +189,24 @@ class Cache {
       return false;
     }
     return await op_outpost_cache_delete(this[nameKey] !== null, this[nameKey] ?? "", req.url);
+  }
+
+  /**
+   * The requests (GET, by URL) the cache holds responses for, or those of `request`'s URL.
+   * @param {any} [request]
+   * @param {any} [options]
+   */
+  async keys(request = undefined, options = undefined) {
+    let urls = op_outpost_cache_keys(this[nameKey] !== null, this[nameKey] ?? "");
+    if (request !== undefined) {
+      const any = ignoreMethod(options);
+      const req = keyRequest(request);
+      if (req.method !== "GET" && !any) {
+        return [];
+      }
+      urls = ArrayPrototypeFilter(urls, (/** @type {string} */ url) => url === req.url);
+    }
+    return ArrayPrototypeMap(urls, (/** @type {string} */ url) => new Request(url));
   }
 }
 

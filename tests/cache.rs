@@ -393,6 +393,11 @@ export default {
     }
     if (op === "delete") return new Response(String(await cache.delete(key)));
     if (op === "drop") return new Response(String(await caches.delete("named")));
+    if (op === "keys") {
+      const all = await cache.keys();
+      const some = await cache.keys(key);
+      return Response.json([...all, ...some].map((r) => `${r.method} ${r.url}`));
+    }
     if (op === "errors") {
       const errors = [];
       const attempts = [
@@ -463,7 +468,12 @@ async fn the_cache_api_is_scoped_per_app_and_per_name() {
     assert_eq!(on("alpha", "/put?named").await, "stored");
     assert_eq!(on("beta", "/put?named").await, "stored");
     assert_eq!(on("alpha", "/put").await, "stored");
+    assert_eq!(
+        on("alpha", "/keys?named").await,
+        r#"["GET https://data.example/item","GET https://data.example/item"]"#
+    );
     assert_eq!(on("alpha", "/drop").await, "true");
+    assert_eq!(on("alpha", "/keys?named").await, "[]");
     assert_eq!(on("alpha", "/drop").await, "false");
     assert_eq!(on("alpha", "/match?named").await, "none");
     assert_eq!(on("alpha", "/match").await, format!("200 {value}"));

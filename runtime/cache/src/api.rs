@@ -108,6 +108,17 @@ impl CacheScope {
         self.cache.tiers.remove(&key)
     }
 
+    /// `cache.keys()`: the URLs the cache `name` (`None`: `caches.default`) holds responses
+    /// for, sorted.
+    pub fn keys(&self, name: Option<&str>) -> Vec<String> {
+        let space = Space::Api(name.map(str::to_string));
+        self.cache
+            .tiers
+            .urls(|key| key.app == self.app && key.space == space)
+            .into_iter()
+            .collect()
+    }
+
     /// `caches.delete(name)`: removes every entry of the app's cache `name`; whether it held
     /// any (a cache is made by its first `put`, so one without entries does not exist).
     pub fn delete_cache(&self, name: &str) -> bool {

@@ -372,6 +372,25 @@ impl Tiers {
         removed
     }
 
+    /// The URLs of the entries `wanted` picks, in both tiers (a scan: for rare calls).
+    pub(crate) fn urls(&self, wanted: impl Fn(&Key) -> bool) -> std::collections::BTreeSet<String> {
+        let mut urls: std::collections::BTreeSet<String> = self
+            .memory
+            .iter()
+            .filter(|(key, entry)| wanted(key) && !matches!(entry, Entry::Vary(_)))
+            .map(|(key, _)| key.url.clone())
+            .collect();
+        if let Some(disk) = &self.disk {
+            urls.extend(
+                disk.index
+                    .iter()
+                    .filter(|(key, entry)| wanted(key) && !matches!(entry, Entry::Vary(_)))
+                    .map(|(key, _)| key.url.clone()),
+            );
+        }
+        urls
+    }
+
     /// Whether either tier holds an entry `wanted` picks (a scan of both: for rare calls).
     pub(crate) fn any(&self, wanted: impl Fn(&Key) -> bool) -> bool {
         self.memory.iter().any(|(key, _)| wanted(&key))

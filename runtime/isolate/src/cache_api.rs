@@ -119,4 +119,8 @@ impl CacheHost for CacheApi {
     fn delete_cache(&self, name: String) -> bool {
         self.scope.delete_cache(&name)
     }
+
+    fn keys(&self, name: Option<String>) -> Vec<String> {
+        self.scope.keys(name.as_deref())
+    }
 }

@@ -374,6 +374,7 @@ deno_core::extension!(
         op_outpost_cache_put,
         op_outpost_cache_delete,
         op_outpost_caches_delete,
+        op_outpost_cache_keys,
         aes_gcm::op_outpost_aes_gcm_seal,
         aes_gcm::op_outpost_aes_gcm_open,
     ],
@@ -586,6 +587,8 @@ pub trait CacheHost {
     fn delete(&self, name: Option<String>, url: String) -> Result<bool, JsErrorBox>;
     /// `caches.delete(name)`: whether the named cache held entries (now removed).
     fn delete_cache(&self, name: String) -> bool;
+    /// `cache.keys()`: the URLs a cache holds responses for.
+    fn keys(&self, name: Option<String>) -> Vec<String>;
 }
 
 fn cache_host(state: &Rc<RefCell<OpState>>) -> Option<Rc<dyn CacheHost>> {
@@ -645,6 +648,16 @@ async fn op_outpost_cache_put(
             Ok(())
         }
     }
+}
+
+#[op2]
+#[serde]
+fn op_outpost_cache_keys(
+    state: Rc<RefCell<OpState>>,
+    named: bool,
+    #[string] name: String,
+) -> Vec<String> {
+    cache_host(&state).map_or_else(Vec::new, |host| host.keys(cache_name(named, name)))
 }
 
 #[op2(fast)]
