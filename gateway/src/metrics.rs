@@ -277,13 +277,7 @@ impl Metrics {
     /// Counts one answered request.
     pub fn answered(&self, answer: Answered<'_>) {
         let series = self.series(answer.app);
-        let status = match answer.status.as_u16() {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
+        let status = status_index(answer.status);
         let protocol = match answer.version {
             http::Version::HTTP_2 => 1,
             http::Version::HTTP_3 => 2,
@@ -364,12 +358,17 @@ impl Metrics {
 
 /// The `status` label of a response: `1xx` … `5xx`.
 pub(crate) fn status_class(status: http::StatusCode) -> &'static str {
+    STATUS_CLASSES[status_index(status)]
+}
+
+/// The index of `status`'s class in [`STATUS_CLASSES`].
+fn status_index(status: http::StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 

@@ -123,11 +123,10 @@ impl CacheScope {
     /// any (a cache is made by its first `put`, so one without entries does not exist).
     pub fn delete_cache(&self, name: &str) -> bool {
         let space = Space::Api(Some(name.to_string()));
-        let app = self.app.clone();
         let held = self
             .cache
             .tiers
-            .any(|key| key.app == app && key.space == space);
+            .any(|key| key.app == self.app && key.space == space);
         let app = self.app.clone();
         self.cache
             .tiers

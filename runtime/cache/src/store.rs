@@ -372,32 +372,24 @@ impl Tiers {
         removed
     }
 
-    /// The URLs of the entries `wanted` picks, in both tiers (a scan: for rare calls).
-    pub(crate) fn urls(&self, wanted: impl Fn(&Key) -> bool) -> std::collections::BTreeSet<String> {
-        let mut urls: std::collections::BTreeSet<String> = self
-            .memory
+    /// Every entry of both tiers (a scan: for rare calls).
+    fn entries(&self) -> impl Iterator<Item = (Arc<Key>, Entry)> + '_ {
+        self.memory
             .iter()
-            .filter(|(key, entry)| wanted(key) && !matches!(entry, Entry::Vary(_)))
-            .map(|(key, _)| key.url.clone())
-            .collect();
-        if let Some(disk) = &self.disk {
-            urls.extend(
-                disk.index
-                    .iter()
-                    .filter(|(key, entry)| wanted(key) && !matches!(entry, Entry::Vary(_)))
-                    .map(|(key, _)| key.url.clone()),
-            );
-        }
-        urls
+            .chain(self.disk.iter().flat_map(|disk| disk.index.iter()))
     }
 
-    /// Whether either tier holds an entry `wanted` picks (a scan of both: for rare calls).
+    /// The URLs of the stored responses whose keys `wanted` picks (a scan: for rare calls).
+    pub(crate) fn urls(&self, wanted: impl Fn(&Key) -> bool) -> std::collections::BTreeSet<String> {
+        self.entries()
+            .filter(|(key, entry)| wanted(key) && !matches!(entry, Entry::Vary(_)))
+            .map(|(key, _)| key.url.clone())
+            .collect()
+    }
+
+    /// Whether either tier holds an entry `wanted` picks (a scan: for rare calls).
     pub(crate) fn any(&self, wanted: impl Fn(&Key) -> bool) -> bool {
-        self.memory.iter().any(|(key, _)| wanted(&key))
-            || self
-                .disk
-                .as_ref()
-                .is_some_and(|disk| disk.index.iter().any(|(key, _)| wanted(&key)))
+        self.entries().any(|(key, _)| wanted(&key))
     }
 
     /// Removes the responses stored under `key`'s URL: the key itself, or every variant when
