@@ -67,18 +67,13 @@ export function currentRequestId() {
  * keeps that request's record.
  * @template T
  * @param {number} dispatchId the host's number for the request
- * @param {string[]} headers the request's headers, as a flat name/value list
+ * @param {string} id its x-request-id
+ * @param {string | null} traceparent its trace context, if any
+ * @param {string | null} tracestate
  * @param {() => T} fn
  * @returns {T}
  */
-export function runInRequest(dispatchId, headers, fn) {
-  let id = "", traceparent = null, tracestate = null;
-  for (let i = 0; i < headers.length; i += 2) {
-    const name = headers[i];
-    if (name === "x-request-id") id = headers[i + 1];
-    else if (name === "traceparent") traceparent = headers[i + 1];
-    else if (name === "tracestate") tracestate = headers[i + 1];
-  }
+export function runInRequest(dispatchId, id, traceparent, tracestate, fn) {
   const outer = getAsyncContext();
   setAsyncContext(new RequestRecord(dispatchId, id, traceparent, tracestate));
   try {

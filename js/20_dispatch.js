@@ -9,6 +9,7 @@ import {
   op_outpost_fail,
   op_outpost_log,
   op_outpost_respond_bytes,
+  op_outpost_respond_fast_text,
   op_outpost_respond_stream,
   op_outpost_respond_text,
   op_outpost_wait_until,
@@ -39,6 +40,8 @@ const {
   ReflectApply,
   String,
   StringPrototypeIncludes,
+  StringPrototypeIndexOf,
+  StringPrototypeSlice,
   StringPrototypeStartsWith,
   Symbol,
   TypeError,
@@ -246,18 +249,20 @@ class FetchEvent extends Event {
  * that every request shares one hidden class; headers become a list only when read.
  */
 class IncomingInnerRequest {
-  /** @type {string[] | null} flat name, value, name, value, ... until headerList is read */
-  #flatHeaders;
+  /**
+   * @type {string | null} every name and value followed by a NUL, until headerList is read
+   */
+  #joinedHeaders;
 
   /**
    * @param {string} method
    * @param {string} url
-   * @param {string[]} flatHeaders
+   * @param {string} joinedHeaders
    * @param {any} body an InnerBody or null
    */
-  constructor(method, url, flatHeaders, body) {
+  constructor(method, url, joinedHeaders, body) {
     this.method = method;
-    this.#flatHeaders = flatHeaders;
+    this.#joinedHeaders = joinedHeaders;
     /** @type {[string, string][] | null} */
     this.headerListInner = null;
     this.body = body;
@@ -271,21 +276,28 @@ class IncomingInnerRequest {
 
   get headerList() {
     if (this.headerListInner === null) {
-      const flat = this.#flatHeaders ?? [];
+      const joined = this.#joinedHeaders ?? "";
       /** @type {[string, string][]} */
       const list = [];
-      for (let i = 0; i < flat.length; i += 2) {
-        ArrayPrototypePush(list, [flat[i], flat[i + 1]]);
+      let start = 0;
+      while (start < joined.length) {
+        const nameEnd = StringPrototypeIndexOf(joined, "\0", start);
+        const valueEnd = StringPrototypeIndexOf(joined, "\0", nameEnd + 1);
+        ArrayPrototypePush(list, [
+          StringPrototypeSlice(joined, start, nameEnd),
+          StringPrototypeSlice(joined, nameEnd + 1, valueEnd),
+        ]);
+        start = valueEnd + 1;
       }
       this.headerListInner = list;
-      this.#flatHeaders = null;
+      this.#joinedHeaders = null;
     }
     return this.headerListInner;
   }
 
   set headerList(value) {
     this.headerListInner = value;
-    this.#flatHeaders = null;
+    this.#joinedHeaders = null;
   }
 
   url() {
@@ -310,12 +322,21 @@ class IncomingInnerRequest {
  * @param {number} id
  * @param {string} method
  * @param {string} url
- * @param {string[]} headers flat name/value list
+ * @param {string} headers every name and value followed by a NUL
  * @param {number | Uint8Array | null} body the resource streaming the request body, the
  *   body itself when it was received whole, or null
+ * @param {string} requestId its x-request-id
+ * @param {string | null} traceparent
+ * @param {string | null} tracestate
  */
-export function dispatch(id, method, url, headers, body) {
-  runInRequest(id, headers, () => handle(id, method, url, headers, body));
+export function dispatch(id, method, url, headers, body, requestId, traceparent, tracestate) {
+  runInRequest(
+    id,
+    requestId,
+    traceparent,
+    tracestate,
+    () => handle(id, method, url, headers, body),
+  );
 }
 
 /**
@@ -333,7 +354,7 @@ function wholeBody(bytes) {
  * @param {number} id
  * @param {string} method
  * @param {string} url
- * @param {string[]} headers
+ * @param {string} headers
  * @param {number | Uint8Array | null} body
  */
 function handle(id, method, url, headers, body) {
@@ -417,13 +438,25 @@ function respondUnchecked(id, res) {
   const fastStatus = res[serveFastStatusKey];
   if (fastStatus !== 0 && !res[serveFastConsumedKey]) {
     const kind = res[serveFastHeaderKindKey];
+    const body = res[serveFastBodyKey];
+    if (typeof body === "string") {
+      // The content type travels alone, not as a header list (the op knows the default).
+      op_outpost_respond_fast_text(
+        id,
+        fastStatus,
+        kind,
+        kind === SERVE_FAST_HEADER_CONTENT_TYPE ? res[serveFastContentTypeKey] : "",
+        body,
+      );
+      return;
+    }
     /** @type {[string, string][]} */
     const headers = kind === SERVE_FAST_HEADER_DEFAULT_TEXT
       ? [["content-type", "text/plain;charset=UTF-8"]]
       : kind === SERVE_FAST_HEADER_CONTENT_TYPE
       ? [["content-type", res[serveFastContentTypeKey]]]
       : [];
-    sendStatic(id, fastStatus, headers, res[serveFastBodyKey]);
+    sendStatic(id, fastStatus, headers, body);
     return;
   }
   const inner = toInnerResponseForDenoServe(res);

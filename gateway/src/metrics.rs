@@ -135,29 +135,7 @@ pub struct Answered<'a> {
 /// What this node's cache did for a response, from its entry in `Cache-Status` (the last
 /// one): `hit`, `stale`, `revalidated`, `miss` or `bypass`.
 pub fn cache_result(headers: &http::HeaderMap) -> Option<&'static str> {
-    let value = headers
-        .get(&outpost_cache::rules::CACHE_STATUS)?
-        .to_str()
-        .ok()?;
-    let ours = value.rsplit(',').next()?.trim();
-    if !ours.starts_with(outpost_cache::rules::CACHE_NAME) {
-        return None;
-    }
-    Some(if ours.contains("; hit") {
-        if ours.contains("ttl=-") {
-            "stale"
-        } else {
-            "hit"
-        }
-    } else if ours.contains("detail=stale-if-error") {
-        "stale"
-    } else if ours.contains("fwd-status=304") {
-        "revalidated"
-    } else if ours.contains("fwd=bypass") || ours.contains("fwd=method") {
-        "bypass"
-    } else {
-        "miss"
-    })
+    outpost_cache::rules::CacheResult::of(headers).map(outpost_cache::rules::CacheResult::as_str)
 }
 
 impl Metrics {

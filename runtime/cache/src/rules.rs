@@ -373,6 +373,86 @@ pub fn range(request: &HeaderMap, size: u64) -> RangeRequest {
     }
 }
 
+/// The `Cache-Status` values without numbers that most responses carry, with what each
+/// says this cache did (see [`CacheResult`]).
+static FIXED: [(HeaderValue, CacheResult); 6] = [
+    (
+        HeaderValue::from_static("Outpost; fwd=bypass"),
+        CacheResult::Bypass,
+    ),
+    (
+        HeaderValue::from_static("Outpost; fwd=method"),
+        CacheResult::Bypass,
+    ),
+    (
+        HeaderValue::from_static("Outpost; fwd=uri-miss; detail=no-shared-freshness"),
+        CacheResult::Miss,
+    ),
+    (
+        HeaderValue::from_static("Outpost; fwd=uri-miss; detail=not-storable"),
+        CacheResult::Miss,
+    ),
+    (
+        HeaderValue::from_static("Outpost; fwd=uri-miss; detail=set-cookie"),
+        CacheResult::Miss,
+    ),
+    (
+        HeaderValue::from_static("Outpost; fwd=uri-miss"),
+        CacheResult::Miss,
+    ),
+];
+
+/// What this node's cache did for a response, as its metrics and request log name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Stale,
+    Revalidated,
+    Miss,
+    Bypass,
+}
+
+impl CacheResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Stale => "stale",
+            CacheResult::Revalidated => "revalidated",
+            CacheResult::Miss => "miss",
+            CacheResult::Bypass => "bypass",
+        }
+    }
+
+    /// This cache's entry (the last one) in a response's `Cache-Status`, read; `None` when
+    /// the last entry is another cache's or there is none.
+    pub fn of(headers: &HeaderMap) -> Option<CacheResult> {
+        let value = headers.get(&CACHE_STATUS)?;
+        // Most responses carry one of the fixed values: no parsing.
+        if let Some((_, result)) = FIXED.iter().find(|(fixed, _)| fixed == value) {
+            return Some(*result);
+        }
+        let ours = value.to_str().ok()?.rsplit(',').next()?.trim();
+        if !ours.starts_with(CACHE_NAME) {
+            return None;
+        }
+        Some(if ours.contains("; hit") {
+            if ours.contains("ttl=-") {
+                CacheResult::Stale
+            } else {
+                CacheResult::Hit
+            }
+        } else if ours.contains("detail=stale-if-error") {
+            CacheResult::Stale
+        } else if ours.contains("fwd-status=304") {
+            CacheResult::Revalidated
+        } else if ours.contains("fwd=bypass") || ours.contains("fwd=method") {
+            CacheResult::Bypass
+        } else {
+            CacheResult::Miss
+        })
+    }
+}
+
 /// One `Cache-Status` entry of this cache (RFC 9211).
 #[derive(Debug, Clone, Default)]
 pub struct CacheStatus {
@@ -428,26 +508,22 @@ impl CacheStatus {
         value
     }
 
-    /// The value of the common entries that carry no numbers, made without formatting.
-    fn fixed(&self) -> Option<&'static str> {
+    /// The value of the common entries that carry no numbers: made once, at compile time
+    /// (`HeaderValue::from_static` checks every byte when it runs).
+    fn fixed(&self) -> Option<&'static HeaderValue> {
         if self.hit || self.ttl.is_some() || self.fwd_status.is_some() || self.stored {
             return None;
         }
-        Some(match (self.fwd, self.detail, self.collapsed) {
-            (Some("bypass"), None, false) => "Outpost; fwd=bypass",
-            (Some("method"), None, false) => "Outpost; fwd=method",
-            (Some("uri-miss"), Some("no-shared-freshness"), false) => {
-                "Outpost; fwd=uri-miss; detail=no-shared-freshness"
-            }
-            (Some("uri-miss"), Some("not-storable"), false) => {
-                "Outpost; fwd=uri-miss; detail=not-storable"
-            }
-            (Some("uri-miss"), Some("set-cookie"), false) => {
-                "Outpost; fwd=uri-miss; detail=set-cookie"
-            }
-            (Some("uri-miss"), None, false) => "Outpost; fwd=uri-miss",
+        let index = match (self.fwd, self.detail, self.collapsed) {
+            (Some("bypass"), None, false) => 0,
+            (Some("method"), None, false) => 1,
+            (Some("uri-miss"), Some("no-shared-freshness"), false) => 2,
+            (Some("uri-miss"), Some("not-storable"), false) => 3,
+            (Some("uri-miss"), Some("set-cookie"), false) => 4,
+            (Some("uri-miss"), None, false) => 5,
             _ => return None,
-        })
+        };
+        Some(&FIXED[index].0)
     }
 
     /// Appends this entry to the response's `Cache-Status` (caches nearer the handler list
@@ -455,7 +531,7 @@ impl CacheStatus {
     pub fn add_to(&self, headers: &mut HeaderMap) {
         if let Some(fixed) = self.fixed() {
             if !headers.contains_key(&CACHE_STATUS) {
-                headers.insert(CACHE_STATUS.clone(), HeaderValue::from_static(fixed));
+                headers.insert(CACHE_STATUS.clone(), fixed.clone());
                 return;
             }
         }
@@ -656,7 +732,15 @@ mod tests {
                 detail,
                 ..CacheStatus::default()
             };
-            assert_eq!(status.fixed(), Some(status.value().as_str()));
+            let fixed = status.fixed().expect("a fixed value");
+            assert_eq!(fixed.to_str().ok(), Some(status.value().as_str()));
+            // ... and are read back as they would be parsed.
+            let mut headers = HeaderMap::new();
+            headers.insert(CACHE_STATUS.clone(), fixed.clone());
+            let parsed = HeaderValue::from_str(&format!("Other; hit, {}", status.value())).ok();
+            let mut other = HeaderMap::new();
+            other.insert(CACHE_STATUS.clone(), parsed.expect("a header value"));
+            assert_eq!(CacheResult::of(&headers), CacheResult::of(&other));
         }
         assert_eq!(
             httpdate("Sun, 06 Nov 1994 08:49:37 GMT"),

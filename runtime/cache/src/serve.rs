@@ -243,6 +243,7 @@ impl Cache {
                         .fill(&key, &parts, body, &mut policy_request, None, why, dispatch)
                         .await;
                 }
+                Fill::Pass => return self.pass(&key, parts, body, why, dispatch).await,
                 Fill::Wait(mut done) => {
                     let timeout = self.config().collapse_timeout;
                     let _ = tokio::time::timeout(timeout, done.changed()).await;
@@ -283,6 +284,59 @@ impl Cache {
         ))
     }
 
+    /// Forwards a miss of a key on the pass list (its last response could not be stored) to
+    /// the handler as it is: no copy of the request is kept for the rules, which is most of
+    /// what a miss costs the cache. Should the response now look storable, the key leaves
+    /// the list and the next miss stores it.
+    async fn pass<E, D, F>(
+        self: &Arc<Self>,
+        key: &Key,
+        parts: http::request::Parts,
+        body: Body,
+        why: &'static str,
+        dispatch: D,
+    ) -> Result<Response<Body>, E>
+    where
+        D: Fn(Request<Body>) -> F,
+        F: Future<Output = Result<Response<Body>, E>>,
+    {
+        let head = parts.method == Method::HEAD;
+        let mut response = dispatch(Request::from_parts(parts, body)).await?;
+        let mut status = CacheStatus::forwarded(why);
+        if !head {
+            status.detail = match self.could_store(key, &response) {
+                Ok(()) => {
+                    self.fills.note(key, Storable::Yes);
+                    Some("pass")
+                }
+                Err(why) => Some(why.detail()),
+            };
+        }
+        status.add_to(response.headers_mut());
+        Ok(response)
+    }
+
+    /// Whether `response` could be stored for a plain GET of `key`'s URL: the request's own
+    /// headers (which can only forbid storing: `Authorization`, `Cache-Control: no-store`)
+    /// are not at hand.
+    fn could_store(&self, key: &Key, response: &Response<Body>) -> Result<(), rules::NotStored> {
+        let headers = response.headers();
+        if !rules::declares_freshness(headers) {
+            return Err(rules::NotStored::NotDeclared);
+        }
+        let request = Request::get(key.url.as_str())
+            .body(())
+            .map_err(|_| rules::NotStored::Forbidden)?
+            .into_parts()
+            .0;
+        let policy = rules::policy(&request, response.status(), headers, SystemTime::now());
+        rules::storable(&policy, headers)?;
+        match rules::vary(headers) {
+            Some(_) => Ok(()),
+            None => Err(rules::NotStored::Forbidden),
+        }
+    }
+
     /// Passes a handler's response to a request for `key` (its URL's key) on, storing it on
     /// the way when it may be.
     #[allow(clippy::too_many_arguments)]
@@ -311,7 +365,11 @@ impl Cache {
                 .map(|()| policy)
                 .map_err(Some)
         };
-        let vary = rules::vary(&head.headers);
+        // Only a response that may be stored is looked at further.
+        let vary = verdict
+            .as_ref()
+            .ok()
+            .and_then(|_| rules::vary(&head.headers));
         let storable = match (&verdict, &vary) {
             (Ok(_), Some(_)) => Storable::Yes,
             _ => Storable::No,

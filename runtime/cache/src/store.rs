@@ -8,7 +8,6 @@
 //! of each chunk (in memory while small enough, and in a file written on a blocking thread
 //! with backpressure), and the entry becomes visible only once the body ended whole.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -28,6 +27,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
 use crate::{Body, BoxError, CacheConfig};
+
+/// The hash of every map keyed by [`Key`]: a key is hashed on every request (the memory
+/// tier, the pass list, the fills), and std's SipHash costs several times foldhash's.
+/// Seeded per process, so a client cannot choose URLs that collide.
+type Hasher = foldhash::quality::RandomState;
+/// A tier's index.
+type TierMap = moka::sync::Cache<Key, Entry, Hasher>;
 
 /// Where an entry lives in the key space: the HTTP cache in front of an app's handler, or
 /// one of the app's Cache API caches.
@@ -194,14 +200,14 @@ impl Found {
 
 /// The tiers.
 pub(crate) struct Tiers {
-    memory: moka::sync::Cache<Key, Entry>,
+    memory: TierMap,
     disk: Option<Disk>,
     config: CacheConfig,
 }
 
 struct Disk {
     dir: PathBuf,
-    index: moka::sync::Cache<Key, Entry>,
+    index: TierMap,
     next: AtomicU64,
 }
 
@@ -217,13 +223,13 @@ impl Disk {
     }
 }
 
-fn tier(capacity: u64, delete_files: bool) -> moka::sync::Cache<Key, Entry> {
+fn tier(capacity: u64, delete_files: bool) -> TierMap {
     let builder = moka::sync::Cache::builder()
         .max_capacity(capacity)
         .weigher(|_: &Key, entry: &Entry| entry.weight())
         .support_invalidation_closures();
     if !delete_files {
-        return builder.build();
+        return builder.build_with_hasher(Hasher::default());
     }
     builder
         .eviction_listener(|_key: Arc<Key>, entry: Entry, _cause: RemovalCause| {
@@ -234,7 +240,7 @@ fn tier(capacity: u64, delete_files: bool) -> moka::sync::Cache<Key, Entry> {
                 let _ = std::fs::remove_file(body.as_path());
             }
         })
-        .build()
+        .build_with_hasher(Hasher::default())
 }
 
 impl Tiers {
@@ -443,7 +449,7 @@ impl Tiers {
 }
 
 /// Indexes the responses a disk tier's directory holds; removes what is incomplete.
-fn reindex(dir: &Path, index: &moka::sync::Cache<Key, Entry>) -> std::io::Result<usize> {
+fn reindex(dir: &Path, index: &TierMap) -> std::io::Result<usize> {
     let mut found = 0;
     let mut metas = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -503,7 +509,7 @@ fn named_by_this_cache(path: &Path) -> bool {
 
 /// Puts a response whose body is in the file `body` into the disk tier's index, with its
 /// URL's `Vary` marker when it varies.
-fn index_file(index: &moka::sync::Cache<Key, Entry>, meta: Meta, body: PathBuf) {
+fn index_file(index: &TierMap, meta: Meta, body: PathBuf) {
     if !meta.vary.is_empty() {
         index.insert(meta.key.primary(), Entry::Vary(meta.vary.clone().into()));
     }
@@ -531,8 +537,8 @@ fn write_meta(body: &Path, meta: &Meta) {
 /// ("hit-for-pass", as in Varnish and Fastly): its misses then go to the handler at once
 /// instead of queueing behind each other.
 pub(crate) struct Fills {
-    filling: Mutex<HashMap<Key, watch::Sender<()>>>,
-    passes: moka::sync::Cache<Key, ()>,
+    filling: Mutex<std::collections::HashMap<Key, watch::Sender<()>, Hasher>>,
+    passes: moka::sync::Cache<Key, (), Hasher>,
 }
 
 /// How long a key whose response was not storable skips request coalescing.
@@ -547,7 +553,7 @@ impl Default for Fills {
             passes: moka::sync::Cache::builder()
                 .max_capacity(MAX_PASSES)
                 .time_to_live(PASS_FOR)
-                .build(),
+                .build_with_hasher(Hasher::default()),
         }
     }
 }
@@ -565,9 +571,11 @@ pub(crate) enum Fill {
     Leader(FillGuard),
     /// Waits for the leader (until its guard drops), then looks again.
     Wait(watch::Receiver<()>),
-    /// Too many wait already, or the key's responses are not stored: goes to the handler
-    /// itself.
+    /// Too many wait already: goes to the handler itself.
     Crowded,
+    /// The key's last response could not be stored: goes to the handler itself, and its
+    /// response is most likely not stored either.
+    Pass,
 }
 
 /// Held while a key is being filled; dropping it wakes who waits for it.
@@ -601,7 +609,7 @@ impl Fills {
 
     pub(crate) fn begin(self: &Arc<Self>, key: &Key, max_waiters: usize) -> Fill {
         if self.passes.contains_key(key) {
-            return Fill::Crowded;
+            return Fill::Pass;
         }
         let mut filling = self.filling.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(leader) = filling.get(key) {

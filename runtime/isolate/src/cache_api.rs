@@ -14,7 +14,8 @@ use http_body_util::BodyExt;
 use outpost_cache::api::CacheScope;
 
 use crate::body::{stream_response, RequestBodyResource};
-use crate::exchange::{build_response, header_map};
+use crate::exchange::build_response;
+use crate::extensions::header_map;
 use crate::extensions::{CacheHost, CacheMatch, CachePut, HeaderPairs, LocalFuture};
 
 /// What an isolate's Cache API works on: its app's scope of the node's cache.
@@ -101,7 +102,7 @@ impl CacheHost for CacheApi {
                     .boxed_unsync(),
             };
             let request = key_request(&put.url, put.request_headers)?;
-            let response = build_response(put.status, put.headers, body);
+            let response = build_response(put.status, header_map(put.headers), body);
             scope
                 .put(put.name.as_deref(), &request, response)
                 .await

@@ -2,6 +2,12 @@
 //! left entered: V8 requires the isolate in use to be the thread's current one, and
 //! isolates to be exited in reverse order of entry.
 //!
+//! Entering an isolate that is not the thread's current one is not cheap (V8 looks up its
+//! per-thread data under a process-wide lock: ~400 instructions, twice per request), so the
+//! last isolate used stays entered on its thread between uses ([`RESIDENT`]): using it again
+//! only counts one more entry. Another isolate takes its place when it is used, and an
+//! isolate leaves the place before it is dropped.
+//!
 //! Entering also makes the isolate the owner of deno_crypto's per-thread state: deno_crypto
 //! keeps the symbols it brands every new `CryptoKey` with in a thread-local, set when an
 //! isolate first touches `crypto.subtle`, as if each thread ran one isolate. With several,
@@ -26,19 +32,56 @@ pub struct EnterGuard(v8::UnsafeRawIsolatePtr);
 
 impl EnterGuard {
     pub fn new(raw: v8::UnsafeRawIsolatePtr) -> Self {
-        // SAFETY: `raw` belongs to a runtime owned by the caller, alive on this thread for
-        // the guard's lifetime; entering is balanced by `exit` in `drop`.
+        let address = address(raw);
+        if RESIDENT.with(Cell::get) != address && GUARDS.with(Cell::get) == 0 {
+            // No guard holds the resident isolate: it leaves, `raw` stays entered instead.
+            release_resident();
+            // SAFETY: `raw` belongs to a runtime owned by the caller and alive on this
+            // thread; the entry is balanced by `release_resident` before it is dropped
+            // (`drop_runtime`) or another isolate takes its place.
+            unsafe { v8::Isolate::from_raw_isolate_ptr(raw).enter() };
+            RESIDENT.with(|resident| resident.set(address));
+        }
+        // SAFETY: as above; balanced by `exit` in `drop`. For the resident isolate this only
+        // counts one more entry.
         let mut isolate = unsafe {
             let isolate = v8::Isolate::from_raw_isolate_ptr(raw);
             isolate.enter();
             isolate
         };
+        GUARDS.with(|guards| guards.set(guards.get() + 1));
         CryptoBrands::claim(&mut isolate);
         EnterGuard(raw)
     }
 }
 
+/// The address of the isolate `raw` points to (to tell isolates apart).
+fn address(raw: v8::UnsafeRawIsolatePtr) -> usize {
+    // SAFETY: `UnsafeRawIsolatePtr` is a transparent wrapper of a pointer.
+    unsafe { std::mem::transmute::<v8::UnsafeRawIsolatePtr, *mut std::ffi::c_void>(raw) as usize }
+}
+
+/// Exits the resident isolate, if any, leaving none entered by residence.
+fn release_resident() {
+    let resident = RESIDENT.with(|resident| resident.replace(0));
+    if resident != 0 {
+        // SAFETY: `resident` was entered by `EnterGuard::new` on this thread and is alive
+        // (an isolate leaves before it is dropped); this balances that entry.
+        unsafe {
+            let raw = std::mem::transmute::<*mut std::ffi::c_void, v8::UnsafeRawIsolatePtr>(
+                resident as *mut std::ffi::c_void,
+            );
+            v8::Isolate::from_raw_isolate_ptr(raw).exit();
+        }
+    }
+}
+
 thread_local! {
+    /// The address of the isolate left entered on this thread between uses (0: none).
+    static RESIDENT: Cell<usize> = const { Cell::new(0) };
+    /// [`EnterGuard`]s alive on this thread: the resident isolate changes only when none is.
+    static GUARDS: Cell<usize> = const { Cell::new(0) };
+
     /// The [`CryptoBrands::id`] of the isolate whose symbols deno_crypto holds on this thread.
     static CRYPTO_OWNER: Cell<u64> = const { Cell::new(0) };
 }
@@ -91,14 +134,20 @@ impl CryptoBrands {
 
 impl Drop for EnterGuard {
     fn drop(&mut self) {
+        GUARDS.with(|guards| guards.set(guards.get() - 1));
         // SAFETY: balances the `enter` of `new`, on the same thread.
         unsafe { v8::Isolate::from_raw_isolate_ptr(self.0).exit() };
     }
 }
 
-/// Drops a runtime that is not entered (every runtime here, between uses). Dropping a
-/// runtime exits its isolate once, so it is entered once more first, or V8 kills the process.
+/// Drops a runtime whose isolate is not entered but by residence (every runtime here,
+/// between uses). Dropping a runtime exits its isolate once, so it is entered once more
+/// first, or V8 kills the process; a resident isolate leaves first (V8 refuses to dispose
+/// of an isolate that is still entered).
 pub fn drop_runtime(raw: v8::UnsafeRawIsolatePtr, runtime: deno_core::JsRuntime) {
+    if RESIDENT.with(Cell::get) == address(raw) {
+        release_resident();
+    }
     // SAFETY: `raw` is `runtime`'s isolate, on this thread; the runtime's drop balances it.
     unsafe { v8::Isolate::from_raw_isolate_ptr(raw).enter() };
     drop(runtime);

@@ -57,22 +57,69 @@ pub enum BodyArg {
     Stream(ResourceId),
 }
 
-/// The arguments of `dispatch(id, method, url, headers, body)`.
+/// A request's headers as `dispatch` takes them, read in one pass: every name and value
+/// followed by a NUL (which no header contains), for JS to split only if the handler reads
+/// the headers; and the request's context (its id, its trace).
+pub struct RequestHeaders {
+    pub joined: Vec<u8>,
+    /// The gateway's `x-request-id` (empty without).
+    pub id: http::HeaderValue,
+    pub traceparent: Option<http::HeaderValue>,
+    pub tracestate: Option<http::HeaderValue>,
+}
+
+impl RequestHeaders {
+    pub fn of(headers: &http::HeaderMap) -> RequestHeaders {
+        let size = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 2)
+            .sum();
+        let mut read = RequestHeaders {
+            joined: Vec::with_capacity(size),
+            id: http::HeaderValue::from_static(""),
+            traceparent: None,
+            tracestate: None,
+        };
+        for (name, value) in headers {
+            let name = name.as_str();
+            read.joined.extend_from_slice(name.as_bytes());
+            read.joined.push(0);
+            read.joined.extend_from_slice(value.as_bytes());
+            read.joined.push(0);
+            // The first of each, as `HeaderMap::get` would.
+            match name {
+                "x-request-id" if read.id.is_empty() => read.id = value.clone(),
+                "traceparent" if read.traceparent.is_none() => {
+                    read.traceparent = Some(value.clone());
+                }
+                "tracestate" if read.tracestate.is_none() => read.tracestate = Some(value.clone()),
+                _ => {}
+            }
+        }
+        read
+    }
+}
+
+/// The arguments of `dispatch(id, method, url, headers, body, requestId, traceparent,
+/// tracestate)`.
 pub fn request_args<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     id: u32,
     parts: &http::request::Parts,
+    headers: &RequestHeaders,
     body: BodyArg,
-) -> [v8::Local<'s, v8::Value>; 5] {
+) -> [v8::Local<'s, v8::Value>; 8] {
     let id = v8::Integer::new_from_unsigned(scope, id).into();
     let method = one_byte(scope, parts.method.as_str().as_bytes());
     let url = one_byte(scope, outpost_cache::url_of(&parts.uri).as_bytes());
-    let mut flat = Vec::with_capacity(parts.headers.len() * 2);
-    for (name, value) in &parts.headers {
-        flat.push(one_byte(scope, name.as_str().as_bytes()));
-        flat.push(one_byte(scope, value.as_bytes()));
-    }
-    let headers = v8::Array::new_with_elements(scope, &flat).into();
+    let request_id = one_byte(scope, headers.id.as_bytes());
+    let mut context = |value: &Option<http::HeaderValue>| match value {
+        Some(value) => one_byte(scope, value.as_bytes()),
+        None => v8::null(scope).into(),
+    };
+    let traceparent = context(&headers.traceparent);
+    let tracestate = context(&headers.tracestate);
+    let headers = one_byte(scope, &headers.joined);
     let body = match body {
         BodyArg::None => v8::null(scope).into(),
         BodyArg::Stream(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
@@ -97,7 +144,16 @@ pub fn request_args<'s>(
             }
         }
     };
-    [id, method, url, headers, body]
+    [
+        id,
+        method,
+        url,
+        headers,
+        body,
+        request_id,
+        traceparent,
+        tracestate,
+    ]
 }
 
 /// A JS string of bytes read as Latin-1 (how the Fetch standard maps header bytes).
@@ -116,7 +172,7 @@ pub fn responder(
     options: ResponseOptions,
     streams: Rc<CancelHandle>,
     stream_idle: Duration,
-    request_id: String,
+    request_id: http::HeaderValue,
 ) -> extensions::Responder {
     Box::new(move |outcome, timing| {
         let result = match outcome {
@@ -150,7 +206,11 @@ pub fn responder(
             }
             Outcome::Failed { kind, message } => {
                 drop(finish);
-                console(3, &request_id, &format!("{message}\n"));
+                console(
+                    3,
+                    request_id.to_str().unwrap_or_default(),
+                    &format!("{message}\n"),
+                );
                 Err(match kind {
                     FailureKind::Exception => DispatchError::Exception(message),
                     FailureKind::NotAResponse => DispatchError::BadResponse(message),
@@ -179,30 +239,15 @@ fn add_server_timing(response: &mut http::Response<Body>, timing: &Timing) {
         response.headers_mut().append("server-timing", value);
     }
 }
-/// A response of `status` (500 if it is not one), `headers` (pairs that are not a valid
-/// header are left out) and `body`.
+/// A response of `status` (500 if it is not one), `headers` and `body`.
 pub(crate) fn build_response(
     status: u16,
-    headers: crate::extensions::HeaderPairs,
+    headers: http::HeaderMap,
     body: Body,
 ) -> http::Response<Body> {
     let mut response = http::Response::new(body);
     *response.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    *response.headers_mut() = header_map(headers);
+    *response.headers_mut() = headers;
     response
-}
-
-/// Header pairs from JS as a map; pairs that are not a valid header are left out.
-pub(crate) fn header_map(pairs: crate::extensions::HeaderPairs) -> http::HeaderMap {
-    let mut map = http::HeaderMap::with_capacity(pairs.len());
-    for (name, value) in pairs {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(&name),
-            http::HeaderValue::from_bytes(&value),
-        ) {
-            map.append(name, value);
-        }
-    }
-    map
 }

@@ -3,13 +3,15 @@
 //! This file is compiled twice: by `build.rs`, which makes the startup snapshot from
 //! [`extensions`], and by the library, which creates each runtime from that snapshot and
 //! later gives it a tenant's state. It therefore depends on nothing but deno crates, the
-//! standard library and its child module `aes_gcm` (RustCrypto's `aes` and `ghash`).
+//! standard library, `http` (the header map a response leaves with) and its child module
+//! `aes_gcm` (RustCrypto's `aes` and `ghash`).
 
 #[path = "aes_gcm.rs"]
 mod aes_gcm;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ pub enum Outcome {
     /// The handler produced a Response.
     Response {
         status: u16,
-        headers: Vec<(ByteString, ByteString)>,
+        headers: http::HeaderMap,
         body: OutBody,
     },
     /// The handler failed; `kind` says how, `message` is the exception with its stack, or
@@ -144,11 +146,33 @@ enum Sharing {
 #[derive(Default)]
 pub struct InFlight {
     next_id: u32,
-    entries: HashMap<u32, Entry>,
+    entries: HashMap<u32, Entry, BuildHasherDefault<IdHasher>>,
     /// Nanoseconds charged to each request in flight, summed over every shared turn so far.
     cpu_per_request: u64,
     /// The turn running now: when it began and who pays for it.
     turn: Option<(Instant, Sharing)>,
+}
+
+/// Hashes the ids of requests in flight: numbers this process hands out one after the other
+/// (no client chooses them), spread over the table by one multiplication (Fibonacci
+/// hashing) instead of SipHash's rounds.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8 | u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl InFlight {
@@ -365,6 +389,7 @@ deno_core::extension!(
         op_outpost_log,
         op_outpost_wait_until,
         op_outpost_respond_text,
+        op_outpost_respond_fast_text,
         op_outpost_respond_bytes,
         op_outpost_respond_stream,
         op_outpost_fail,
@@ -455,6 +480,24 @@ fn respond(state: &mut OpState, id: u32, outcome: Outcome) {
     }
 }
 
+/// Header pairs from JS as a map; pairs that are not a valid header are left out.
+pub(crate) fn header_map(pairs: HeaderPairs) -> http::HeaderMap {
+    let mut map = http::HeaderMap::with_capacity(pairs.len() + GATEWAY_HEADERS);
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&name),
+            http::HeaderValue::from_bytes(&value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// Headers the node adds to a response on its way out (`Cache-Status`, `x-request-id`,
+/// maybe `Server-Timing`): room is made for them at once.
+const GATEWAY_HEADERS: usize = 3;
+
 fn status_of(status: u32) -> u16 {
     u16::try_from(status).unwrap_or(500)
 }
@@ -463,7 +506,7 @@ fn respond_static(
     state: &mut OpState,
     id: u32,
     status: u32,
-    headers: Vec<(ByteString, ByteString)>,
+    headers: http::HeaderMap,
     body: Vec<u8>,
 ) {
     let body = if body.is_empty() {
@@ -491,6 +534,51 @@ fn op_outpost_respond_text(
     #[scoped] headers: Vec<(ByteString, ByteString)>,
     #[string] body: String,
 ) {
+    respond_static(state, id, status, header_map(headers), body.into_bytes());
+}
+
+/// deno_fetch's "header kinds" of a Response made by `new Response(text)` or
+/// `Response.json(...)` whose headers were never touched (`SERVE_FAST_HEADER_*` of its
+/// 23_response.js): its only header is a content type, the default one or its own.
+const FAST_HEADER_DEFAULT_TEXT: u32 = 1;
+const FAST_HEADER_CONTENT_TYPE: u32 = 2;
+
+/// `Content-Type` of `new Response("text")`.
+static DEFAULT_TEXT: http::HeaderValue = http::HeaderValue::from_static("text/plain;charset=UTF-8");
+
+/// A header value of a JS string's characters as bytes (Latin-1, as a `ByteString`); none
+/// when one is above U+00FF or not allowed in a value.
+fn latin1_value(text: &str) -> Option<http::HeaderValue> {
+    if text.is_ascii() {
+        return http::HeaderValue::from_str(text).ok();
+    }
+    let bytes: Option<Vec<u8>> = text
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect();
+    http::HeaderValue::from_bytes(&bytes?).ok()
+}
+
+/// A text response whose only header is described by `kind` (the most common responses):
+/// no header list crosses from JS.
+#[op2(fast)]
+fn op_outpost_respond_fast_text(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[smi] status: u32,
+    #[smi] kind: u32,
+    #[string] content_type: &str,
+    #[string] body: String,
+) {
+    let mut headers = http::HeaderMap::with_capacity(1 + GATEWAY_HEADERS);
+    let value = match kind {
+        FAST_HEADER_DEFAULT_TEXT => Some(DEFAULT_TEXT.clone()),
+        FAST_HEADER_CONTENT_TYPE => latin1_value(content_type),
+        _ => None,
+    };
+    if let Some(value) = value {
+        headers.insert(http::header::CONTENT_TYPE, value);
+    }
     respond_static(state, id, status, headers, body.into_bytes());
 }
 
@@ -503,7 +591,7 @@ fn op_outpost_respond_bytes(
     #[buffer] body: Option<JsBuffer>,
 ) {
     let body = body.map(|bytes| bytes.to_vec()).unwrap_or_default();
-    respond_static(state, id, status, headers, body);
+    respond_static(state, id, status, header_map(headers), body);
 }
 
 #[op2]
@@ -524,7 +612,7 @@ fn op_outpost_respond_stream(
         id,
         Outcome::Response {
             status: status_of(status),
-            headers,
+            headers: header_map(headers),
             body,
         },
     );

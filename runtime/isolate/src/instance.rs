@@ -27,9 +27,6 @@ use crate::extensions::{
 };
 use crate::limits::{self, Breach, WatchdogDown, Watched};
 
-/// The gateway's request id header, made once.
-static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
 /// How long an instance whose queue closed may keep running `waitUntil` work and timers.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -515,13 +512,7 @@ impl Instance {
             body_rid,
             finished_bodies: self.finished_bodies.clone(),
         };
-        // The gateway's id of the request, for the tenant's log lines about it.
-        let request_id = parts
-            .headers
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let headers = exchange::RequestHeaders::of(&parts.headers);
         let responder = exchange::responder(
             job.reply,
             self.tenant.console.clone(),
@@ -529,7 +520,8 @@ impl Instance {
             self.tenant.response.clone(),
             self.streams.clone(),
             self.tenant.limits.stream_idle,
-            request_id,
+            // The gateway's id of the request, for the tenant's log lines about it.
+            headers.id.clone(),
         );
         let now = Instant::now();
         let id = self
@@ -549,7 +541,7 @@ impl Instance {
         let threw = {
             deno_core::scope!(scope, runtime);
             v8::tc_scope!(let tc, scope);
-            let args = exchange::request_args(tc, id, &parts, body);
+            let args = exchange::request_args(tc, id, &parts, &headers, body);
             let dispatch = v8::Local::new(tc, &host.dispatch);
             let undefined = v8::undefined(tc).into();
             match dispatch.call(tc, undefined, &args) {
