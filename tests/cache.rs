@@ -15,7 +15,8 @@ use common::{app, app_dir, http1, outpost, Node, DEPLOY, POP};
 /// A handler whose response is described by the query: `cc` (Cache-Control), `cdn`
 /// (CDN-Cache-Control), `etag` (answers 304 to a matching If-None-Match), `vary`, `tag`
 /// (Cache-Tag), `cookie` (Set-Cookie), `fail` (throws from the second call on), `slow`
-/// (ms before answering), `age` (an Age the response arrives with). It counts calls per URL: `x-call` and the body say which call
+/// (ms before answering), `age` (an Age the response arrives with), `from` (`cc` is sent
+/// from this call on). It counts calls per URL: `x-call` and the body say which call
 /// answered.
 const HANDLER: &str = r#"
 const calls = new Map();
@@ -27,7 +28,7 @@ export default {
     calls.set(key, n);
     const q = url.searchParams;
     const headers = { "x-call": String(n) };
-    if (q.has("cc")) headers["cache-control"] = q.get("cc");
+    if (q.has("cc") && n >= Number(q.get("from") ?? 1)) headers["cache-control"] = q.get("cc");
     if (q.has("cdn")) headers["cdn-cache-control"] = q.get("cdn");
     if (q.has("vary")) headers["vary"] = q.get("vary");
     if (q.has("tag")) headers["cache-tag"] = q.get("tag");
@@ -169,6 +170,46 @@ async fn only_responses_declared_shareable_are_stored() {
         if !expected {
             assert!(second.cache_status().contains("fwd="), "{query}");
         }
+    }
+}
+
+#[tokio::test]
+async fn a_url_whose_responses_become_storable_is_stored_again() {
+    let node = node();
+    // Not storable for two calls: the URL is on the pass list (its misses skip coalescing
+    // and are forwarded without a copy of the request kept).
+    let path = "/later?cc=public,max-age=60&from=3";
+    for call in 1..=2 {
+        let miss = fetch(&node, path, &[]).await;
+        assert_eq!(miss.call(), call);
+        assert_eq!(
+            miss.cache_status(),
+            "Outpost; fwd=uri-miss; detail=no-shared-freshness"
+        );
+    }
+    // Storable now: the pass ends, and the next miss stores it.
+    let third = fetch(&node, path, &[]).await;
+    assert_eq!(third.call(), 3);
+    assert_eq!(third.cache_status(), "Outpost; fwd=uri-miss; detail=pass");
+    let fourth = fetch(&node, path, &[]).await;
+    assert_eq!(fourth.call(), 4);
+    assert!(
+        fourth.cache_status().contains("stored"),
+        "{}",
+        fourth.cache_status()
+    );
+    let hit = fetch(&node, path, &[]).await;
+    assert!(hit.hit(), "{}", hit.cache_status());
+    assert_eq!(hit.call(), 4);
+    // A response that stays unstorable (private) keeps its URL on the list.
+    let private = "/private?cc=private,max-age=60";
+    for call in 1..=3 {
+        let miss = fetch(&node, private, &[]).await;
+        assert_eq!(miss.call(), call);
+        assert_eq!(
+            miss.cache_status(),
+            "Outpost; fwd=uri-miss; detail=not-storable"
+        );
     }
 }
 

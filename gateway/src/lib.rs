@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod endpoints;
 pub mod error;
+mod gate;
 pub mod metrics;
 pub mod origin;
 pub mod quic;

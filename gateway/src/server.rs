@@ -4,8 +4,10 @@
 //! bounded (count, header size and count, time to send headers, streams per connection) and
 //! drained on shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -369,34 +371,47 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
-    let mut draining = false;
     let idle_timeout = limits.idle_timeout;
-    let mut idle_check = tokio::time::Instant::now() + idle_timeout;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!("connection ended: {e}");
-                }
-                return;
+    // Polled only when they wake the task, not on every wake-up of the connection.
+    let watchers = crate::gate::Gate::new();
+    let mut stop = std::pin::pin!(shutdown.wait());
+    let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
+    let mut draining = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            if let Err(e) = result {
+                tracing::debug!("connection ended: {e}");
             }
-            () = shutdown.wait(), if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            () = tokio::time::sleep_until(idle_check), if !draining => {
-                match activity.idle_since() {
-                    Some(since) if since.elapsed() >= idle_timeout => {
-                        // Graceful: a response still streaming finishes first.
-                        draining = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    Some(since) => idle_check = (since + idle_timeout).into(),
-                    None => idle_check = tokio::time::Instant::now() + idle_timeout,
-                }
-            }
+            return Poll::Ready(());
         }
-    }
+        if draining {
+            return Poll::Pending;
+        }
+        let watched = watchers.poll(cx, |watch| {
+            if stop.as_mut().poll(watch).is_ready() {
+                return Poll::Ready(());
+            }
+            while idle.as_mut().poll(watch).is_ready() {
+                match activity.idle_since() {
+                    // Graceful: a response still streaming finishes first.
+                    Some(since) if since.elapsed() >= idle_timeout => return Poll::Ready(()),
+                    Some(since) => idle.as_mut().reset((since + idle_timeout).into()),
+                    None => idle
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + idle_timeout),
+                }
+            }
+            Poll::Pending
+        });
+        if watched.is_ready() {
+            draining = true;
+            connection.as_mut().graceful_shutdown();
+            // The connection makes progress on its shutdown when polled again.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Whether a connection holds requests, and since when it holds none.
