@@ -168,7 +168,7 @@ impl Cache {
             let path = schemeless(url);
             for scheme in ["http", "https"] {
                 let url = format!("{scheme}://{path}");
-                self.forget_url(app, &url);
+                self.forget_url(app, url.clone());
                 self.tiers.remove(&Key {
                     app: app.to_string(),
                     space: Space::Api(None),
@@ -186,11 +186,11 @@ impl Cache {
 
     /// Removes what the HTTP cache holds for `url` (every variant) without cancelling fills
     /// under way for other URLs of the app.
-    pub(crate) fn forget_url(&self, app: &str, url: &str) {
-        self.tiers.remove_url(&Key {
+    pub(crate) fn forget_url(&self, app: &str, url: String) {
+        self.tiers.remove_url(Key {
             app: app.to_string(),
             space: Space::Http,
-            url: url.to_string(),
+            url,
             variant: String::new(),
         });
     }

@@ -481,7 +481,10 @@ impl CacheStatus {
     }
 
     pub fn value(&self) -> String {
-        let mut value = String::from(CACHE_NAME);
+        use std::fmt::Write as _;
+        // Written in place: one allocation, no temporary strings.
+        let mut value = String::with_capacity(64);
+        value.push_str(CACHE_NAME);
         if self.hit {
             value.push_str("; hit");
         }
@@ -490,10 +493,10 @@ impl CacheStatus {
             value.push_str(fwd);
         }
         if let Some(status) = self.fwd_status {
-            value.push_str(&format!("; fwd-status={status}"));
+            let _ = write!(value, "; fwd-status={status}");
         }
         if let Some(ttl) = self.ttl {
-            value.push_str(&format!("; ttl={ttl}"));
+            let _ = write!(value, "; ttl={ttl}");
         }
         if self.stored {
             value.push_str("; stored");
@@ -540,7 +543,8 @@ impl CacheStatus {
             Some(earlier) if !earlier.is_empty() => format!("{earlier}, {value}"),
             _ => value,
         };
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        // The string's buffer becomes the value's: no copy.
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
             headers.insert(CACHE_STATUS.clone(), value);
         }
     }

@@ -15,6 +15,10 @@ use crate::{Body, Cache};
 
 static SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
 
+/// Headers a response from the cache gets that its stored copy has not: `Age`,
+/// `Cache-Status`, `Content-Length` and the gateway's `x-request-id`.
+const ADDED_ON_ANSWER: usize = 4;
+
 /// Hop-by-hop headers, never stored (RFC 9111 §3.1).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -76,7 +80,8 @@ fn revalidation(parts: &http::request::Parts, found: &Found) -> http::request::P
 /// The headers kept with a stored response: not hop-by-hop ones, nor `Age` (computed on
 /// each hit) or `Server-Timing` (the timing of the call that filled the entry).
 fn storable_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut kept = HeaderMap::with_capacity(headers.len());
+    // Its index (kept by clones) has room for what answering from it adds.
+    let mut kept = HeaderMap::with_capacity(headers.len() + ADDED_ON_ANSWER);
     for (name, value) in headers {
         if HOP_BY_HOP.contains(&name.as_str()) || name == header::AGE || name == SERVER_TIMING {
             continue;
@@ -176,7 +181,7 @@ impl Cache {
             let status = response.status();
             if is_unsafe && (status.is_success() || status.is_redirection()) {
                 // RFC 9111 §4.4: what it changed is not served from the cache any more.
-                self.forget_url(app, &url);
+                self.forget_url(app, url);
             }
             CacheStatus::forwarded("method").add_to(response.headers_mut());
             return Ok(response);
@@ -594,6 +599,9 @@ pub(crate) async fn answer(
 ) -> std::io::Result<Response<Body>> {
     let meta = &found.meta;
     let mut headers = meta.headers.clone();
+    // A clone's list has no room to spare: made once for what is added below and by the
+    // gateway (`x-request-id`), instead of growing with each.
+    headers.reserve(ADDED_ON_ANSWER);
     let age = meta.policy.age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
     status.add_to(&mut headers);

@@ -400,14 +400,19 @@ impl Tiers {
 
     /// Removes the responses stored under `key`'s URL: the key itself, or every variant when
     /// the URL's responses vary (found by scanning, which is rare).
-    pub(crate) fn remove_url(&self, key: &Key) {
-        let primary = key.primary();
-        let marker = self
-            .memory
-            .get(&primary)
-            .or_else(|| self.disk.as_ref().and_then(|disk| disk.index.get(&primary)));
-        self.remove(&primary);
-        if let Some(Entry::Vary(_)) = marker {
+    pub(crate) fn remove_url(&self, key: Key) {
+        let primary = if key.variant.is_empty() {
+            key
+        } else {
+            key.primary()
+        };
+        // What the URL's own key held: a response, or the marker of responses with Vary.
+        let in_memory = self.memory.remove(&primary);
+        let on_disk = self
+            .disk
+            .as_ref()
+            .and_then(|disk| disk.index.remove(&primary));
+        if let Some(Entry::Vary(_)) = in_memory.or(on_disk) {
             let (app, space, url) = (primary.app, primary.space, primary.url);
             self.invalidate(move |k, _| k.app == app && k.space == space && k.url == url);
         }

@@ -48,6 +48,9 @@ const MEASURE: Duration = Duration::from_millis(500);
 /// The host's handles into `js/99_main.js`.
 struct Host {
     dispatch: v8::Global<v8::Function>,
+    /// The runtime's main context, kept: deno_core's `scope!` clones a global handle of it
+    /// on every use.
+    context: v8::Global<v8::Context>,
 }
 
 /// What an instance needs besides its runtime.
@@ -293,7 +296,8 @@ impl Instance {
             return Err(error);
         }
         chosen.map_err(LoadError::new)?;
-        self.host = Some(Host { dispatch });
+        let context = self.runtime().main_context();
+        self.host = Some(Host { dispatch, context });
         Ok(())
     }
 
@@ -539,7 +543,8 @@ impl Instance {
             .begin_dispatch(id, self.tenant.limits.cpu, now);
         let turn = self.watched.turn_from(now, budget);
         let threw = {
-            deno_core::scope!(scope, runtime);
+            let isolate = &mut *runtime.v8_isolate();
+            v8::scope_with_context!(scope, isolate, &host.context);
             v8::tc_scope!(let tc, scope);
             let args = exchange::request_args(tc, id, &parts, &headers, body);
             let dispatch = v8::Local::new(tc, &host.dispatch);
