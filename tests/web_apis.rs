@@ -48,6 +48,15 @@ async fn every_web_api_works_in_a_handler() {
     let res = http1()
         .get(node.url("/checks"))
         .header("x-probe", "42")
+        // Headers cross into the isolate as one string, split when read: repeated, empty
+        // and Latin-1 values come out as sent.
+        .header("x-twice", "1")
+        .header("x-twice", "2")
+        .header("x-empty", "")
+        .header(
+            "x-latin1",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
         .send()
         .await
         .unwrap();

@@ -75,21 +75,21 @@ mod tests {
         };
         let task = futures::task::noop_waker();
         let mut cx = Context::from_waker(&task);
-        let mut poll_probe = |cx: &mut Context<'_>| {
+        let poll_probe = |cx: &mut Context<'_>| {
             probe.polls.fetch_add(1, Ordering::Relaxed);
             *probe.waker.lock().unwrap() = Some(cx.waker().clone());
             Poll::<()>::Pending
         };
         // Polled the first time (to register), then not while nothing woke it.
-        assert!(gate.poll(&mut cx, &mut poll_probe).is_pending());
-        assert!(gate.poll(&mut cx, &mut poll_probe).is_pending());
-        assert!(gate.poll(&mut cx, &mut poll_probe).is_pending());
+        assert!(gate.poll(&mut cx, poll_probe).is_pending());
+        assert!(gate.poll(&mut cx, poll_probe).is_pending());
+        assert!(gate.poll(&mut cx, poll_probe).is_pending());
         assert_eq!(probe.polls.load(Ordering::Relaxed), 1);
         // Woken through the waker it was given: polled once more.
         let waker = probe.waker.lock().unwrap().take().unwrap();
         waker.wake();
-        assert!(gate.poll(&mut cx, &mut poll_probe).is_pending());
-        assert!(gate.poll(&mut cx, &mut poll_probe).is_pending());
+        assert!(gate.poll(&mut cx, poll_probe).is_pending());
+        assert!(gate.poll(&mut cx, poll_probe).is_pending());
         assert_eq!(probe.polls.load(Ordering::Relaxed), 2);
     }
 }
