@@ -146,6 +146,9 @@ impl Drop for EnterGuard {
 /// of an isolate that is still entered).
 pub fn drop_runtime(raw: v8::UnsafeRawIsolatePtr, runtime: deno_core::JsRuntime) {
     if RESIDENT.with(Cell::get) == address(raw) {
+        // Runtimes are dropped between turns, never inside another isolate's: the resident
+        // one is then the only isolate entered, and may leave.
+        debug_assert_eq!(GUARDS.with(Cell::get), 0, "a runtime dropped inside a turn");
         release_resident();
     }
     // SAFETY: `raw` is `runtime`'s isolate, on this thread; the runtime's drop balances it.
