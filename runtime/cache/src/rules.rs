@@ -373,33 +373,54 @@ pub fn range(request: &HeaderMap, size: u64) -> RangeRequest {
     }
 }
 
-/// The `Cache-Status` values without numbers that most responses carry, with what each
-/// says this cache did (see [`CacheResult`]).
-static FIXED: [(HeaderValue, CacheResult); 6] = [
-    (
-        HeaderValue::from_static("Outpost; fwd=bypass"),
-        CacheResult::Bypass,
-    ),
-    (
-        HeaderValue::from_static("Outpost; fwd=method"),
-        CacheResult::Bypass,
-    ),
-    (
-        HeaderValue::from_static("Outpost; fwd=uri-miss; detail=no-shared-freshness"),
-        CacheResult::Miss,
-    ),
-    (
-        HeaderValue::from_static("Outpost; fwd=uri-miss; detail=not-storable"),
-        CacheResult::Miss,
-    ),
-    (
-        HeaderValue::from_static("Outpost; fwd=uri-miss; detail=set-cookie"),
-        CacheResult::Miss,
-    ),
-    (
-        HeaderValue::from_static("Outpost; fwd=uri-miss"),
-        CacheResult::Miss,
-    ),
+/// One `Cache-Status` entry without numbers that most responses carry: the parts of a
+/// [`CacheStatus`] it is made of, its value (made once, at compile time:
+/// `HeaderValue::from_static` checks every byte when it runs) and what it says this cache
+/// did.
+struct Fixed {
+    fwd: &'static str,
+    detail: Option<&'static str>,
+    value: HeaderValue,
+    result: CacheResult,
+}
+
+static FIXED: [Fixed; 6] = [
+    Fixed {
+        fwd: "bypass",
+        detail: None,
+        value: HeaderValue::from_static("Outpost; fwd=bypass"),
+        result: CacheResult::Bypass,
+    },
+    Fixed {
+        fwd: "method",
+        detail: None,
+        value: HeaderValue::from_static("Outpost; fwd=method"),
+        result: CacheResult::Bypass,
+    },
+    Fixed {
+        fwd: "uri-miss",
+        detail: Some("no-shared-freshness"),
+        value: HeaderValue::from_static("Outpost; fwd=uri-miss; detail=no-shared-freshness"),
+        result: CacheResult::Miss,
+    },
+    Fixed {
+        fwd: "uri-miss",
+        detail: Some("not-storable"),
+        value: HeaderValue::from_static("Outpost; fwd=uri-miss; detail=not-storable"),
+        result: CacheResult::Miss,
+    },
+    Fixed {
+        fwd: "uri-miss",
+        detail: Some("set-cookie"),
+        value: HeaderValue::from_static("Outpost; fwd=uri-miss; detail=set-cookie"),
+        result: CacheResult::Miss,
+    },
+    Fixed {
+        fwd: "uri-miss",
+        detail: None,
+        value: HeaderValue::from_static("Outpost; fwd=uri-miss"),
+        result: CacheResult::Miss,
+    },
 ];
 
 /// What this node's cache did for a response, as its metrics and request log name it.
@@ -428,8 +449,8 @@ impl CacheResult {
     pub fn of(headers: &HeaderMap) -> Option<CacheResult> {
         let value = headers.get(&CACHE_STATUS)?;
         // Most responses carry one of the fixed values: no parsing.
-        if let Some((_, result)) = FIXED.iter().find(|(fixed, _)| fixed == value) {
-            return Some(*result);
+        if let Some(fixed) = FIXED.iter().find(|fixed| fixed.value == value) {
+            return Some(fixed.result);
         }
         let ours = value.to_str().ok()?.rsplit(',').next()?.trim();
         if !ours.starts_with(CACHE_NAME) {
@@ -511,22 +532,20 @@ impl CacheStatus {
         value
     }
 
-    /// The value of the common entries that carry no numbers: made once, at compile time
-    /// (`HeaderValue::from_static` checks every byte when it runs).
+    /// The value of the common entries that carry no numbers, made at compile time.
     fn fixed(&self) -> Option<&'static HeaderValue> {
-        if self.hit || self.ttl.is_some() || self.fwd_status.is_some() || self.stored {
+        if self.hit
+            || self.ttl.is_some()
+            || self.fwd_status.is_some()
+            || self.stored
+            || self.collapsed
+        {
             return None;
         }
-        let index = match (self.fwd, self.detail, self.collapsed) {
-            (Some("bypass"), None, false) => 0,
-            (Some("method"), None, false) => 1,
-            (Some("uri-miss"), Some("no-shared-freshness"), false) => 2,
-            (Some("uri-miss"), Some("not-storable"), false) => 3,
-            (Some("uri-miss"), Some("set-cookie"), false) => 4,
-            (Some("uri-miss"), None, false) => 5,
-            _ => return None,
-        };
-        Some(&FIXED[index].0)
+        FIXED
+            .iter()
+            .find(|fixed| self.fwd == Some(fixed.fwd) && self.detail == fixed.detail)
+            .map(|fixed| &fixed.value)
     }
 
     /// Appends this entry to the response's `Cache-Status` (caches nearer the handler list
@@ -723,20 +742,14 @@ mod tests {
             "Upstream; hit, Outpost; fwd=uri-miss; stored"
         );
         // The fixed values read as the formatted ones would.
-        for (fwd, detail) in [
-            ("bypass", None),
-            ("method", None),
-            ("uri-miss", Some("no-shared-freshness")),
-            ("uri-miss", Some("not-storable")),
-            ("uri-miss", Some("set-cookie")),
-            ("uri-miss", None),
-        ] {
+        for entry in &FIXED {
             let status = CacheStatus {
-                fwd: Some(fwd),
-                detail,
+                fwd: Some(entry.fwd),
+                detail: entry.detail,
                 ..CacheStatus::default()
             };
             let fixed = status.fixed().expect("a fixed value");
+            assert_eq!(fixed, &entry.value);
             assert_eq!(fixed.to_str().ok(), Some(status.value().as_str()));
             // ... and are read back as they would be parsed.
             let mut headers = HeaderMap::new();
@@ -744,8 +757,16 @@ mod tests {
             let parsed = HeaderValue::from_str(&format!("Other; hit, {}", status.value())).ok();
             let mut other = HeaderMap::new();
             other.insert(CACHE_STATUS.clone(), parsed.expect("a header value"));
-            assert_eq!(CacheResult::of(&headers), CacheResult::of(&other));
+            assert_eq!(CacheResult::of(&headers), Some(entry.result));
+            assert_eq!(CacheResult::of(&other), Some(entry.result));
         }
+        // A collapsed or stored entry is formatted, not fixed.
+        let collapsed = CacheStatus {
+            fwd: Some("uri-miss"),
+            collapsed: true,
+            ..CacheStatus::default()
+        };
+        assert_eq!(collapsed.fixed(), None);
         assert_eq!(
             httpdate("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
