@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use outpost_cache::rules::CacheResult;
 use outpost_pool::Pool;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -99,7 +100,6 @@ struct AppIndex {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const PROTOCOLS: [&str; 3] = ["http1", "http2", "http3"];
-const CACHE_RESULTS: [&str; 5] = ["hit", "stale", "revalidated", "miss", "bypass"];
 
 /// One app label's series, taken from their families once: a request then updates them
 /// without hashing label sets. A series appears in the exposition when first used, as when
@@ -110,8 +110,8 @@ struct AppSeries {
     cpu: Counter<f64, AtomicU64>,
     /// By status class, then protocol.
     requests: [[OnceLock<Counter>; PROTOCOLS.len()]; STATUS_CLASSES.len()],
-    /// By [`CACHE_RESULTS`].
-    cache: [OnceLock<Counter>; CACHE_RESULTS.len()],
+    /// By [`CacheResult`] (`result as usize`).
+    cache: [OnceLock<Counter>; CacheResult::ALL.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,14 +128,8 @@ pub struct Answered<'a> {
     pub elapsed: Duration,
     pub cpu: Option<Duration>,
     pub failure: Option<(Kind, &'a str)>,
-    /// What the cache did, from the response's `Cache-Status`.
-    pub cache: Option<&'static str>,
-}
-
-/// What this node's cache did for a response, from its entry in `Cache-Status` (the last
-/// one): `hit`, `stale`, `revalidated`, `miss` or `bypass`.
-pub fn cache_result(headers: &http::HeaderMap) -> Option<&'static str> {
-    outpost_cache::rules::CacheResult::of(headers).map(outpost_cache::rules::CacheResult::as_str)
+    /// What the cache did, from the response's `Cache-Status` ([`CacheResult::of`]).
+    pub cache: Option<CacheResult>,
 }
 
 impl Metrics {
@@ -277,18 +271,16 @@ impl Metrics {
             series.cpu.inc_by(cpu.as_secs_f64());
         }
         if let (Some(result), Some(_)) = (answer.cache, answer.app) {
-            if let Some(index) = CACHE_RESULTS.iter().position(|r| *r == result) {
-                series.cache[index]
-                    .get_or_init(|| {
-                        self.cache
-                            .get_or_create(&CacheLabels {
-                                app: series.label.clone(),
-                                result,
-                            })
-                            .clone()
-                    })
-                    .inc();
-            }
+            series.cache[result as usize]
+                .get_or_init(|| {
+                    self.cache
+                        .get_or_create(&CacheLabels {
+                            app: series.label.clone(),
+                            result: result.as_str(),
+                        })
+                        .clone()
+                })
+                .inc();
         }
         if let Some((kind, message)) = answer.failure {
             if let Some(limit) = limit_of(kind, message) {

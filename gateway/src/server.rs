@@ -519,7 +519,7 @@ pub(crate) async fn handle<B: RequestBody>(
     let elapsed = started.elapsed();
     let timing = response.extensions().get::<outpost_isolate::Timing>();
     let cpu = timing.map(|timing| timing.cpu);
-    let cache_result = crate::metrics::cache_result(response.headers());
+    let cache_result = outpost_cache::rules::CacheResult::of(response.headers());
     if let (Some(tracing), Some(trace)) = (&config.tracing, &outcome.trace) {
         tracing.finish(
             trace,
@@ -529,7 +529,7 @@ pub(crate) async fn handle<B: RequestBody>(
                 status: response.status().as_u16(),
                 request_id: outcome.request_id.to_str().unwrap_or_default(),
                 app: outcome.app.as_deref(),
-                cache: cache_result,
+                cache: cache_result.map(outpost_cache::rules::CacheResult::as_str),
                 start: arrived,
                 dispatched: outcome.dispatched,
                 end: std::time::SystemTime::now(),

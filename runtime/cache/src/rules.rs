@@ -434,6 +434,15 @@ pub enum CacheResult {
 }
 
 impl CacheResult {
+    /// Every result, in the order of their discriminants (`result as usize` indexes it).
+    pub const ALL: [CacheResult; 5] = [
+        CacheResult::Hit,
+        CacheResult::Stale,
+        CacheResult::Revalidated,
+        CacheResult::Miss,
+        CacheResult::Bypass,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CacheResult::Hit => "hit",
@@ -759,6 +768,10 @@ mod tests {
             other.insert(CACHE_STATUS.clone(), parsed.expect("a header value"));
             assert_eq!(CacheResult::of(&headers), Some(entry.result));
             assert_eq!(CacheResult::of(&other), Some(entry.result));
+        }
+        // `ALL` is in discriminant order (the metrics index their series by it).
+        for (index, result) in CacheResult::ALL.iter().enumerate() {
+            assert_eq!(*result as usize, index);
         }
         // A collapsed or stored entry is formatted, not fixed.
         let collapsed = CacheStatus {
