@@ -104,6 +104,21 @@ fn policy_of<'p>(
     })
 }
 
+/// Whether a response that declares freshness may be stored for `request` (the rules'
+/// verdict, then its `Vary`: `*` cannot be stored), and if so, its policy and the request
+/// headers it varies on.
+fn storability(
+    request: &http::request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Result<(http_cache_semantics::CachePolicy, Vec<http::HeaderName>), rules::NotStored> {
+    let policy = rules::policy(request, status, headers, now);
+    rules::storable(&policy, headers)?;
+    let vary = rules::vary(headers).ok_or(rules::NotStored::Forbidden)?;
+    Ok((policy, vary))
+}
+
 /// What a stored response can do for a request.
 enum Reuse {
     /// Answer it as it is.
@@ -334,12 +349,7 @@ impl Cache {
             .map_err(|_| rules::NotStored::Forbidden)?
             .into_parts()
             .0;
-        let policy = rules::policy(&request, response.status(), headers, SystemTime::now());
-        rules::storable(&policy, headers)?;
-        match rules::vary(headers) {
-            Some(_) => Ok(()),
-            None => Err(rules::NotStored::Forbidden),
-        }
+        storability(&request, response.status(), headers, SystemTime::now()).map(|_| ())
     }
 
     /// Passes a handler's response to a request for `key` (its URL's key) on, storing it on
@@ -365,26 +375,19 @@ impl Cache {
             Err(Some(rules::NotStored::NotDeclared))
         } else {
             let request = policy_of(policy_request, parts);
-            let policy = rules::policy(request, head.status, &head.headers, now);
-            rules::storable(&policy, &head.headers)
-                .map(|()| policy)
-                .map_err(Some)
+            storability(request, head.status, &head.headers, now).map_err(Some)
         };
-        // Only a response that may be stored is looked at further.
-        let vary = verdict
-            .as_ref()
-            .ok()
-            .and_then(|_| rules::vary(&head.headers));
-        let storable = match (&verdict, &vary) {
-            (Ok(_), Some(_)) => Storable::Yes,
-            _ => Storable::No,
+        let storable = if verdict.is_ok() {
+            Storable::Yes
+        } else {
+            Storable::No
         };
         // What a leader learns is noted for the URL; others only clear a pass.
         if parts.method == Method::GET && (guard.is_some() || storable == Storable::Yes) {
             self.fills.note(key, storable);
         }
-        let body = match (verdict, vary) {
-            (Ok(policy), Some(vary)) => {
+        let body = match verdict {
+            Ok((policy, vary)) => {
                 let meta = Meta {
                     key: Key {
                         variant: if vary.is_empty() {
@@ -414,15 +417,11 @@ impl Cache {
                     },
                 )
             }
-            (Err(Some(why)), _) => {
+            Err(Some(why)) => {
                 status.detail = Some(why.detail());
                 body
             }
-            (Ok(_), None) => {
-                status.detail = Some(rules::NotStored::Forbidden.detail());
-                body
-            }
-            (Err(None), _) => body,
+            Err(None) => body,
         };
         status.add_to(&mut head.headers);
         Response::from_parts(head, body)
