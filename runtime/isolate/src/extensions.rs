@@ -546,34 +546,21 @@ const FAST_HEADER_CONTENT_TYPE: u32 = 2;
 /// `Content-Type` of `new Response("text")`.
 static DEFAULT_TEXT: http::HeaderValue = http::HeaderValue::from_static("text/plain;charset=UTF-8");
 
-/// A header value of a JS string's characters as bytes (Latin-1, as a `ByteString`); none
-/// when one is above U+00FF or not allowed in a value.
-fn latin1_value(text: &str) -> Option<http::HeaderValue> {
-    if text.is_ascii() {
-        return http::HeaderValue::from_str(text).ok();
-    }
-    let bytes: Option<Vec<u8>> = text
-        .chars()
-        .map(|c| u8::try_from(u32::from(c)).ok())
-        .collect();
-    http::HeaderValue::from_bytes(&bytes?).ok()
-}
-
 /// A text response whose only header is described by `kind` (the most common responses):
 /// no header list crosses from JS.
-#[op2(fast)]
+#[op2]
 fn op_outpost_respond_fast_text(
     state: &mut OpState,
     #[smi] id: u32,
     #[smi] status: u32,
     #[smi] kind: u32,
-    #[string] content_type: &str,
+    #[scoped] content_type: ByteString,
     #[string] body: String,
 ) {
     let mut headers = http::HeaderMap::with_capacity(1 + GATEWAY_HEADERS);
     let value = match kind {
         FAST_HEADER_DEFAULT_TEXT => Some(DEFAULT_TEXT.clone()),
-        FAST_HEADER_CONTENT_TYPE => latin1_value(content_type),
+        FAST_HEADER_CONTENT_TYPE => http::HeaderValue::from_bytes(&content_type).ok(),
         _ => None,
     };
     if let Some(value) = value {
