@@ -307,15 +307,19 @@ pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
             tag == "*" || tag.trim_start_matches("W/") == etag
         });
     }
-    let since = request
+    let Some(since) = request
         .get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
-        .and_then(httpdate);
+        .and_then(httpdate)
+    else {
+        // Unconditional (most requests): the stored date is not read.
+        return false;
+    };
     let modified = stored
         .get(header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
         .and_then(httpdate);
-    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+    modified.is_some_and(|modified| modified <= since)
 }
 
 /// An HTTP date (RFC 9110 §5.6.7).
@@ -457,30 +461,62 @@ impl CacheResult {
     /// the last entry is another cache's or there is none.
     pub fn of(headers: &HeaderMap) -> Option<CacheResult> {
         let value = headers.get(&CACHE_STATUS)?;
-        // Most responses carry one of the fixed values: no parsing.
+        let bytes = value.as_bytes();
+        // A hit as this cache writes it, alone in the header: the sign of its ttl decides.
+        if let Some(ttl) = bytes.strip_prefix(HIT_PREFIX.as_bytes()) {
+            if !bytes.contains(&b',') {
+                return Some(match ttl.first() {
+                    Some(b'-') => CacheResult::Stale,
+                    _ => CacheResult::Hit,
+                });
+            }
+        }
+        // Most other responses carry one of the fixed values: no parsing.
         if let Some(fixed) = FIXED.iter().find(|fixed| fixed.value == value) {
             return Some(fixed.result);
         }
-        let ours = value.to_str().ok()?.rsplit(',').next()?.trim();
-        if !ours.starts_with(CACHE_NAME) {
+        // Ours is the last entry: its parameters are read in one pass, as the bytes that
+        // `CacheStatus::value` wrote.
+        let ours = match bytes.iter().rposition(|&b| b == b',') {
+            Some(comma) => &bytes[comma + 1..],
+            None => bytes,
+        };
+        let mut params = ours.split(|&b| b == b';').map(<[u8]>::trim_ascii);
+        if params.next()? != CACHE_NAME.as_bytes() {
             return None;
         }
-        Some(if ours.contains("; hit") {
-            if ours.contains("ttl=-") {
-                CacheResult::Stale
-            } else {
-                CacheResult::Hit
+        let (mut hit, mut expired, mut if_error, mut revalidated, mut bypass) =
+            (false, false, false, false, false);
+        for param in params {
+            match param {
+                b"hit" => hit = true,
+                b"detail=stale-if-error" => if_error = true,
+                b"fwd-status=304" => revalidated = true,
+                b"fwd=bypass" | b"fwd=method" => bypass = true,
+                ttl if ttl.starts_with(b"ttl=-") => expired = true,
+                _ => {}
             }
-        } else if ours.contains("detail=stale-if-error") {
-            CacheResult::Stale
-        } else if ours.contains("fwd-status=304") {
-            CacheResult::Revalidated
-        } else if ours.contains("fwd=bypass") || ours.contains("fwd=method") {
-            CacheResult::Bypass
-        } else {
-            CacheResult::Miss
+        }
+        Some(match (hit, expired) {
+            (true, true) => CacheResult::Stale,
+            (true, false) => CacheResult::Hit,
+            _ if if_error => CacheResult::Stale,
+            _ if revalidated => CacheResult::Revalidated,
+            _ if bypass => CacheResult::Bypass,
+            _ => CacheResult::Miss,
         })
     }
+}
+
+/// How this cache's entry for a hit begins, its ttl next (read back by `CacheResult::of`
+/// without parsing the entry).
+const HIT_PREFIX: &str = "Outpost; hit; ttl=";
+
+/// A header value of a string written here (visible ASCII): its buffer becomes the value's,
+/// no copy.
+fn owned(value: String) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+        .expect("Cache-Status entries are visible ASCII")
 }
 
 /// One `Cache-Status` entry of this cache (RFC 9211).
@@ -511,22 +547,29 @@ impl CacheStatus {
     }
 
     pub fn value(&self) -> String {
-        use std::fmt::Write as _;
-        // Written in place: one allocation, no temporary strings.
+        // Written in place: one allocation, no temporary strings, no formatting machinery.
+        let mut numbers = itoa::Buffer::new();
         let mut value = String::with_capacity(64);
         value.push_str(CACHE_NAME);
         if self.hit {
             value.push_str("; hit");
+            if let Some(ttl) = self.ttl {
+                // Written first after `hit` (see HIT_PREFIX).
+                value.push_str("; ttl=");
+                value.push_str(numbers.format(ttl));
+            }
         }
         if let Some(fwd) = self.fwd {
             value.push_str("; fwd=");
             value.push_str(fwd);
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(value, "; fwd-status={status}");
+            value.push_str("; fwd-status=");
+            value.push_str(numbers.format(status));
         }
-        if let Some(ttl) = self.ttl {
-            let _ = write!(value, "; ttl={ttl}");
+        if let (Some(ttl), false) = (self.ttl, self.hit) {
+            value.push_str("; ttl=");
+            value.push_str(numbers.format(ttl));
         }
         if self.stored {
             value.push_str("; stored");
@@ -560,20 +603,22 @@ impl CacheStatus {
     /// Appends this entry to the response's `Cache-Status` (caches nearer the handler list
     /// theirs first).
     pub fn add_to(&self, headers: &mut HeaderMap) {
-        if let Some(fixed) = self.fixed() {
-            if !headers.contains_key(&CACHE_STATUS) {
-                headers.insert(CACHE_STATUS.clone(), fixed.clone());
-                return;
+        // One lookup of the header, whether or not another cache wrote it first.
+        match headers.entry(&CACHE_STATUS) {
+            http::header::Entry::Vacant(vacant) => {
+                let value = match self.fixed() {
+                    Some(fixed) => fixed.clone(),
+                    None => owned(self.value()),
+                };
+                vacant.insert(value);
             }
-        }
-        let value = self.value();
-        let value = match headers.get(&CACHE_STATUS).and_then(|v| v.to_str().ok()) {
-            Some(earlier) if !earlier.is_empty() => format!("{earlier}, {value}"),
-            _ => value,
-        };
-        // The string's buffer becomes the value's: no copy.
-        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
-            headers.insert(CACHE_STATUS.clone(), value);
+            http::header::Entry::Occupied(mut occupied) => {
+                let value = match occupied.get().to_str() {
+                    Ok(earlier) if !earlier.is_empty() => format!("{earlier}, {}", self.value()),
+                    _ => self.value(),
+                };
+                occupied.insert(owned(value));
+            }
         }
     }
 }
@@ -769,6 +814,45 @@ mod tests {
             assert_eq!(CacheResult::of(&headers), Some(entry.result));
             assert_eq!(CacheResult::of(&other), Some(entry.result));
         }
+        // Entries with numbers are parsed: ours is the last, another cache's is not read.
+        let read = |value: &str| CacheResult::of(&self::tests::headers(&[("cache-status", value)]));
+        assert_eq!(read("Outpost; hit; ttl=59"), Some(CacheResult::Hit));
+        assert_eq!(
+            read("Outpost; hit; ttl=-3; detail=stale-while-revalidate"),
+            Some(CacheResult::Stale)
+        );
+        assert_eq!(
+            read("Outpost; fwd=stale; fwd-status=500; ttl=-3; detail=stale-if-error"),
+            Some(CacheResult::Stale)
+        );
+        assert_eq!(
+            read("Outpost; fwd=stale; fwd-status=304; ttl=60; stored"),
+            Some(CacheResult::Revalidated)
+        );
+        assert_eq!(
+            read("Outpost; fwd=uri-miss; collapsed"),
+            Some(CacheResult::Miss)
+        );
+        assert_eq!(
+            read("Outpost; fwd=uri-miss; stored; ttl=60"),
+            Some(CacheResult::Miss)
+        );
+        assert_eq!(
+            read("Other; fwd=bypass, Outpost; hit; ttl=1"),
+            Some(CacheResult::Hit)
+        );
+        assert_eq!(read("Outpost; hit; ttl=1, Other; fwd=uri-miss"), None);
+        assert_eq!(read("OutpostX; hit"), None);
+        // A hit is written the way the short cut in `of` reads it.
+        let hit = CacheStatus {
+            hit: true,
+            ttl: Some(-2),
+            collapsed: true,
+            ..CacheStatus::default()
+        };
+        assert_eq!(hit.value(), "Outpost; hit; ttl=-2; collapsed");
+        assert!(hit.value().starts_with(HIT_PREFIX) && HIT_PREFIX.starts_with(CACHE_NAME));
+        assert_eq!(read(&hit.value()), Some(CacheResult::Stale));
         // `ALL` is in discriminant order (the metrics index their series by it).
         for (index, result) in CacheResult::ALL.iter().enumerate() {
             assert_eq!(*result as usize, index);

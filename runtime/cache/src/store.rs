@@ -752,6 +752,14 @@ impl Tee {
         });
         let mut pending = pending;
         pending.meta.size = self.received;
+        if pending.meta.status != StatusCode::NO_CONTENT {
+            // Written once here rather than on every answer.
+            pending
+                .meta
+                .headers
+                .entry(http::header::CONTENT_LENGTH)
+                .or_insert_with(|| http::HeaderValue::from(self.received));
+        }
         // The memory copy is visible at once; with a file, the writer holds the fill guard
         // until the file is indexed.
         if let Some(bytes) = memory {
