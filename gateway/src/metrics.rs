@@ -94,7 +94,8 @@ pub struct Metrics {
 /// The series by app name, and how many apps have a label of their own.
 #[derive(Default)]
 struct AppIndex {
-    by_name: HashMap<String, Arc<AppSeries>>,
+    /// Hashed with foldhash: the names are the node's own apps', not a client's input.
+    by_name: HashMap<String, Arc<AppSeries>, foldhash::fast::RandomState>,
     labelled: usize,
 }
 

@@ -472,7 +472,7 @@ struct Outcome {
     app: Option<String>,
     /// Its trace, when the node traces.
     trace: Option<crate::trace::RequestTrace>,
-    /// When it was handed to its app (the cache or the isolate).
+    /// When it was handed to its app (the cache or the isolate), for its trace.
     dispatched: Option<std::time::SystemTime>,
 }
 
@@ -490,7 +490,6 @@ pub(crate) async fn handle<B: RequestBody>(
     let method = request.method().clone();
     // A clone of the URI shares its bytes: the path is copied out only where it is used.
     let uri = request.uri().clone();
-    let arrived = std::time::SystemTime::now();
     let mut outcome = Outcome {
         request_id: request_id(request.headers()),
         app: None,
@@ -506,6 +505,7 @@ pub(crate) async fn handle<B: RequestBody>(
         config,
         scheme,
         listening.local,
+        started,
         &mut outcome,
     )
     .await;
@@ -530,7 +530,6 @@ pub(crate) async fn handle<B: RequestBody>(
                 request_id: outcome.request_id.to_str().unwrap_or_default(),
                 app: outcome.app.as_deref(),
                 cache: cache_result.map(outpost_cache::rules::CacheResult::as_str),
-                start: arrived,
                 dispatched: outcome.dispatched,
                 end: std::time::SystemTime::now(),
                 timing,
@@ -646,12 +645,30 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
     http::HeaderValue::from_bytes(&hex).expect("hex digits are a header value")
 }
 
+/// What the gateway adds to a request on its way to the app's handler: the app's view
+/// of the request id, and the trace its fetches forward (this trace, the handler's span).
+#[derive(Clone)]
+struct Stamp {
+    request_id: http::HeaderValue,
+    traceparent: Option<http::HeaderValue>,
+}
+
+impl Stamp {
+    fn on(&self, headers: &mut http::HeaderMap) {
+        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(traceparent) = &self.traceparent {
+            headers.insert(TRACEPARENT.clone(), traceparent.clone());
+        }
+    }
+}
+
 async fn route<B: RequestBody>(
     request: Request<B>,
     routes: &Routes,
     config: &ServeConfig,
     scheme: http::uri::Scheme,
     local: Option<SocketAddr>,
+    arrived: Instant,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = request.into_parts();
@@ -662,23 +679,22 @@ async fn route<B: RequestBody>(
         .lookup(host, parts.uri.path())
         .ok_or_else(|| GatewayError::new(Kind::NoRoute, "No app is deployed for this host."))?;
     outcome.app = Some(app.name.clone());
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), outcome.request_id.clone());
-    if let Some(trace) = &outcome.trace {
-        // The app's view (and what its fetches forward): this trace, the handler's span.
-        parts
-            .headers
-            .insert(TRACEPARENT.clone(), trace.traceparent());
-    }
+    // Stamped on the request only when it goes to the handler (a cache hit never does).
+    let stamp = Stamp {
+        request_id: outcome.request_id.clone(),
+        traceparent: outcome.trace.as_ref().map(|trace| trace.traceparent()),
+    };
     let deployment = match &app.target {
         Target::Serving(deployment) => deployment,
         Target::Broken(reason) => return Err(load_failed(config, &app.name, reason)),
     };
     let limits = deployment.limits();
-    let deadline = Instant::now() + limits.timeout;
+    // The app's time runs from the request's arrival.
+    let deadline = arrived + limits.timeout;
     let (request, overflow) = admit(parts, body, limits.max_body_bytes, deadline).await?;
-    outcome.dispatched = Some(std::time::SystemTime::now());
+    if outcome.trace.is_some() {
+        outcome.dispatched = Some(std::time::SystemTime::now());
+    }
     let cache = config
         .cache
         .as_ref()
@@ -687,19 +703,22 @@ async fn route<B: RequestBody>(
         // A fresh hit is answered here: no isolate is touched.
         Some(cache) => {
             let deployment = deployment.clone();
-            let dispatch = move |request| {
+            let dispatch = move |mut request: Request<Body>| {
+                stamp.on(request.headers_mut());
                 let deployment = deployment.clone();
                 async move { deployment.dispatch(request, deadline).await }
             };
             cache.serve(&app.name, request, dispatch).await
         }
-        None => deployment
-            .dispatch(request, deadline)
-            .await
-            .map(|mut response| {
-                CacheStatus::forwarded("bypass").add_to(response.headers_mut());
-                response
-            }),
+        None => {
+            let mut request = request;
+            stamp.on(request.headers_mut());
+            deployment.dispatch(request, deadline).await
+        }
+        .map(|mut response| {
+            CacheStatus::forwarded("bypass").add_to(response.headers_mut());
+            response
+        }),
     };
     if overflow.is_some_and(|overflow| overflow.load(Ordering::Acquire)) {
         // The app failed (or answered) while its body was cut off at the limit.
@@ -867,12 +886,11 @@ fn absolute_uri(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|_| bad("Invalid request target."))
+    let mut absolute = http::uri::Parts::default();
+    absolute.scheme = Some(scheme);
+    absolute.authority = Some(authority);
+    absolute.path_and_query = Some(path);
+    Uri::from_parts(absolute).map_err(|_| bad("Invalid request target."))
 }
 
 #[cfg(test)]

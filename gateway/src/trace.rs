@@ -108,6 +108,7 @@ impl Tracing {
             }
         };
         RequestTrace {
+            arrived: SystemTime::now(),
             trace_id,
             server: self.ids.new_span_id(),
             handler: self.ids.new_span_id(),
@@ -143,13 +144,13 @@ impl Tracing {
             .with_kind(SpanKind::Server)
             .with_trace_id(trace.trace_id)
             .with_span_id(trace.server)
-            .with_start_time(done.start)
+            .with_start_time(trace.arrived)
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
         let cx = parent.with_span(server);
         if let Some(timing) = done.timing {
             // The isolate received the request `wall` before its response started.
-            let handler_start = done.end.checked_sub(timing.wall).unwrap_or(done.start);
+            let handler_start = done.end.checked_sub(timing.wall).unwrap_or(trace.arrived);
             if let (true, Some(dispatched)) = (timing.cold, done.dispatched) {
                 let mut start = self
                     .tracer
@@ -197,6 +198,9 @@ impl Tracing {
 /// A request's place in a trace, decided when it arrives.
 #[derive(Debug, Clone)]
 pub struct RequestTrace {
+    /// When the request arrived: the server span's start (the clock is read only for
+    /// requests that are traced).
+    arrived: SystemTime,
     trace_id: TraceId,
     server: SpanId,
     handler: SpanId,
@@ -222,8 +226,6 @@ pub struct Finished<'a> {
     pub request_id: &'a str,
     pub app: Option<&'a str>,
     pub cache: Option<&'static str>,
-    /// When it arrived.
-    pub start: SystemTime,
     /// When it was handed to the app's isolate, if it was.
     pub dispatched: Option<SystemTime>,
     /// When its response head was ready.
