@@ -337,12 +337,39 @@ async fn accept_tls(
     start.into_stream(config).await
 }
 
+thread_local! {
+    /// Connections served on this thread now (HTTP/1.1 and HTTP/2, on a worker).
+    static OPEN_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a connection in [`OPEN_HERE`] while it lives.
+struct OpenHere;
+
+impl OpenHere {
+    fn count() -> OpenHere {
+        OPEN_HERE.with(|open| open.set(open.get() + 1));
+        OpenHere
+    }
+}
+
+impl Drop for OpenHere {
+    fn drop(&mut self) {
+        OPEN_HERE.with(|open| open.set(open.get() - 1));
+    }
+}
+
+/// Whether another connection is served on this thread.
+fn others_open_here() -> bool {
+    OPEN_HERE.with(|open| open.get() > 1)
+}
+
 /// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends; once shutdown begins, the
 /// connection finishes what it holds and closes.
 async fn serve_http<I>(io: I, listening: &Arc<Listening>, mut shutdown: ShutdownSignal)
 where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    let _open = OpenHere::count();
     let for_service = listening.clone();
     let activity = Arc::new(Activity::default());
     let active = activity.clone();
@@ -516,10 +543,18 @@ pub(crate) async fn handle<B: RequestBody>(
             (e.into_response(), Some(failure))
         }
     };
+    let cache_result = outpost_cache::rules::CacheResult::of(response.headers());
+    if cache_result == Some(outpost_cache::rules::CacheResult::Hit) && others_open_here() {
+        // A fresh hit is answered without leaving this task. With other connections on the
+        // worker, the ones ready in this turn are read first, and the responses leave
+        // together: the loop does one kind of work at a time and the peers are woken once
+        // for several (at 64 connections, 20–40% more hits per second; see bench/README.md).
+        // A lone connection is answered at once.
+        tokio::task::yield_now().await;
+    }
     let elapsed = started.elapsed();
     let timing = response.extensions().get::<outpost_isolate::Timing>();
     let cpu = timing.map(|timing| timing.cpu);
-    let cache_result = outpost_cache::rules::CacheResult::of(response.headers());
     if let (Some(tracing), Some(trace)) = (&config.tracing, &outcome.trace) {
         tracing.finish(
             trace,
