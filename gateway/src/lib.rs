@@ -6,6 +6,7 @@ pub mod admin;
 pub mod endpoints;
 pub mod error;
 mod gate;
+mod here;
 pub mod metrics;
 pub mod origin;
 pub mod quic;

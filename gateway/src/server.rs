@@ -337,39 +337,13 @@ async fn accept_tls(
     start.into_stream(config).await
 }
 
-thread_local! {
-    /// Connections served on this thread now (HTTP/1.1 and HTTP/2, on a worker).
-    static OPEN_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Counts a connection in [`OPEN_HERE`] while it lives.
-struct OpenHere;
-
-impl OpenHere {
-    fn count() -> OpenHere {
-        OPEN_HERE.with(|open| open.set(open.get() + 1));
-        OpenHere
-    }
-}
-
-impl Drop for OpenHere {
-    fn drop(&mut self) {
-        OPEN_HERE.with(|open| open.set(open.get() - 1));
-    }
-}
-
-/// Whether another connection is served on this thread.
-fn others_open_here() -> bool {
-    OPEN_HERE.with(|open| open.get() > 1)
-}
-
 /// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends; once shutdown begins, the
 /// connection finishes what it holds and closes.
 async fn serve_http<I>(io: I, listening: &Arc<Listening>, mut shutdown: ShutdownSignal)
 where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let _open = OpenHere::count();
+    let _open = crate::here::Counted::connection();
     let for_service = listening.clone();
     let activity = Arc::new(Activity::default());
     let active = activity.clone();
@@ -544,12 +518,8 @@ pub(crate) async fn handle<B: RequestBody>(
         }
     };
     let cache_result = outpost_cache::rules::CacheResult::of(response.headers());
-    if cache_result == Some(outpost_cache::rules::CacheResult::Hit) && others_open_here() {
-        // A fresh hit is answered without leaving this task. With other connections on the
-        // worker, the ones ready in this turn are read first, and the responses leave
-        // together: the loop does one kind of work at a time and the peers are woken once
-        // for several (at 64 connections, 20–40% more hits per second; see bench/README.md).
-        // A lone connection is answered at once.
+    if cache_result == Some(outpost_cache::rules::CacheResult::Hit) && crate::here::hold_hit() {
+        // Answered after the connections ready in this turn were read (see `here`).
         tokio::task::yield_now().await;
     }
     let elapsed = started.elapsed();
@@ -741,13 +711,17 @@ async fn route<B: RequestBody>(
             let dispatch = move |mut request: Request<Body>| {
                 stamp.on(request.headers_mut());
                 let deployment = deployment.clone();
-                async move { deployment.dispatch(request, deadline).await }
+                async move {
+                    let _busy = crate::here::Counted::in_handler();
+                    deployment.dispatch(request, deadline).await
+                }
             };
             cache.serve(&app.name, request, dispatch).await
         }
         None => {
             let mut request = request;
             stamp.on(request.headers_mut());
+            let _busy = crate::here::Counted::in_handler();
             deployment.dispatch(request, deadline).await
         }
         .map(|mut response| {
