@@ -6,9 +6,11 @@
 //! each at once makes the loop alternate read → answer → write, and each response wakes the
 //! client on its own. A hit that yields once lets the connections ready in the same turn be
 //! read first; the responses then leave together (one kind of work at a time, peers woken
-//! once for several): at 64 connections, 13% more hits per second at 12% less CPU per hit
-//! (bench/README.md, "Cache hits"). It does not pay when the hit is alone, nor when the
-//! worker has requests in handlers, whose JavaScript turns the hit would wait behind.
+//! once for several): at 64 connections, 10–13% more hits per second at 9–12% less CPU per
+//! hit (bench/README.md, "Cache hits"). It does not pay when the hit is alone, nor when
+//! requests of the worker's connections are in handlers: their instances run on the same
+//! worker unless it is full, and the hit would wait behind their JavaScript turns. (Jobs
+//! other workers send to this worker's instances are not counted here.)
 
 use std::cell::Cell;
 
@@ -19,8 +21,13 @@ thread_local! {
     static IN_HANDLERS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Counts one in a per-thread count while it lives.
-pub(crate) struct Counted(&'static std::thread::LocalKey<Cell<usize>>);
+/// Counts one in a per-thread count while it lives (and must be dropped on that thread:
+/// connections and their requests live on their worker's current-thread runtime).
+pub(crate) struct Counted {
+    count: &'static std::thread::LocalKey<Cell<usize>>,
+    #[cfg(debug_assertions)]
+    thread: std::thread::ThreadId,
+}
 
 impl Counted {
     /// A connection served on this thread.
@@ -35,13 +42,23 @@ impl Counted {
 
     fn on(count: &'static std::thread::LocalKey<Cell<usize>>) -> Counted {
         count.with(|n| n.set(n.get() + 1));
-        Counted(count)
+        Counted {
+            count,
+            #[cfg(debug_assertions)]
+            thread: std::thread::current().id(),
+        }
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.with(|n| n.set(n.get().saturating_sub(1)));
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(
+            self.thread,
+            std::thread::current().id(),
+            "counted on one thread, dropped on another"
+        );
+        self.count.with(|n| n.set(n.get().saturating_sub(1)));
     }
 }
 

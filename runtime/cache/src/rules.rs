@@ -254,13 +254,23 @@ pub fn tags(headers: &HeaderMap) -> Vec<String> {
     tags
 }
 
-/// The names a response varies on (lowercased, sorted), or `None` for `Vary: *`.
+/// Request headers the node sets on each request on its way to the handler, after the
+/// cache has made its key: `x-request-id`, and `traceparent` when the node traces. A
+/// response that varies on one is its request's alone, as with `Vary: *`.
+pub const SET_PER_REQUEST: [&str; 2] = ["x-request-id", "traceparent"];
+
+/// The names a response varies on (lowercased, sorted), or `None` for `Vary: *` (or a
+/// header in [`SET_PER_REQUEST`]).
 pub fn vary(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     for value in headers.get_all(header::VARY) {
         for name in value.to_str().unwrap_or("").split(',') {
             let name = name.trim();
-            if name == "*" {
+            if name == "*"
+                || SET_PER_REQUEST
+                    .iter()
+                    .any(|set| name.eq_ignore_ascii_case(set))
+            {
                 return None;
             }
             if let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
@@ -627,7 +637,8 @@ impl CacheStatus {
 pub fn ttl_secs(fresh_until: SystemTime, now: SystemTime) -> i64 {
     match fresh_until.duration_since(now) {
         Ok(left) => left.as_secs() as i64,
-        Err(past) => -(past.duration().as_secs() as i64),
+        // Stale by less than a second is still stale: -1, not 0.
+        Err(past) => -(past.duration().as_secs().max(1) as i64),
     }
 }
 
@@ -843,6 +854,26 @@ mod tests {
         );
         assert_eq!(read("Outpost; hit; ttl=1, Other; fwd=uri-miss"), None);
         assert_eq!(read("OutpostX; hit"), None);
+        // Just past its freshness is stale, and reads so.
+        let now = SystemTime::now();
+        assert_eq!(ttl_secs(now, now + Duration::from_millis(300)), -1);
+        assert_eq!(ttl_secs(now + Duration::from_millis(1_500), now), 1);
+        // A response varying on what the node sets per request is not shared.
+        assert_eq!(
+            vary(&self::tests::headers(&[("vary", "Accept, X-Request-Id")])),
+            None
+        );
+        assert_eq!(
+            vary(&self::tests::headers(&[("vary", "traceparent")])),
+            None
+        );
+        assert_eq!(
+            vary(&self::tests::headers(&[(
+                "vary",
+                "Accept-Encoding, accept"
+            )])),
+            Some(vec![header::ACCEPT, header::ACCEPT_ENCODING])
+        );
         // A hit is written the way the short cut in `of` reads it.
         let hit = CacheStatus {
             hit: true,
