@@ -518,8 +518,9 @@ impl CacheResult {
     }
 }
 
-/// How this cache's entry for a hit begins, its ttl next (read back by `CacheResult::of`
-/// without parsing the entry).
+/// How this cache's entry for a hit begins, its ttl next: a hit has no `fwd` or
+/// `fwd-status`, which `CacheStatus::value` writes before the ttl (read back by
+/// `CacheResult::of` without parsing the entry; any other entry is parsed).
 const HIT_PREFIX: &str = "Outpost; hit; ttl=";
 
 /// A header value of a string written here (visible ASCII): its buffer becomes the value's,
@@ -563,11 +564,6 @@ impl CacheStatus {
         value.push_str(CACHE_NAME);
         if self.hit {
             value.push_str("; hit");
-            if let Some(ttl) = self.ttl {
-                // Written first after `hit` (see HIT_PREFIX).
-                value.push_str("; ttl=");
-                value.push_str(numbers.format(ttl));
-            }
         }
         if let Some(fwd) = self.fwd {
             value.push_str("; fwd=");
@@ -577,7 +573,7 @@ impl CacheStatus {
             value.push_str("; fwd-status=");
             value.push_str(numbers.format(status));
         }
-        if let (Some(ttl), false) = (self.ttl, self.hit) {
+        if let Some(ttl) = self.ttl {
             value.push_str("; ttl=");
             value.push_str(numbers.format(ttl));
         }
