@@ -541,27 +541,56 @@ fn write_meta(body: &Path, meta: &Meta) {
 /// A key whose last response could not be stored is remembered for a while
 /// ("hit-for-pass", as in Varnish and Fastly): its misses then go to the handler at once
 /// instead of queueing behind each other.
+#[derive(Default)]
 pub(crate) struct Fills {
     filling: Mutex<std::collections::HashMap<Key, watch::Sender<()>, Hasher>>,
-    passes: moka::sync::Cache<Key, (), Hasher>,
+    passes: Passes,
+}
+
+/// Keys whose last response could not be stored, each until [`PASS_FOR`] after it. A
+/// hint, so a map under a lock rather than moka (whose lookup cost three times as much,
+/// and this one is on every miss of a dynamic app): a key it forgets costs one coalesced
+/// miss, and past [`MAX_PASSES`] keys it drops the expired ones, then all.
+#[derive(Default)]
+struct Passes(Mutex<std::collections::HashMap<Key, std::time::Instant, Hasher>>);
+
+impl Passes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Key, std::time::Instant, Hasher>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        let passes = self.lock();
+        // No clock read for a key that is not there (most lookups of a cached app).
+        passes
+            .get(key)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    fn insert(&self, key: Key) {
+        let now = std::time::Instant::now();
+        let mut passes = self.lock();
+        if passes.len() >= MAX_PASSES && !passes.contains_key(&key) {
+            passes.retain(|_, until| *until > now);
+            if passes.len() >= MAX_PASSES {
+                passes.clear();
+            }
+        }
+        passes.insert(key, now + PASS_FOR);
+    }
+
+    fn remove(&self, key: &Key) {
+        self.lock().remove(key);
+    }
 }
 
 /// How long a key whose response was not storable skips request coalescing.
 const PASS_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 /// Keys remembered so.
-const MAX_PASSES: u64 = 100_000;
+const MAX_PASSES: usize = 100_000;
 
-impl Default for Fills {
-    fn default() -> Self {
-        Fills {
-            filling: Mutex::default(),
-            passes: moka::sync::Cache::builder()
-                .max_capacity(MAX_PASSES)
-                .time_to_live(PASS_FOR)
-                .build_with_hasher(Hasher::default()),
-        }
-    }
-}
 
 /// Whether a handler's response could be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -606,14 +635,14 @@ impl Fills {
     /// Remembers that `key`'s response could not be stored (or, `storable`, that it could).
     pub(crate) fn note(&self, key: &Key, storable: Storable) {
         match storable {
-            Storable::No if !self.passes.contains_key(key) => self.passes.insert(key.primary(), ()),
+            Storable::No if !self.passes.contains(key) => self.passes.insert(key.primary()),
             Storable::No => {}
-            Storable::Yes => self.passes.invalidate(&key.primary()),
+            Storable::Yes => self.passes.remove(&key.primary()),
         }
     }
 
     pub(crate) fn begin(self: &Arc<Self>, key: &Key, max_waiters: usize) -> Fill {
-        if self.passes.contains_key(key) {
+        if self.passes.contains(key) {
             return Fill::Pass;
         }
         let mut filling = self.filling.lock().unwrap_or_else(|e| e.into_inner());
