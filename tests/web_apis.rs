@@ -130,3 +130,46 @@ export default { fetch() { return Response.json(results); } };
     });
     assert_eq!(results, want);
 }
+
+/// `request.method` is the method as sent: the common ones (which the host passes by
+/// number), an extension method, and a lower-case `patch` (which Fetch leaves as it is).
+#[tokio::test]
+async fn every_method_reaches_the_handler_as_sent() {
+    let app = common::app(
+        "methods",
+        r#"export default {
+             async fetch(request) {
+               const body = await request.text();
+               return new Response(`${request.method} ${body.length}`);
+             },
+           };"#,
+    );
+    let node = Node::start(app.path(), &[]);
+    for method in [
+        "GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "PROPFIND", "patch",
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let body = if method == reqwest::Method::GET {
+            ""
+        } else {
+            "abc"
+        };
+        let res = http1()
+            .request(method.clone(), node.url("/"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{method}");
+        assert_eq!(
+            res.text().await.unwrap(),
+            format!("{method} {}", body.len()),
+            "{method}"
+        );
+    }
+    let head = http1().head(node.url("/")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    // The length of what the handler answered (reqwest's `content_length()` is the size of
+    // the body it received, none for a HEAD).
+    assert_eq!(head.headers()[reqwest::header::CONTENT_LENGTH], "6");
+}

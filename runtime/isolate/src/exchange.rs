@@ -100,6 +100,18 @@ impl RequestHeaders {
     }
 }
 
+/// The methods passed to `dispatch` by their index here (`METHODS` in
+/// `js/20_dispatch.js`, in the same order); any other as its name.
+const METHODS: [http::Method; 7] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::DELETE,
+    http::Method::OPTIONS,
+    http::Method::PATCH,
+];
+
 /// The arguments of `dispatch(id, method, url, headers, body, requestId, traceparent,
 /// tracestate)`.
 pub fn request_args<'s>(
@@ -110,7 +122,10 @@ pub fn request_args<'s>(
     body: BodyArg,
 ) -> [v8::Local<'s, v8::Value>; 8] {
     let id = v8::Integer::new_from_unsigned(scope, id).into();
-    let method = one_byte(scope, parts.method.as_str().as_bytes());
+    let method = match METHODS.iter().position(|known| *known == parts.method) {
+        Some(index) => v8::Integer::new(scope, index as i32).into(),
+        None => one_byte(scope, parts.method.as_str().as_bytes()),
+    };
     let url = one_byte(scope, outpost_cache::url_of(&parts.uri).as_bytes());
     let request_id = one_byte(scope, headers.id.as_bytes());
     let mut context = |value: &Option<http::HeaderValue>| match value {

@@ -306,20 +306,18 @@ impl Instance {
     pub async fn serve(&mut self, jobs: &mut mpsc::Receiver<Job>) -> ServeEnd {
         let mut closed = false;
         let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        loop {
-            let event = poll_fn(|cx| self.poll_turn(cx, jobs, &mut closed, &mut grace)).await;
-            match event {
-                Turn::Job(job) => self.start_request(job),
-                Turn::Done => return ServeEnd::Closed,
-                Turn::Failed(message) => {
-                    self.fail_in_flight(FailureKind::Exception, &message);
-                    return ServeEnd::Failed(message);
-                }
-                Turn::Breached(breach) => {
-                    let message = format!("the app {}", breach_text(breach, &self.watched));
-                    self.fail_in_flight(FailureKind::LimitExceeded, &message);
-                    return ServeEnd::Failed(message);
-                }
+        // Requests are started inside the turns; a turn ends the loop only when it ends.
+        let end = poll_fn(|cx| self.poll_turn(cx, jobs, &mut closed, &mut grace)).await;
+        match end {
+            TurnEnd::Done => ServeEnd::Closed,
+            TurnEnd::Failed(message) => {
+                self.fail_in_flight(FailureKind::Exception, &message);
+                ServeEnd::Failed(message)
+            }
+            TurnEnd::Breached(breach) => {
+                let message = format!("the app {}", breach_text(breach, &self.watched));
+                self.fail_in_flight(FailureKind::LimitExceeded, &message);
+                ServeEnd::Failed(message)
             }
         }
     }
@@ -330,9 +328,9 @@ impl Instance {
         jobs: &mut mpsc::Receiver<Job>,
         closed: &mut bool,
         grace: &mut Option<Pin<Box<tokio::time::Sleep>>>,
-    ) -> Poll<Turn> {
+    ) -> Poll<TurnEnd> {
         if let Some(breach) = self.condemned.or_else(|| self.watched.breach()) {
-            return Poll::Ready(Turn::Breached(breach));
+            return Poll::Ready(TurnEnd::Breached(breach));
         }
         self.close_finished_bodies();
         let evicted = self.tenant.handle.evict_requested(cx.waker());
@@ -341,18 +339,28 @@ impl Instance {
                 // Whatever is queued still gets served; then the queue reads as closed.
                 jobs.close();
             }
-            if self.tenant.handle.in_flight() < self.tenant.limits.concurrency {
+            // Every request waiting is started before the event loop turns once for all of
+            // them (one poll of this task per wake-up, however many arrived).
+            loop {
+                if self.tenant.handle.in_flight() >= self.tenant.limits.concurrency {
+                    // At its concurrency: wait for a request to finish.
+                    self.parked.set(Some(cx.waker().clone()));
+                    break;
+                }
                 match jobs.poll_recv(cx) {
                     Poll::Ready(Some(job)) => {
                         self.tenant.handle.job_taken();
-                        return Poll::Ready(Turn::Job(job));
+                        self.start_request(job);
+                        if let Some(breach) = self.condemned {
+                            return Poll::Ready(TurnEnd::Breached(breach));
+                        }
                     }
-                    Poll::Ready(None) => *closed = true,
-                    Poll::Pending => {}
+                    Poll::Ready(None) => {
+                        *closed = true;
+                        break;
+                    }
+                    Poll::Pending => break,
                 }
-            } else {
-                // At its concurrency: wait for a request to finish.
-                self.parked.set(Some(cx.waker().clone()));
             }
         }
         let raw = self.raw;
@@ -367,11 +375,11 @@ impl Instance {
             let cpu = turn.end();
             self.in_flight.borrow_mut().end_turn(cpu);
             if let Some(breach) = self.watched.breach() {
-                return Poll::Ready(Turn::Breached(breach));
+                return Poll::Ready(TurnEnd::Breached(breach));
             }
             match polled {
                 Poll::Ready(Ok(())) => true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Turn::Failed(e.to_string())),
+                Poll::Ready(Err(e)) => return Poll::Ready(TurnEnd::Failed(e.to_string())),
                 Poll::Pending => false,
             }
         };
@@ -381,17 +389,17 @@ impl Instance {
         }
         self.poll_deadlines(cx);
         if let Some(breach) = self.poll_measure(cx) {
-            return Poll::Ready(Turn::Breached(breach));
+            return Poll::Ready(TurnEnd::Breached(breach));
         }
         if *closed {
             // An evicted isolate was idle: its timers are not waited for.
             let quiet = idle || evicted;
             if quiet && self.in_flight.borrow().is_empty() && self.tenant.handle.in_flight() == 0 {
-                return Poll::Ready(Turn::Done);
+                return Poll::Ready(TurnEnd::Done);
             }
             let sleep = grace.get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_GRACE)));
             if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Turn::Done);
+                return Poll::Ready(TurnEnd::Done);
             }
         }
         Poll::Pending
@@ -590,10 +598,8 @@ impl Drop for Instance {
     }
 }
 
-// A short-lived value moved once per turn; boxing the job would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Turn {
-    Job(Job),
+/// Why the serve loop's turns end.
+enum TurnEnd {
     Done,
     Failed(String),
     Breached(Breach),
