@@ -24,7 +24,64 @@ use outpost_pool::PoolConfig;
 // Request handling allocates many small, short-lived buffers across threads; mimalloc serves
 // them faster than the system allocator (V8's own heap is unaffected).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: MiMalloc = MiMalloc;
+
+/// mimalloc as the global allocator, taking its plain entry points for what they already
+/// align (`mimalloc::MiMalloc` calls the `_aligned` ones for everything: ~65 instructions
+/// per allocation against ~20, ~20 allocations per request).
+struct MiMalloc;
+
+/// What `mi_malloc` aligns every block of at least this size to (`MI_MAX_ALIGN_SIZE`).
+const MI_MAX_ALIGN_SIZE: usize = 16;
+
+fn plain(layout: std::alloc::Layout) -> bool {
+    layout.align() <= MI_MAX_ALIGN_SIZE && layout.align() <= layout.size()
+}
+
+extern "C" {
+    fn mi_malloc(size: usize) -> *mut std::ffi::c_void;
+    fn mi_zalloc(size: usize) -> *mut std::ffi::c_void;
+    fn mi_realloc(p: *mut std::ffi::c_void, size: usize) -> *mut std::ffi::c_void;
+    fn mi_free(p: *mut std::ffi::c_void);
+}
+
+// SAFETY: mimalloc's functions meet GlobalAlloc's contract: `mi_malloc` returns blocks
+// aligned to `MI_MAX_ALIGN_SIZE` (or their size, when smaller), which `plain` checks the
+// layout needs no more than; other layouts go to the `_aligned` functions through
+// `mimalloc::MiMalloc`; `mi_free` frees blocks of either.
+unsafe impl std::alloc::GlobalAlloc for MiMalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if plain(layout) {
+            mi_malloc(layout.size()).cast()
+        } else {
+            mimalloc::MiMalloc.alloc(layout)
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if plain(layout) {
+            mi_zalloc(layout.size()).cast()
+        } else {
+            mimalloc::MiMalloc.alloc_zeroed(layout)
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+        mi_free(ptr.cast());
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if layout.align() <= MI_MAX_ALIGN_SIZE && layout.align() <= new_size {
+            mi_realloc(ptr.cast(), new_size).cast()
+        } else {
+            mimalloc::MiMalloc.realloc(ptr, layout, new_size)
+        }
+    }
+}
 
 /// mimalloc's defaults, set before it first allocates (that happens before `main`, so this
 /// runs as an early constructor). Its environment variables still take precedence.

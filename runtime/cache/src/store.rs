@@ -591,7 +591,6 @@ const PASS_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 /// Keys remembered so.
 const MAX_PASSES: usize = 100_000;
 
-
 /// Whether a handler's response could be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Storable {
