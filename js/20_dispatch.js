@@ -323,30 +323,43 @@ class IncomingInnerRequest {
  * @param {number | string} method an index into `METHODS`, or the method itself
  * @param {string} url
  * @param {string} headers every name and value followed by a NUL
- * @param {number | Uint8Array | null} body the resource streaming the request body, the
- *   body itself when it was received whole, or null
+ * @param {number | Uint8Array | string | null} body the resource streaming the request
+ *   body, the body itself when it was received whole (as the text it decodes to when it is
+ *   declared as text and is UTF-8), or null
  * @param {string} requestId its x-request-id
  * @param {string | null} traceparent
  * @param {string | null} tracestate
+ * @param {number | undefined} bodyLength the byte length of a body passed as text
  */
-export function dispatch(id, method, url, headers, body, requestId, traceparent, tracestate) {
+export function dispatch(
+  id,
+  method,
+  url,
+  headers,
+  body,
+  requestId,
+  traceparent,
+  tracestate,
+  bodyLength,
+) {
   runInRequest(
     id,
     requestId,
     traceparent,
     tracestate,
-    () => handle(id, method, url, headers, body),
+    () => handle(id, method, url, headers, body, bodyLength),
   );
 }
 
 /**
  * A body received whole: read by `json()`, `text()`, ... without a stream; `request.body`
- * makes one from it when asked.
- * @param {Uint8Array} bytes
+ * makes one from it when asked. deno_fetch's bodies hold text as they hold bytes.
+ * @param {Uint8Array | string} whole
+ * @param {number | undefined} bodyLength the byte length of text
  */
-function wholeBody(bytes) {
-  const inner = new InnerBody({ body: bytes, consumed: false });
-  inner.length = TypedArrayPrototypeGetByteLength(bytes);
+function wholeBody(whole, bodyLength) {
+  const inner = new InnerBody({ body: whole, consumed: false });
+  inner.length = typeof whole === "string" ? bodyLength : TypedArrayPrototypeGetByteLength(whole);
   return inner;
 }
 
@@ -361,9 +374,10 @@ const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
  * @param {number | string} method an index into `METHODS`, or the method itself
  * @param {string} url
  * @param {string} headers
- * @param {number | Uint8Array | null} body
+ * @param {number | Uint8Array | string | null} body
+ * @param {number | undefined} bodyLength
  */
-function handle(id, method, url, headers, body) {
+function handle(id, method, url, headers, body, bodyLength) {
   if (typeof method === "number") {
     method = METHODS[method];
   }
@@ -373,7 +387,7 @@ function handle(id, method, url, headers, body) {
       ? null
       : typeof body === "number"
       ? new InnerBody(readableStreamForRid(body))
-      : wholeBody(body);
+      : wholeBody(body, bodyLength);
     const inner = new IncomingInnerRequest(method, url, headers, reqBody);
     const req = fromInnerRequest(inner, "immutable");
     const ctx = new ExecutionContext();

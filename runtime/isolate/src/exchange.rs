@@ -53,8 +53,44 @@ pub enum BodyArg {
     None,
     /// Received whole: handed over as a `Uint8Array`.
     Whole(bytes::Bytes),
+    /// Received whole, declared as text or JSON, and UTF-8 without a byte order mark:
+    /// handed over as the string it decodes to, which is what `text()` and `json()` read
+    /// (deno_fetch's bodies hold strings as they hold bytes; `arrayBuffer()` encodes it back
+    /// to the same bytes). Spares an `ArrayBuffer` and a decode: ~2.7k instructions of a
+    /// JSON echo's ~58k.
+    Text(bytes::Bytes),
     /// Still arriving: the resource JS reads it from.
     Stream(ResourceId),
+}
+
+impl BodyArg {
+    /// A body received whole: as text when the request says it is text (`headers`) and its
+    /// bytes are UTF-8 that `text()` would decode to exactly them (no byte order mark,
+    /// which decoding strips).
+    pub fn whole(bytes: bytes::Bytes, headers: &RequestHeaders) -> BodyArg {
+        const BOM: &[u8] = b"\xEF\xBB\xBF";
+        if headers.textual && !bytes.starts_with(BOM) && std::str::from_utf8(&bytes).is_ok() {
+            BodyArg::Text(bytes)
+        } else {
+            BodyArg::Whole(bytes)
+        }
+    }
+}
+
+/// Whether a `Content-Type` declares text: `text/*`, `application/json` or `*/*+json`.
+fn textual(content_type: &[u8]) -> bool {
+    let essence = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let ends_with = |suffix: &[u8]| {
+        essence.len() >= suffix.len()
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    (essence.len() > 5 && essence[..5].eq_ignore_ascii_case(b"text/"))
+        || essence.eq_ignore_ascii_case(b"application/json")
+        || ends_with(b"+json")
 }
 
 /// A request's headers as `dispatch` takes them, read in one pass: every name and value
@@ -66,6 +102,8 @@ pub struct RequestHeaders {
     pub id: http::HeaderValue,
     pub traceparent: Option<http::HeaderValue>,
     pub tracestate: Option<http::HeaderValue>,
+    /// Whether its (first) `Content-Type` declares text.
+    pub textual: bool,
 }
 
 impl RequestHeaders {
@@ -79,7 +117,9 @@ impl RequestHeaders {
             id: http::HeaderValue::from_static(""),
             traceparent: None,
             tracestate: None,
+            textual: false,
         };
+        let mut content_type = false;
         for (name, value) in headers {
             let name = name.as_str();
             read.joined.extend_from_slice(name.as_bytes());
@@ -93,6 +133,10 @@ impl RequestHeaders {
                     read.traceparent = Some(value.clone());
                 }
                 "tracestate" if read.tracestate.is_none() => read.tracestate = Some(value.clone()),
+                "content-type" if !content_type => {
+                    content_type = true;
+                    read.textual = textual(value.as_bytes());
+                }
                 _ => {}
             }
         }
@@ -113,14 +157,14 @@ const METHODS: [http::Method; 7] = [
 ];
 
 /// The arguments of `dispatch(id, method, url, headers, body, requestId, traceparent,
-/// tracestate)`.
+/// tracestate, bodyLength)`.
 pub fn request_args<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     id: u32,
     parts: &http::request::Parts,
     headers: &RequestHeaders,
     body: BodyArg,
-) -> [v8::Local<'s, v8::Value>; 8] {
+) -> [v8::Local<'s, v8::Value>; 9] {
     let id = v8::Integer::new_from_unsigned(scope, id).into();
     let method = match METHODS.iter().position(|known| *known == parts.method) {
         Some(index) => v8::Integer::new(scope, index as i32).into(),
@@ -135,8 +179,17 @@ pub fn request_args<'s>(
     let traceparent = context(&headers.traceparent);
     let tracestate = context(&headers.tracestate);
     let headers = one_byte(scope, &headers.joined);
+    // The byte length of a body passed as text (a string's length counts UTF-16 units).
+    let mut body_length = v8::undefined(scope).into();
     let body = match body {
         BodyArg::None => v8::null(scope).into(),
+        BodyArg::Text(bytes) => {
+            body_length = v8::Number::new(scope, bytes.len() as f64).into();
+            match v8::String::new_from_utf8(scope, &bytes, v8::NewStringType::Normal) {
+                Some(text) => text.into(),
+                None => v8::String::empty(scope).into(),
+            }
+        }
         BodyArg::Stream(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
         BodyArg::Whole(bytes) => {
             // Allocated by the isolate's array buffer allocator, so it counts towards the
@@ -168,6 +221,7 @@ pub fn request_args<'s>(
         request_id,
         traceparent,
         tracestate,
+        body_length,
     ]
 }
 
@@ -265,4 +319,62 @@ pub(crate) fn build_response(
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     *response.headers_mut() = headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(content_type: Option<&'static str>, bytes: &'static [u8]) -> &'static str {
+        let mut headers = http::HeaderMap::new();
+        if let Some(content_type) = content_type {
+            headers.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+        }
+        let read = RequestHeaders::of(&headers);
+        match BodyArg::whole(Bytes::from_static(bytes), &read) {
+            BodyArg::Text(_) => "text",
+            BodyArg::Whole(_) => "bytes",
+            BodyArg::None | BodyArg::Stream(_) => "other",
+        }
+    }
+
+    #[test]
+    fn text_and_json_bodies_cross_as_text_when_they_decode_to_their_bytes() {
+        for content_type in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "text/plain",
+            "TEXT/html;charset=UTF-8",
+            "application/ld+json",
+            " application/json ",
+        ] {
+            assert_eq!(
+                body_of(Some(content_type), "é✓😀".as_bytes()),
+                "text",
+                "{content_type}"
+            );
+        }
+        for content_type in [
+            "application/octet-stream",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "text/",
+            "application/jsonx",
+            "",
+        ] {
+            assert_eq!(
+                body_of(Some(content_type), b"{}"),
+                "bytes",
+                "{content_type}"
+            );
+        }
+        assert_eq!(body_of(None, b"{}"), "bytes");
+        // Not UTF-8, or with a byte order mark (which text() strips): bytes.
+        assert_eq!(
+            body_of(Some("application/json"), b"{\"a\":\"\xFF\"}"),
+            "bytes"
+        );
+        assert_eq!(body_of(Some("text/plain"), b"\xEF\xBB\xBFhi"), "bytes");
+        assert_eq!(body_of(Some("text/plain"), b""), "text");
+    }
 }

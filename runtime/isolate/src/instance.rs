@@ -503,6 +503,7 @@ impl Instance {
     fn start_request(&mut self, job: Job) {
         let deadline = job.deadline;
         let (parts, body) = job.request.into_parts();
+        let headers = exchange::RequestHeaders::of(&parts.headers);
         let (body, body_rid) = match RequestBody::from(body) {
             RequestBody::Stream(resource) => {
                 let rid = self
@@ -513,7 +514,7 @@ impl Instance {
                     .add(resource);
                 (exchange::BodyArg::Stream(rid), Some(rid))
             }
-            RequestBody::Whole(bytes) => (exchange::BodyArg::Whole(bytes), None),
+            RequestBody::Whole(bytes) => (exchange::BodyArg::whole(bytes, &headers), None),
             RequestBody::None => (exchange::BodyArg::None, None),
         };
         let handle = &self.tenant.handle;
@@ -524,7 +525,6 @@ impl Instance {
             body_rid,
             finished_bodies: self.finished_bodies.clone(),
         };
-        let headers = exchange::RequestHeaders::of(&parts.headers);
         let responder = exchange::responder(
             job.reply,
             self.tenant.console.clone(),
