@@ -475,6 +475,8 @@ struct Outcome {
     trace: Option<crate::trace::RequestTrace>,
     /// When it was handed to its app (the cache or the isolate), for its trace.
     dispatched: Option<std::time::SystemTime>,
+    /// What its isolate measured of it, when one answered it.
+    timing: Option<outpost_pool::Timing>,
 }
 
 /// Answers one request on a listener: routes it, dispatches it, maps failures to statuses;
@@ -499,6 +501,7 @@ pub(crate) async fn handle<B: RequestBody>(
             .as_ref()
             .map(|tracing| tracing.begin(request.headers())),
         dispatched: None,
+        timing: None,
     };
     let routed = route(
         request,
@@ -523,7 +526,7 @@ pub(crate) async fn handle<B: RequestBody>(
         tokio::task::yield_now().await;
     }
     let elapsed = started.elapsed();
-    let timing = response.extensions().get::<outpost_isolate::Timing>();
+    let timing = outcome.timing.as_ref();
     let cpu = timing.map(|timing| timing.cpu);
     if let (Some(tracing), Some(trace)) = (&config.tracing, &outcome.trace) {
         tracing.finish(
@@ -708,26 +711,35 @@ async fn route<B: RequestBody>(
         // A fresh hit is answered here: no isolate is touched.
         Some(cache) => {
             let deployment = deployment.clone();
+            // The timing of the isolate's answer, if the cache asks for one.
+            let measured: Arc<std::sync::Mutex<Option<outpost_pool::Timing>>> = Arc::default();
+            let timing = measured.clone();
             let dispatch = move |mut request: Request<Body>| {
                 stamp.on(request.headers_mut());
                 let deployment = deployment.clone();
+                let timing = timing.clone();
                 async move {
                     let _busy = crate::here::Counted::in_handler();
-                    deployment.dispatch(request, deadline).await
+                    let answer = deployment.dispatch(request, deadline).await?;
+                    *timing.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer.timing);
+                    Ok::<_, DispatchError>(answer.response)
                 }
             };
-            cache.serve(&app.name, request, dispatch).await
+            let result = cache.serve(&app.name, request, dispatch).await;
+            outcome.timing = measured.lock().unwrap_or_else(|e| e.into_inner()).take();
+            result
         }
         None => {
             let mut request = request;
             stamp.on(request.headers_mut());
             let _busy = crate::here::Counted::in_handler();
-            deployment.dispatch(request, deadline).await
+            deployment.dispatch(request, deadline).await.map(|answer| {
+                let mut response = answer.response;
+                outcome.timing = Some(answer.timing);
+                CacheStatus::forwarded("bypass").add_to(response.headers_mut());
+                response
+            })
         }
-        .map(|mut response| {
-            CacheStatus::forwarded("bypass").add_to(response.headers_mut());
-            response
-        }),
     };
     if overflow.is_some_and(|overflow| overflow.load(Ordering::Acquire)) {
         // The app failed (or answered) while its body was cut off at the limit.

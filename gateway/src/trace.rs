@@ -230,7 +230,7 @@ pub struct Finished<'a> {
     pub dispatched: Option<SystemTime>,
     /// When its response head was ready.
     pub end: SystemTime,
-    pub timing: Option<&'a outpost_isolate::Timing>,
+    pub timing: Option<&'a outpost_pool::Timing>,
 }
 
 /// Whether a trace started here is kept: OpenTelemetry's TraceIdRatioBased sampler decides

@@ -7,6 +7,11 @@
 #[allow(dead_code)]
 mod extensions;
 
+// What `extensions` records of each request (the pool's type, std only).
+#[path = "../pool/src/timing.rs"]
+#[allow(dead_code)]
+mod timing;
+
 // The prebuilt V8 archive is compiled against the system C++ library; this build script
 // links V8 too.
 #[link(name = "stdc++")]
@@ -15,6 +20,7 @@ unsafe extern "C" {}
 fn main() {
     println!("cargo:rustc-link-lib=dylib=stdc++");
     println!("cargo:rerun-if-changed=src/extensions.rs");
+    println!("cargo:rerun-if-changed=../pool/src/timing.rs");
     println!("cargo:rerun-if-changed=../../js");
     let output = deno_core::snapshot::create_snapshot(
         deno_core::snapshot::CreateSnapshotOptions {

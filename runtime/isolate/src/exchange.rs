@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use deno_core::{v8, CancelHandle, ResourceId};
 use http_body_util::{BodyExt, Empty, Full};
-use outpost_pool::{Body, DispatchError, InstanceHandle};
+use outpost_pool::{Answer, Body, DispatchError, InstanceHandle};
 use tokio::sync::oneshot;
 
 use crate::body::stream_response;
@@ -235,7 +235,7 @@ fn one_byte<'s>(scope: &mut v8::PinScope<'s, '_>, bytes: &[u8]) -> v8::Local<'s,
 /// What to do with the outcome of one request: build the HTTP response (starting a stream
 /// pump if needed) and send it back to the dispatcher.
 pub fn responder(
-    reply: oneshot::Sender<Result<http::Response<Body>, DispatchError>>,
+    reply: oneshot::Sender<Result<Answer, DispatchError>>,
     console: ConsoleSink,
     finish: Finish,
     options: ResponseOptions,
@@ -269,9 +269,7 @@ pub fn responder(
                 if options.server_timing {
                     add_server_timing(&mut response, &timing);
                 }
-                // For the node's metrics and logs.
-                response.extensions_mut().insert(timing);
-                Ok(response)
+                Ok(Answer { response, timing })
             }
             Outcome::Failed { kind, message } => {
                 drop(finish);

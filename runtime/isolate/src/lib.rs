@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use outpost_bundle::Limits;
 use outpost_pool::{Engine, InstanceSpec, Job, LoadError, LocalFuture};
+// As `crate::timing`, where `extensions` finds it both here and in the build script.
+use outpost_pool::timing;
 use tokio::sync::mpsc;
 
 pub use console::{

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::handle::InstanceHandle;
 use crate::pool::{current_worker, Shared as PoolShared};
-use crate::{Body, DispatchError, InstanceSpec, Job};
+use crate::{Answer, Body, DispatchError, InstanceSpec, Job};
 
 /// A started instance as dispatch sees it.
 pub(crate) struct Live {
@@ -133,7 +133,7 @@ impl Deployment {
         &self,
         request: http::Request<Body>,
         deadline: Instant,
-    ) -> Result<http::Response<Body>, DispatchError> {
+    ) -> Result<Answer, DispatchError> {
         let inner = &self.inner;
         let workers = inner.slots.len();
         let here = current_worker(inner.pool.id);
@@ -395,8 +395,8 @@ impl Inner {
 }
 
 async fn wait(
-    response: oneshot::Receiver<Result<http::Response<Body>, DispatchError>>,
-) -> Result<http::Response<Body>, DispatchError> {
+    response: oneshot::Receiver<Result<Answer, DispatchError>>,
+) -> Result<Answer, DispatchError> {
     response
         .await
         .unwrap_or_else(|_| Err(DispatchError::InstanceGone("it dropped the request".into())))

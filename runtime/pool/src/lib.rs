@@ -20,6 +20,7 @@
 mod deployment;
 mod handle;
 mod pool;
+pub mod timing;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use deployment::Deployment;
 pub use handle::{EvictReason, InstanceHandle, InstanceState, InstanceStats};
 pub use pool::{Pool, PoolConfig, PoolStats, Task, WorkerGone};
+pub use timing::{FetchTiming, Timing};
 
 /// Errors carried by bodies that cross the pool.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -46,7 +48,15 @@ pub struct Job {
     pub request: http::Request<Body>,
     /// When the response must have started; past it the instance answers `Timeout`.
     pub deadline: Instant,
-    pub reply: oneshot::Sender<Result<http::Response<Body>, DispatchError>>,
+    pub reply: oneshot::Sender<Result<Answer, DispatchError>>,
+}
+
+/// An instance's answer to one request: its response, and what the host measured of it
+/// (for the node's metrics, logs and traces).
+#[derive(Debug)]
+pub struct Answer {
+    pub response: http::Response<Body>,
+    pub timing: Timing,
 }
 
 /// Why a dispatched request produced no response from the tenant.

@@ -67,7 +67,10 @@ impl Engine for Echo {
                         let body = Full::new(Bytes::from(text))
                             .map_err(|never| match never {})
                             .boxed_unsync();
-                        let _ = job.reply.send(Ok(http::Response::new(body)));
+                        let _ = job.reply.send(Ok(Answer {
+                            response: http::Response::new(body),
+                            timing: Timing::default(),
+                        }));
                         handle.request_finished();
                     });
                 }
@@ -107,11 +110,11 @@ async fn body_of(response: http::Response<Body>) -> String {
 }
 
 async fn call(deployment: &Deployment) -> String {
-    let response = deployment
+    let answer = deployment
         .dispatch(http::Request::new(empty()), far())
         .await
         .unwrap();
-    body_of(response).await
+    body_of(answer.response).await
 }
 
 #[tokio::test]
