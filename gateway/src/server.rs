@@ -526,7 +526,13 @@ pub(crate) async fn handle<B: RequestBody>(
         tokio::task::yield_now().await;
     }
     let elapsed = started.elapsed();
-    let timing = outcome.timing.as_ref();
+    // A response from the store is no handler's answer to this request (a stale one's
+    // background refresh may have measured its own).
+    let from_store = matches!(
+        cache_result,
+        Some(outpost_cache::rules::CacheResult::Hit | outpost_cache::rules::CacheResult::Stale)
+    );
+    let timing = outcome.timing.as_ref().filter(|_| !from_store);
     let cpu = timing.map(|timing| timing.cpu);
     if let (Some(tracing), Some(trace)) = (&config.tracing, &outcome.trace) {
         tracing.finish(

@@ -550,7 +550,8 @@ pub(crate) struct Fills {
 /// Keys whose last response could not be stored, each until [`PASS_FOR`] after it. A
 /// hint, so a map under a lock rather than moka (whose lookup cost three times as much,
 /// and this one is on every miss of a dynamic app): a key it forgets costs one coalesced
-/// miss, and past [`MAX_PASSES`] keys it drops the expired ones, then all.
+/// miss, and past [`MAX_PASSES`] keys it drops the expired ones, or all when fewer than a
+/// quarter had expired.
 #[derive(Default)]
 struct Passes(Mutex<std::collections::HashMap<Key, std::time::Instant, Hasher>>);
 
@@ -574,7 +575,8 @@ impl Passes {
         let mut passes = self.lock();
         if passes.len() >= MAX_PASSES && !passes.contains_key(&key) {
             passes.retain(|_, until| *until > now);
-            if passes.len() >= MAX_PASSES {
+            // Unless that freed a good part, start over: a scan per insert would not do.
+            if passes.len() >= MAX_PASSES / 4 * 3 {
                 passes.clear();
             }
         }

@@ -184,33 +184,17 @@ pub fn request_args<'s>(
     let body = match body {
         BodyArg::None => v8::null(scope).into(),
         BodyArg::Text(bytes) => {
-            body_length = v8::Number::new(scope, bytes.len() as f64).into();
             match v8::String::new_from_utf8(scope, &bytes, v8::NewStringType::Normal) {
-                Some(text) => text.into(),
-                None => v8::String::empty(scope).into(),
+                Some(text) => {
+                    body_length = v8::Number::new(scope, bytes.len() as f64).into();
+                    text.into()
+                }
+                // Too long for a string: as bytes.
+                None => uint8_array(scope, &bytes),
             }
         }
         BodyArg::Stream(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
-        BodyArg::Whole(bytes) => {
-            // Allocated by the isolate's array buffer allocator, so it counts towards the
-            // isolate's memory like any other ArrayBuffer.
-            let buffer = v8::ArrayBuffer::new(scope, bytes.len());
-            if let Some(data) = buffer.data() {
-                // SAFETY: the buffer was just made with `bytes.len()` bytes and nothing else
-                // refers to it yet.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        bytes.as_ptr(),
-                        data.as_ptr().cast::<u8>(),
-                        bytes.len(),
-                    );
-                }
-            }
-            match v8::Uint8Array::new(scope, buffer, 0, bytes.len()) {
-                Some(array) => array.into(),
-                None => v8::null(scope).into(),
-            }
-        }
+        BodyArg::Whole(bytes) => uint8_array(scope, &bytes),
     };
     [
         id,
@@ -223,6 +207,24 @@ pub fn request_args<'s>(
         tracestate,
         body_length,
     ]
+}
+
+/// A `Uint8Array` with a copy of `bytes`, allocated by the isolate's array buffer allocator
+/// (so it counts towards the isolate's memory like any other `ArrayBuffer`); null if V8
+/// cannot make one.
+fn uint8_array<'s>(scope: &mut v8::PinScope<'s, '_>, bytes: &[u8]) -> v8::Local<'s, v8::Value> {
+    let buffer = v8::ArrayBuffer::new(scope, bytes.len());
+    if let Some(data) = buffer.data() {
+        // SAFETY: the buffer was just made with `bytes.len()` bytes and nothing else refers
+        // to it yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.as_ptr().cast::<u8>(), bytes.len());
+        }
+    }
+    match v8::Uint8Array::new(scope, buffer, 0, bytes.len()) {
+        Some(array) => array.into(),
+        None => v8::null(scope).into(),
+    }
 }
 
 /// A JS string of bytes read as Latin-1 (how the Fetch standard maps header bytes).
