@@ -34,8 +34,9 @@ struct MiMalloc;
 /// What `mi_malloc` aligns every block of at least this size to (`MI_MAX_ALIGN_SIZE`).
 const MI_MAX_ALIGN_SIZE: usize = 16;
 
-fn plain(layout: std::alloc::Layout) -> bool {
-    layout.align() <= MI_MAX_ALIGN_SIZE && layout.align() <= layout.size()
+/// Whether a block of `size` bytes from `mi_malloc` (or `mi_realloc`) has `align`.
+fn plain(align: usize, size: usize) -> bool {
+    align <= MI_MAX_ALIGN_SIZE && align <= size
 }
 
 extern "C" {
@@ -52,7 +53,7 @@ extern "C" {
 unsafe impl std::alloc::GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if plain(layout) {
+        if plain(layout.align(), layout.size()) {
             mi_malloc(layout.size()).cast()
         } else {
             mimalloc::MiMalloc.alloc(layout)
@@ -61,7 +62,7 @@ unsafe impl std::alloc::GlobalAlloc for MiMalloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if plain(layout) {
+        if plain(layout.align(), layout.size()) {
             mi_zalloc(layout.size()).cast()
         } else {
             mimalloc::MiMalloc.alloc_zeroed(layout)
@@ -75,7 +76,7 @@ unsafe impl std::alloc::GlobalAlloc for MiMalloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= MI_MAX_ALIGN_SIZE && layout.align() <= new_size {
+        if plain(layout.align(), new_size) {
             mi_realloc(ptr.cast(), new_size).cast()
         } else {
             mimalloc::MiMalloc.realloc(ptr, layout, new_size)

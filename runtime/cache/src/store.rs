@@ -570,17 +570,23 @@ impl Passes {
             .is_some_and(|until| *until > std::time::Instant::now())
     }
 
-    fn insert(&self, key: Key) {
+    /// Remembers `key`'s URL (its primary key) for [`PASS_FOR`] unless `key` is remembered
+    /// now; one lookup under one lock.
+    fn remember(&self, key: &Key) {
         let now = std::time::Instant::now();
         let mut passes = self.lock();
-        if passes.len() >= MAX_PASSES && !passes.contains_key(&key) {
+        if passes.get(key).is_some_and(|until| *until > now) {
+            return;
+        }
+        let primary = key.primary();
+        if passes.len() >= MAX_PASSES && !passes.contains_key(&primary) {
             passes.retain(|_, until| *until > now);
             // Unless that freed a good part, start over: a scan per insert would not do.
             if passes.len() >= MAX_PASSES / 4 * 3 {
                 passes.clear();
             }
         }
-        passes.insert(key, now + PASS_FOR);
+        passes.insert(primary, now + PASS_FOR);
     }
 
     fn remove(&self, key: &Key) {
@@ -636,8 +642,7 @@ impl Fills {
     /// Remembers that `key`'s response could not be stored (or, `storable`, that it could).
     pub(crate) fn note(&self, key: &Key, storable: Storable) {
         match storable {
-            Storable::No if !self.passes.contains(key) => self.passes.insert(key.primary()),
-            Storable::No => {}
+            Storable::No => self.passes.remember(key),
             Storable::Yes => self.passes.remove(&key.primary()),
         }
     }
