@@ -6,14 +6,14 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 # Starts a server command in the background (its pid in $server) and waits until its output
-# names the URL it listens on (in $url).
+# names the URL it listens on (in $url), for up to START_TIMEOUT seconds (default 15).
 start() {
   local log; log=$(mktemp)
   "$@" >"$log" 2>&1 &
   server=$!
   pids+=("$server")
   url=""
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 $((${START_TIMEOUT:-15} * 20))); do
     url=$(grep -oE 'http://[0-9.]+:[0-9]+' "$log" | head -1 || true)
     [ -n "$url" ] && return 0
     sleep 0.05
