@@ -101,6 +101,7 @@ impl Watched {
             watched: self,
             start,
             ended: false,
+            _worker_busy: outpost_pool::busy_from(start),
         }
     }
 
@@ -174,6 +175,9 @@ pub struct Turn<'a> {
     watched: &'a Watched,
     start: Instant,
     ended: bool,
+    /// The worker thread is busy in JavaScript until the turn ends: the pool places new
+    /// connections elsewhere while a turn runs long.
+    _worker_busy: outpost_pool::Busy,
 }
 
 impl Turn<'_> {

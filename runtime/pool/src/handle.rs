@@ -77,7 +77,8 @@ pub struct InstanceHandle {
     waker: AtomicWaker,
 }
 
-fn epoch() -> Instant {
+/// The process's epoch for the pool's stamps.
+pub(crate) fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use deployment::Deployment;
 pub use handle::{EvictReason, InstanceHandle, InstanceState, InstanceStats};
-pub use pool::{Pool, PoolConfig, PoolStats, Task, WorkerGone};
+pub use pool::{busy_from, Busy, Pool, PoolConfig, PoolStats, Task, WorkerGone};
 pub use timing::{FetchTiming, Timing};
 
 /// Errors carried by bodies that cross the pool.

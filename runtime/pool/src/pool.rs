@@ -1,7 +1,8 @@
 //! Worker threads, the node-wide budget of live instances, and the scheduler that evicts
 //! idle ones.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use outpost_bundle::{Bundle, Limits};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::deployment::{Deployment, Live, Purpose};
-use crate::handle::{now_ms, EvictReason, InstanceHandle, InstanceState, InstanceStats};
+use crate::handle::{epoch, EvictReason, InstanceHandle, InstanceState, InstanceStats};
 use crate::{DispatchError, Engine, InstanceSpec, Job, LoadError, LocalFuture};
 
 /// How a [`Pool`] is sized.
@@ -71,12 +72,9 @@ const COMMAND_QUEUE: usize = 64;
 /// Threads each worker's runtime may start for blocking work.
 const BLOCKING_THREADS: usize = 8;
 
-/// How often each worker beats while it is free to run tasks.
-const HEARTBEAT: Duration = Duration::from_millis(2);
-
-/// A worker whose last beat is older than this is busy running JavaScript: new connections
-/// and requests go elsewhere when they can.
-const STALLED: Duration = Duration::from_millis(10);
+/// A worker in a stretch of work that has not yielded for this long (a long JavaScript turn)
+/// is stalled: new connections go elsewhere when they can.
+pub(crate) const STALLED: Duration = Duration::from_millis(10);
 
 /// How often a start waiting for room in the budget looks again for an idle instance.
 const EVICTION_RETRY: Duration = Duration::from_millis(20);
@@ -90,6 +88,39 @@ static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// The pool and index of the worker running on this thread, if any.
     static CURRENT_WORKER: Cell<Option<(u64, usize)>> = const { Cell::new(None) };
+    /// On a worker thread: its pool's busy stamps ([`Shared::busy`]) and its own index.
+    static BUSY_STAMP: OnceCell<(Arc<[AtomicU64]>, usize)> = const { OnceCell::new() };
+}
+
+/// Marks the calling worker thread busy in a stretch of work that does not yield to its
+/// other tasks (an isolate's JavaScript turn), from `start` until the returned guard drops.
+/// One that lasts longer than [`STALLED`] makes the pool place new connections on other
+/// workers first. Off the pool's threads it marks nothing.
+pub fn busy_from(start: Instant) -> Busy {
+    BUSY_STAMP.with(|stamp| {
+        if let Some((slots, index)) = stamp.get() {
+            let since = start.saturating_duration_since(epoch()).as_nanos() as u64;
+            slots[*index].store(since.max(1), Ordering::Relaxed);
+        }
+    });
+    Busy {
+        _thread: PhantomData,
+    }
+}
+
+/// The guard of [`busy_from`]: the worker is free again when it drops. Stays on its thread.
+pub struct Busy {
+    _thread: PhantomData<*const ()>,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY_STAMP.with(|stamp| {
+            if let Some((slots, index)) = stamp.get() {
+                slots[*index].store(0, Ordering::Relaxed);
+            }
+        });
+    }
 }
 
 /// The worker this thread is, if it is one of pool `pool`'s.
@@ -118,9 +149,10 @@ pub(crate) struct Shared {
     waiting: AtomicUsize,
     /// Tasks placed on each worker with `spawn_on` (the gateway's connections).
     spawned: Vec<AtomicU64>,
-    /// When each worker last ran its heartbeat (ms since the epoch): a worker whose beat is
-    /// late is running a long stretch of JavaScript.
-    beats: Arc<[AtomicU64]>,
+    /// Since when (ns since the epoch) each worker has been in a stretch of work that does not
+    /// yield ([`busy_from`]); 0 while it is free. Stamped by the work itself: no timer wakes
+    /// an idle worker to prove it is free.
+    busy: Arc<[AtomicU64]>,
 }
 
 /// Counters of the whole pool.
@@ -161,14 +193,14 @@ impl Pool {
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
         let mut workers = Vec::new();
         let count = config.workers.max(1);
-        let beats: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(now_ms())).collect();
+        let busy: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(0)).collect();
         for index in 0..count {
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
             let engine = engine.clone();
-            let beats = beats.clone();
+            let busy = busy.clone();
             std::thread::Builder::new()
                 .name(format!("outpost-worker-{index}"))
-                .spawn(move || run_worker(engine, rx, (id, index), beats))?;
+                .spawn(move || run_worker(engine, rx, (id, index), busy))?;
             workers.push(tx);
         }
         let config = PoolConfig {
@@ -190,7 +222,7 @@ impl Pool {
             peak: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             spawned: (0..count).map(|_| AtomicU64::new(0)).collect(),
-            beats,
+            busy,
         });
         let (stop, stopped) = std::sync::mpsc::sync_channel::<()>(0);
         let weak = Arc::downgrade(&shared);
@@ -267,11 +299,12 @@ impl Pool {
 }
 
 impl Shared {
-    /// Whether worker `index` has been running JavaScript (or other work) without a break
-    /// for a while.
+    /// Whether worker `index` has been running JavaScript without a break for a while.
     pub(crate) fn stalled(&self, index: usize) -> bool {
-        let beat = self.beats[index].load(Ordering::Relaxed);
-        now_ms().saturating_sub(beat) > STALLED.as_millis() as u64
+        let since = self.busy[index].load(Ordering::Relaxed);
+        since != 0
+            && (epoch().elapsed().as_nanos() as u64).saturating_sub(since)
+                > STALLED.as_nanos() as u64
     }
 
     fn live(&self) -> usize {
@@ -465,9 +498,12 @@ fn run_worker(
     engine: Arc<dyn Engine>,
     mut commands: mpsc::Receiver<Command>,
     worker: (u64, usize),
-    beats: Arc<[AtomicU64]>,
+    busy: Arc<[AtomicU64]>,
 ) {
     CURRENT_WORKER.with(|current| current.set(Some(worker)));
+    BUSY_STAMP.with(|stamp| {
+        let _ = stamp.set((busy, worker.1));
+    });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // Blocking work of the isolates on this worker (WebCrypto, DNS lookups, the cache's
@@ -487,14 +523,6 @@ fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         tokio::task::spawn_local(engine.worker_started());
-        tokio::task::spawn_local(async move {
-            let mut beat = tokio::time::interval(HEARTBEAT);
-            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                beat.tick().await;
-                beats[worker.1].store(now_ms(), Ordering::Relaxed);
-            }
-        });
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Instantiate {

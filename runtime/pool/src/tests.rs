@@ -336,3 +336,48 @@ async fn a_busy_app_stays_within_its_instance_cap() {
     }
     assert_eq!(pool.stats().created, 2, "{:?}", pool.stats());
 }
+
+/// A worker stuck in a long turn (an isolate running JavaScript that does not yield) is
+/// given no new connections while another worker is free, and takes them again once the
+/// turn ends; an idle worker is never taken for stalled.
+#[tokio::test]
+async fn connections_go_around_a_worker_stuck_in_a_turn() {
+    let pool = pool(2, 8, false);
+    let noop = || -> Task { Box::new(|| Box::pin(async {})) };
+    // Idle for longer than a stall: still first choice.
+    tokio::time::sleep(crate::pool::STALLED * 3).await;
+    assert_eq!(pool.spawn_on(0, noop()).await.unwrap(), 0);
+
+    let (entered_tx, entered_rx) = oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel();
+    let stuck: Task = Box::new(move || {
+        Box::pin(async move {
+            let turn = busy_from(Instant::now());
+            let _ = entered_tx.send(());
+            // Blocks the worker thread, as a JavaScript loop does, until released.
+            let _ = release_rx.recv();
+            drop(turn);
+            let _ = done_tx.send(());
+        })
+    });
+    assert_eq!(pool.spawn_on(0, stuck).await.unwrap(), 0);
+    entered_rx.await.unwrap();
+    tokio::time::sleep(crate::pool::STALLED * 3).await;
+    for _ in 0..3 {
+        assert_eq!(
+            pool.spawn_on(0, noop()).await.unwrap(),
+            1,
+            "worker 0 is stuck"
+        );
+    }
+    assert_eq!(pool.spawn_on(1, noop()).await.unwrap(), 1);
+
+    release_tx.send(()).unwrap();
+    done_rx.await.unwrap();
+    assert_eq!(
+        pool.spawn_on(0, noop()).await.unwrap(),
+        0,
+        "worker 0 is free again"
+    );
+}
