@@ -35,6 +35,38 @@ type Hasher = foldhash::quality::RandomState;
 /// A tier's index.
 type TierMap = moka::sync::Cache<Key, Entry, Hasher>;
 
+/// One tier's map, and how many entries it holds.
+struct Tier {
+    map: TierMap,
+    /// Entries inserted and not yet removed: counted before an insert and after a removal
+    /// (the map's eviction listener), so never below what the map holds. At 0 a lookup is
+    /// skipped: the misses of an app that stores nothing are most requests of a node.
+    held: Arc<AtomicU64>,
+}
+
+impl Tier {
+    fn insert(&self, key: Key, entry: Entry) {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        self.map.insert(key, entry);
+    }
+
+    fn get(&self, key: &Key) -> Option<Entry> {
+        if self.held.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.map.get(key)
+    }
+}
+
+impl std::ops::Deref for Tier {
+    type Target = TierMap;
+
+    /// Removals and invalidations, which the count follows through the eviction listener.
+    fn deref(&self) -> &TierMap {
+        &self.map
+    }
+}
+
 /// Where an entry lives in the key space: the HTTP cache in front of an app's handler, or
 /// one of the app's Cache API caches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -200,14 +232,14 @@ impl Found {
 
 /// The tiers.
 pub(crate) struct Tiers {
-    memory: TierMap,
+    memory: Tier,
     disk: Option<Disk>,
     config: CacheConfig,
 }
 
 struct Disk {
     dir: PathBuf,
-    index: TierMap,
+    index: Tier,
     next: AtomicU64,
 }
 
@@ -223,35 +255,42 @@ impl Disk {
     }
 }
 
-fn tier(capacity: u64, delete_files: bool) -> TierMap {
-    let builder = moka::sync::Cache::builder()
+/// Whether removing a disk tier's entry deletes its files.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Files {
+    Kept,
+    Deleted,
+}
+
+fn tier(capacity: u64, files: Files) -> Tier {
+    let held = Arc::new(AtomicU64::new(0));
+    let removed = held.clone();
+    let map = moka::sync::Cache::builder()
         .max_capacity(capacity)
         .weigher(|_: &Key, entry: &Entry| entry.weight())
-        .support_invalidation_closures();
-    if !delete_files {
-        return builder.build_with_hasher(Hasher::default());
-    }
-    builder
-        .eviction_listener(|_key: Arc<Key>, entry: Entry, _cause: RemovalCause| {
+        .support_invalidation_closures()
+        .eviction_listener(move |_key: Arc<Key>, entry: Entry, _cause: RemovalCause| {
+            removed.fetch_sub(1, Ordering::Relaxed);
             // Evicted, invalidated or replaced: an entry's files are its own (a refresh
             // links the body under a new name first).
-            if let Entry::Disk(_, body) = &entry {
+            if let (Files::Deleted, Entry::Disk(_, body)) = (files, &entry) {
                 let _ = std::fs::remove_file(body.with_extension("meta"));
                 let _ = std::fs::remove_file(body.as_path());
             }
         })
-        .build_with_hasher(Hasher::default())
+        .build_with_hasher(Hasher::default());
+    Tier { map, held }
 }
 
 impl Tiers {
     /// Opens the tiers; with a disk tier, indexes the entries its directory holds.
     pub(crate) fn open(config: CacheConfig) -> std::io::Result<Tiers> {
-        let memory = tier(config.memory_bytes, false);
+        let memory = tier(config.memory_bytes, Files::Kept);
         let disk = match &config.disk {
             None => None,
             Some(disk) => {
                 std::fs::create_dir_all(&disk.dir)?;
-                let index = tier(disk.bytes, true);
+                let index = tier(disk.bytes, Files::Deleted);
                 let found = reindex(&disk.dir, &index)?;
                 if found > 0 {
                     tracing::info!(
@@ -442,6 +481,16 @@ impl Tiers {
         }
     }
 
+    /// Entries the tiers count as held (what decides whether a lookup is skipped).
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> u64 {
+        self.memory.held.load(Ordering::Relaxed)
+            + self
+                .disk
+                .as_ref()
+                .map_or(0, |disk| disk.index.held.load(Ordering::Relaxed))
+    }
+
     /// Bytes held by each tier (memory, disk), by their weights (pending maintenance run
     /// first: moka counts lazily).
     pub fn sizes(&self) -> (u64, u64) {
@@ -454,7 +503,7 @@ impl Tiers {
 }
 
 /// Indexes the responses a disk tier's directory holds; removes what is incomplete.
-fn reindex(dir: &Path, index: &TierMap) -> std::io::Result<usize> {
+fn reindex(dir: &Path, index: &Tier) -> std::io::Result<usize> {
     let mut found = 0;
     let mut metas = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -514,7 +563,7 @@ fn named_by_this_cache(path: &Path) -> bool {
 
 /// Puts a response whose body is in the file `body` into the disk tier's index, with its
 /// URL's `Vary` marker when it varies.
-fn index_file(index: &TierMap, meta: Meta, body: PathBuf) {
+fn index_file(index: &Tier, meta: Meta, body: PathBuf) {
     if !meta.vary.is_empty() {
         index.insert(meta.key.primary(), Entry::Vary(meta.vary.clone().into()));
     }

@@ -100,3 +100,67 @@ async fn the_disk_tier_is_found_again_after_reopening() {
         "purged files remain, or a stranger's went"
     );
 }
+
+/// Lookups are skipped while the tiers hold nothing; the count behind that follows inserts,
+/// replacements, deletes and purges, in memory and on disk, so what is stored after the
+/// tiers emptied is found again.
+#[tokio::test]
+async fn a_lookup_in_empty_tiers_is_skipped_and_entries_count_in_and_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(disk(dir.path())).unwrap();
+    let scope = CacheScope {
+        cache: cache.clone(),
+        app: "a".into(),
+    };
+    let held = |cache: &Cache| {
+        cache.sync();
+        cache.tiers.held()
+    };
+    assert_eq!(held(&cache), 0);
+    assert!(scope.lookup(None, &get("https://a.test/x")).await.is_none());
+
+    scope
+        .put(
+            None,
+            &get("https://a.test/x"),
+            response("one", "max-age=600"),
+        )
+        .await
+        .unwrap();
+    until_on_disk(&cache).await;
+    let stored = held(&cache);
+    assert!(stored >= 2, "in memory and on disk: {stored}");
+    // Replaced, not added.
+    scope
+        .put(
+            None,
+            &get("https://a.test/x"),
+            response("two", "max-age=600"),
+        )
+        .await
+        .unwrap();
+    until_on_disk(&cache).await;
+    assert_eq!(held(&cache), stored);
+    let found = scope.lookup(None, &get("https://a.test/x")).await.unwrap();
+    assert_eq!(text(found).await, "two");
+
+    assert!(scope.delete(None, &get("https://a.test/x")));
+    assert_eq!(held(&cache), 0, "deleted from both tiers");
+    assert!(scope.lookup(None, &get("https://a.test/x")).await.is_none());
+
+    // Stored again after the tiers emptied: found.
+    scope
+        .put(
+            None,
+            &get("https://a.test/y"),
+            response("three", "max-age=600"),
+        )
+        .await
+        .unwrap();
+    let found = scope.lookup(None, &get("https://a.test/y")).await.unwrap();
+    assert_eq!(text(found).await, "three");
+    until_on_disk(&cache).await;
+    cache.purge("a", &Purge::All);
+    assert_eq!(held(&cache), 0, "purged from both tiers");
+    assert!(scope.lookup(None, &get("https://a.test/y")).await.is_none());
+}
