@@ -16,8 +16,8 @@ use common::{app, app_dir, http1, outpost, Node, DEPLOY, POP};
 /// (CDN-Cache-Control), `etag` (answers 304 to a matching If-None-Match), `vary`, `tag`
 /// (Cache-Tag), `cookie` (Set-Cookie), `fail` (throws from the second call on), `slow`
 /// (ms before answering), `age` (an Age the response arrives with), `from` (`cc` is sent
-/// from this call on). It counts calls per URL: `x-call` and the body say which call
-/// answered.
+/// from this call on). A PATCH fails with 500. It counts calls per URL: `x-call` and the
+/// body say which call answered.
 const HANDLER: &str = r#"
 const calls = new Map();
 export default {
@@ -28,6 +28,7 @@ export default {
     calls.set(key, n);
     const q = url.searchParams;
     const headers = { "x-call": String(n) };
+    if (request.method === "PATCH") return new Response("refused", { status: 500, headers });
     if (q.has("cc") && n >= Number(q.get("from") ?? 1)) headers["cache-control"] = q.get("cc");
     if (q.has("cdn")) headers["cdn-cache-control"] = q.get("cdn");
     if (q.has("vary")) headers["vary"] = q.get("vary");
@@ -138,6 +139,43 @@ async fn fresh_hits_never_reach_the_handler() {
         .unwrap()
         .contains("hit"));
     assert_eq!(head.headers()["x-call"], "1");
+}
+
+/// RFC 9111 §4.4: a cache forgets a URL when an unsafe request to it succeeds; a safe
+/// method (OPTIONS) or a failed unsafe request leaves what it stored.
+#[tokio::test]
+async fn a_successful_unsafe_request_makes_the_cache_forget_its_url() {
+    let node = node();
+    let path = "/doc?cc=public,max-age=600";
+    assert_eq!(fetch(&node, path, &[]).await.call(), 1);
+    assert!(fetch(&node, path, &[]).await.hit());
+    let send = |method: &str| {
+        http1()
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                node.url(path),
+            )
+            .send()
+    };
+    let options = send("OPTIONS").await.unwrap();
+    assert_eq!(options.status(), 200);
+    let failed = send("PATCH").await.unwrap();
+    assert_eq!(failed.status(), 500);
+    let kept = fetch(&node, path, &[]).await;
+    assert!(
+        kept.hit(),
+        "forgotten after OPTIONS or a failed PATCH: {}",
+        kept.cache_status()
+    );
+    assert_eq!(kept.body, "/doc call 1 lang -");
+
+    let posted = send("POST").await.unwrap();
+    assert_eq!(posted.status(), 200);
+    let after = fetch(&node, path, &[]).await;
+    assert!(!after.hit(), "still served from the cache after a POST");
+    assert_eq!(after.call(), 5, "{}", after.body);
+    // Stored again from that miss.
+    assert!(fetch(&node, path, &[]).await.hit());
 }
 
 #[tokio::test]

@@ -190,13 +190,17 @@ impl Cache {
     {
         let (parts, body) = request.into_parts();
         if parts.method != Method::GET && parts.method != Method::HEAD {
-            let url = url_of(&parts.uri);
+            let uri = parts.uri.clone();
             let is_unsafe = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
             let mut response = dispatch(Request::from_parts(parts, body)).await?;
             let status = response.status();
-            if is_unsafe && (status.is_success() || status.is_redirection()) {
+            if is_unsafe
+                && (status.is_success() || status.is_redirection())
+                && !self.tiers.hold_nothing()
+            {
                 // RFC 9111 §4.4: what it changed is not served from the cache any more.
-                self.forget_url(app, url);
+                // (With nothing stored, as for a dynamic app, there is nothing to forget.)
+                self.forget_url(app, url_of(&uri));
             }
             CacheStatus::forwarded("method").add_to(response.headers_mut());
             return Ok(response);

@@ -481,6 +481,15 @@ impl Tiers {
         }
     }
 
+    /// Whether both tiers are empty (by their counts, which are never low).
+    pub(crate) fn hold_nothing(&self) -> bool {
+        self.memory.held.load(Ordering::Relaxed) == 0
+            && self
+                .disk
+                .as_ref()
+                .is_none_or(|disk| disk.index.held.load(Ordering::Relaxed) == 0)
+    }
+
     /// Entries the tiers count as held (what decides whether a lookup is skipped).
     #[cfg(test)]
     pub(crate) fn held(&self) -> u64 {
