@@ -130,19 +130,31 @@ async fn a_lookup_in_empty_tiers_is_skipped_and_entries_count_in_and_out() {
     until_on_disk(&cache).await;
     let stored = held(&cache);
     assert!(stored >= 2, "in memory and on disk: {stored}");
-    // Replaced, not added.
+    // Replaced, not added. (A longer body, to see when its file is indexed: a delete
+    // before that would be undone by the write landing after it.)
+    let one_on_disk = cache.sizes().1;
     scope
         .put(
             None,
             &get("https://a.test/x"),
-            response("two", "max-age=600"),
+            response("two, longer", "max-age=600"),
         )
         .await
         .unwrap();
-    until_on_disk(&cache).await;
+    for _ in 0..200 {
+        if cache.sizes().1 != one_on_disk {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_ne!(
+        cache.sizes().1,
+        one_on_disk,
+        "the replacement never reached the disk"
+    );
     assert_eq!(held(&cache), stored);
     let found = scope.lookup(None, &get("https://a.test/x")).await.unwrap();
-    assert_eq!(text(found).await, "two");
+    assert_eq!(text(found).await, "two, longer");
 
     assert!(scope.delete(None, &get("https://a.test/x")));
     assert_eq!(held(&cache), 0, "deleted from both tiers");
