@@ -8,10 +8,11 @@
 //! of each chunk (in memory while small enough, and in a file written on a blocking thread
 //! with backpressure), and the entry becomes visible only once the body ended whole.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -241,9 +242,68 @@ struct Disk {
     dir: PathBuf,
     index: Tier,
     next: AtomicU64,
+    /// Body files being written, by their URL's key: a removal of the URL while one is
+    /// written cancels it, or the file indexed after the removal would bring back what was
+    /// removed (`cache.delete()` right after `cache.put()`, a POST, a purge of the URL).
+    writes: Mutex<HashMap<Key, Write>>,
+}
+
+/// The body files of one URL being written.
+struct Write {
+    cancelled: Arc<AtomicBool>,
+    writers: usize,
 }
 
 impl Disk {
+    /// Registers a body file of `key` about to be written; its flag says whether the URL
+    /// was removed meanwhile.
+    fn begin_write(&self, key: &Key) -> Arc<AtomicBool> {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let write = writes.entry(key.primary()).or_insert_with(|| Write {
+            cancelled: Arc::new(AtomicBool::new(false)),
+            writers: 0,
+        });
+        write.writers += 1;
+        write.cancelled.clone()
+    }
+
+    /// Runs `index` (told whether the write still stands) and unregisters the write, under
+    /// the lock [`Disk::cancel_writes`] takes: a removal either cancels the file or finds
+    /// it indexed.
+    fn end_write(&self, key: &Key, cancelled: &Arc<AtomicBool>, index: impl FnOnce(bool)) {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        index(!cancelled.load(Ordering::Acquire));
+        let primary = key.primary();
+        if let Some(write) = writes.get_mut(&primary) {
+            if Arc::ptr_eq(&write.cancelled, cancelled) {
+                write.writers -= 1;
+                if write.writers == 0 {
+                    writes.remove(&primary);
+                }
+            }
+        }
+    }
+
+    /// Cancels the body files of `key`'s URL being written.
+    fn cancel_writes(&self, key: &Key) {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(write) = writes.remove(&key.primary()) {
+            write.cancelled.store(true, Ordering::Release);
+        }
+    }
+
+    /// Cancels the body files being written whose URL `doomed` picks (by key alone).
+    fn cancel_writes_if(&self, doomed: impl Fn(&Key) -> bool) {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        writes.retain(|key, write| {
+            let doomed = doomed(key);
+            if doomed {
+                write.cancelled.store(true, Ordering::Release);
+            }
+            !doomed
+        });
+    }
+
     /// A new file name for a body of `key` (unique within the directory).
     fn body_path(&self, key: &Key) -> PathBuf {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -302,6 +362,7 @@ impl Tiers {
                     dir: disk.dir.clone(),
                     index,
                     next: AtomicU64::new(0),
+                    writes: Mutex::new(HashMap::new()),
                 })
             }
         };
@@ -410,6 +471,9 @@ impl Tiers {
 
     /// Removes one key from both tiers.
     pub(crate) fn remove(&self, key: &Key) -> bool {
+        if let Some(disk) = &self.disk {
+            disk.cancel_writes(key);
+        }
         let mut removed = self.memory.remove(key).is_some();
         if let Some(disk) = &self.disk {
             removed |= disk.index.remove(key).is_some();
@@ -445,6 +509,9 @@ impl Tiers {
         } else {
             key.primary()
         };
+        if let Some(disk) = &self.disk {
+            disk.cancel_writes(&primary);
+        }
         // What the URL's own key held: a response, or the marker of responses with Vary.
         let in_memory = self.memory.remove(&primary);
         let on_disk = self
@@ -462,6 +529,11 @@ impl Tiers {
         &self,
         doomed: impl Fn(&Key, Option<&Meta>) -> bool + Clone + Send + Sync + 'static,
     ) {
+        if let Some(disk) = &self.disk {
+            // Writes of what a key alone dooms (a purge by tag cancels its fills through the
+            // purge count instead).
+            disk.cancel_writes_if(|key| doomed(key, None));
+        }
         let pick = doomed.clone();
         let _ = self
             .memory
@@ -771,7 +843,11 @@ impl Tee {
                 Ok(file) => {
                     let (sender, receiver) = mpsc::channel(8);
                     let tiers = tiers.clone();
-                    tokio::task::spawn_blocking(move || write_file(file, path, receiver, &tiers));
+                    let key = pending.meta.key.clone();
+                    let cancelled = disk.begin_write(&key);
+                    tokio::task::spawn_blocking(move || {
+                        write_file(file, path, receiver, &tiers, &key, &cancelled)
+                    });
                     Some(tokio_util::sync::PollSender::new(sender))
                 }
                 Err(e) => {
@@ -888,14 +964,51 @@ fn store_memory(pending: &Pending, body: Bytes) {
         .insert(meta.key.clone(), Entry::Memory(meta, body));
 }
 
-/// Writes a body's chunks to its file, then indexes it; on any failure (or when the body
-/// does not end whole) removes the file.
+/// Writes a body's chunks to its file, then indexes it unless the body did not end whole,
+/// a purge happened or its URL was removed meanwhile; removes the file otherwise.
 fn write_file(
     file: std::fs::File,
     path: PathBuf,
-    mut receiver: mpsc::Receiver<ToFile>,
+    receiver: mpsc::Receiver<ToFile>,
     tiers: &Tiers,
+    key: &Key,
+    cancelled: &Arc<AtomicBool>,
 ) {
+    let Some(disk) = &tiers.disk else {
+        return;
+    };
+    let written = write_body(file, &path, receiver);
+    if let Some(pending) = &written {
+        write_meta(&path, &pending.meta);
+    }
+    #[cfg(test)]
+    tests_hook::before_indexing();
+    let mut kept = false;
+    disk.end_write(key, cancelled, |uncancelled| {
+        if let Some(pending) = &written {
+            if uncancelled && pending.still_valid.holds() {
+                index_file(&disk.index, pending.meta.clone(), path.clone());
+                kept = true;
+            }
+        }
+    });
+    if written.is_some() && !kept {
+        let _ = std::fs::remove_file(path.with_extension("meta"));
+        let _ = std::fs::remove_file(&path);
+    }
+    // The fill guard drops here, after the entry is visible: waiters find it.
+    if let Some(pending) = written {
+        drop(pending.guard);
+    }
+}
+
+/// Writes a body's chunks to its file: the body's pending entry once it ended whole and the
+/// file is in place at `path`, or `None` (and no file) when it did not.
+fn write_body(
+    file: std::fs::File,
+    path: &Path,
+    mut receiver: mpsc::Receiver<ToFile>,
+) -> Option<Box<Pending>> {
     let partial = path.with_extension("partial");
     let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut failed = false;
@@ -912,25 +1025,19 @@ fn write_file(
             ToFile::End(pending) if !failed => {
                 let flushed = file.flush();
                 drop(file);
-                let stored = flushed.and_then(|()| std::fs::rename(&partial, &path));
+                let stored = flushed.and_then(|()| std::fs::rename(&partial, path));
                 if let Err(e) = stored {
                     tracing::warn!("writing to the disk cache failed: {e}");
                     let _ = std::fs::remove_file(&partial);
-                    return;
+                    return None;
                 }
-                let meta = pending.meta;
-                write_meta(&path, &meta);
-                if let Some(disk) = &tiers.disk {
-                    index_file(&disk.index, meta, path);
-                }
-                // The guard drops here, after the entry is visible: waiters find it.
-                drop(pending.guard);
-                return;
+                return Some(pending);
             }
             ToFile::End(..) => break,
         }
     }
     let _ = std::fs::remove_file(&partial);
+    None
 }
 
 impl http_body::Body for Tee {
@@ -989,5 +1096,20 @@ impl Drop for Tee {
     fn drop(&mut self) {
         // Cut off before its end: nothing is stored.
         self.abandon();
+    }
+}
+
+/// A pause before a written body is indexed, for tests of what happens meanwhile.
+#[cfg(test)]
+pub(crate) mod tests_hook {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub(crate) static PAUSE_MS: AtomicU64 = AtomicU64::new(0);
+
+    pub(crate) fn before_indexing() {
+        let ms = PAUSE_MS.load(Ordering::Relaxed);
+        if ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
     }
 }

@@ -130,8 +130,7 @@ async fn a_lookup_in_empty_tiers_is_skipped_and_entries_count_in_and_out() {
     until_on_disk(&cache).await;
     let stored = held(&cache);
     assert!(stored >= 2, "in memory and on disk: {stored}");
-    // Replaced, not added. (A longer body, to see when its file is indexed: a delete
-    // before that would be undone by the write landing after it.)
+    // Replaced, not added. (A longer body, to see when its file is indexed.)
     let one_on_disk = cache.sizes().1;
     scope
         .put(
@@ -175,4 +174,54 @@ async fn a_lookup_in_empty_tiers_is_skipped_and_entries_count_in_and_out() {
     cache.purge("a", &Purge::All);
     assert_eq!(held(&cache), 0, "purged from both tiers");
     assert!(scope.lookup(None, &get("https://a.test/y")).await.is_none());
+}
+
+/// A `cache.delete()` or a purge of a URL while the `put`'s body file is still being
+/// written is not undone when the write lands: the file is dropped, not indexed.
+#[tokio::test]
+async fn a_removal_during_the_disk_write_is_not_undone_by_it() {
+    use crate::store::tests_hook::PAUSE_MS;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(disk(dir.path())).unwrap();
+    let scope = CacheScope {
+        cache: cache.clone(),
+        app: "a".into(),
+    };
+    let files = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.path()
+                    .extension()
+                    .is_some_and(|x| x == "body" || x == "meta")
+            })
+            .count()
+    };
+    // Each written file waits this long before it is indexed.
+    PAUSE_MS.store(300, Ordering::Relaxed);
+    for (url, remove) in [
+        ("https://a.test/deleted", "delete"),
+        ("https://a.test/purged", "purge"),
+    ] {
+        scope
+            .put(None, &get(url), response("gone", "max-age=600"))
+            .await
+            .unwrap();
+        match remove {
+            "delete" => assert!(scope.delete(None, &get(url)), "the memory copy is there"),
+            _ => cache.purge("a", &Purge::Url(url.to_string())),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    PAUSE_MS.store(0, Ordering::Relaxed);
+    cache.sync();
+    for url in ["https://a.test/deleted", "https://a.test/purged"] {
+        assert!(
+            scope.lookup(None, &get(url)).await.is_none(),
+            "{url} came back"
+        );
+    }
+    assert_eq!(cache.sizes(), (0, 0));
+    assert_eq!(files(), 0, "the dropped bodies' files are removed");
 }
