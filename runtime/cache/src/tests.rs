@@ -101,17 +101,23 @@ async fn the_disk_tier_is_found_again_after_reopening() {
     );
 }
 
+/// A cache with a disk tier in `dir`, and app `a`'s `caches.default` in it.
+fn app_a_on_disk(dir: &std::path::Path) -> (std::sync::Arc<Cache>, CacheScope) {
+    let cache = Cache::open(disk(dir)).unwrap();
+    let scope = CacheScope {
+        cache: cache.clone(),
+        app: "a".into(),
+    };
+    (cache, scope)
+}
+
 /// Lookups are skipped while the tiers hold nothing; the count behind that follows inserts,
 /// replacements, deletes and purges, in memory and on disk, so what is stored after the
 /// tiers emptied is found again.
 #[tokio::test]
 async fn a_lookup_in_empty_tiers_is_skipped_and_entries_count_in_and_out() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(disk(dir.path())).unwrap();
-    let scope = CacheScope {
-        cache: cache.clone(),
-        app: "a".into(),
-    };
+    let (cache, scope) = app_a_on_disk(dir.path());
     let held = |cache: &Cache| {
         cache.sync();
         cache.tiers.held()
@@ -182,11 +188,7 @@ async fn a_lookup_in_empty_tiers_is_skipped_and_entries_count_in_and_out() {
 async fn a_removal_during_the_disk_write_is_not_undone_by_it() {
     use crate::store::tests_hook::PAUSE_MS;
     let dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(disk(dir.path())).unwrap();
-    let scope = CacheScope {
-        cache: cache.clone(),
-        app: "a".into(),
-    };
+    let (cache, scope) = app_a_on_disk(dir.path());
     let files = || {
         std::fs::read_dir(dir.path())
             .unwrap()
