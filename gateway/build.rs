@@ -13,6 +13,11 @@ use std::io::Read;
 use std::path::PathBuf;
 
 fn main() {
+    // The flags are lld's; rustc links x86_64-unknown-linux-gnu with its own lld (since
+    // 1.90). Other targets link as they would.
+    if std::env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu") {
+        return;
+    }
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
     let listed = manifest.join("link-order.txt.gz");
