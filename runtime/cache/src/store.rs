@@ -471,11 +471,10 @@ impl Tiers {
 
     /// Removes one key from both tiers.
     pub(crate) fn remove(&self, key: &Key) -> bool {
-        if let Some(disk) = &self.disk {
-            disk.cancel_writes(key);
-        }
         let mut removed = self.memory.remove(key).is_some();
         if let Some(disk) = &self.disk {
+            // A file still being written would be indexed after the removal.
+            disk.cancel_writes(key);
             removed |= disk.index.remove(key).is_some();
         }
         removed
@@ -555,15 +554,10 @@ impl Tiers {
 
     /// Whether both tiers are empty (by their counts, which are never low).
     pub(crate) fn hold_nothing(&self) -> bool {
-        self.memory.held.load(Ordering::Relaxed) == 0
-            && self
-                .disk
-                .as_ref()
-                .is_none_or(|disk| disk.index.held.load(Ordering::Relaxed) == 0)
+        self.held() == 0
     }
 
     /// Entries the tiers count as held (what decides whether a lookup is skipped).
-    #[cfg(test)]
     pub(crate) fn held(&self) -> u64 {
         self.memory.held.load(Ordering::Relaxed)
             + self
@@ -977,29 +971,29 @@ fn write_file(
     let Some(disk) = &tiers.disk else {
         return;
     };
-    let written = write_body(file, &path, receiver);
-    if let Some(pending) = &written {
-        write_meta(&path, &pending.meta);
-    }
+    let Some(pending) = write_body(file, &path, receiver) else {
+        disk.end_write(key, cancelled, |_| ());
+        return;
+    };
+    let Pending {
+        meta,
+        still_valid,
+        guard,
+        ..
+    } = *pending;
+    write_meta(&path, &meta);
     #[cfg(test)]
     tests_hook::before_indexing();
-    let mut kept = false;
     disk.end_write(key, cancelled, |uncancelled| {
-        if let Some(pending) = &written {
-            if uncancelled && pending.still_valid.holds() {
-                index_file(&disk.index, pending.meta.clone(), path.clone());
-                kept = true;
-            }
+        if uncancelled && still_valid.holds() {
+            index_file(&disk.index, meta, path);
+        } else {
+            let _ = std::fs::remove_file(path.with_extension("meta"));
+            let _ = std::fs::remove_file(&path);
         }
     });
-    if written.is_some() && !kept {
-        let _ = std::fs::remove_file(path.with_extension("meta"));
-        let _ = std::fs::remove_file(&path);
-    }
     // The fill guard drops here, after the entry is visible: waiters find it.
-    if let Some(pending) = written {
-        drop(pending.guard);
-    }
+    drop(guard);
 }
 
 /// Writes a body's chunks to its file: the body's pending entry once it ended whole and the
