@@ -103,3 +103,56 @@ async fn a_loop_at_module_top_level_is_a_load_error() {
     assert_eq!(status, 503);
     assert!(body.contains("CPU limit"), "{body}");
 }
+
+/// The voluntary context switches of the node's thread named `name` (as /proc shows it, at
+/// most 15 characters).
+fn switches_of(pid: u32, name: &str) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        if std::fs::read_to_string(task.join("comm")).unwrap().trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("voluntary_ctxt_switches:"))
+            .unwrap();
+        return line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    }
+    panic!("node {pid} has no thread named {name}");
+}
+
+#[tokio::test]
+async fn the_watchdog_sleeps_while_the_node_is_idle_and_still_stops_a_loop() {
+    let dir = app("idler", HANDLER);
+    let node = Node::start(dir.path(), &["--cpu-ms", "200"]);
+    assert_eq!(get(&node, "/").await, (200, "fine 1".to_string()));
+    // With a 200 ms CPU limit a watching watchdog wakes every 20 ms; an idle one (after a
+    // second without JavaScript) not at all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = switches_of(node.pid(), "outpost-watchdo");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = switches_of(node.pid(), "outpost-watchdo");
+        if after == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle node's watchdog still wakes up ({} times in 500 ms)",
+            after - before
+        );
+    }
+    // The first turn after the idle stretch wakes it: a loop is stopped as always.
+    let start = Instant::now();
+    let res = http1().get(node.url("/loop")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("CPU limit"), "{body}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(get(&node, "/").await, (200, "fine 1".to_string()));
+}

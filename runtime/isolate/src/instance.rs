@@ -80,8 +80,15 @@ pub struct Instance {
     condemned: Option<Breach>,
     /// The next check for requests past their deadline, while any are in flight.
     sweep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The next measurement of memory.
+    /// The next measurement of memory, while `measuring`.
     measure: Pin<Box<tokio::time::Sleep>>,
+    /// Whether memory is measured every `MEASURE`: not while the isolate is quiet (no request
+    /// since the last measurement, none in flight, nothing pending in its event loop), when
+    /// nothing in it runs that could grow it; the next request starts measuring again. An
+    /// idle isolate thus costs its worker no wake-ups.
+    measuring: bool,
+    /// A request started since the last measurement.
+    started_since_measure: bool,
     /// Request-body resources of finished requests, closed on the next poll of the loop.
     finished_bodies: Rc<RefCell<Vec<ResourceId>>>,
     /// Cancels every response stream this isolate feeds when it goes away.
@@ -171,6 +178,8 @@ impl Instance {
             condemned: None,
             sweep: None,
             measure: Box::pin(tokio::time::sleep(MEASURE)),
+            measuring: true,
+            started_since_measure: false,
             finished_bodies: Rc::default(),
             streams: Rc::new(CancelHandle::new()),
             parked: Rc::default(),
@@ -388,7 +397,8 @@ impl Instance {
             self.fail_in_flight(FailureKind::NotAResponse, NEVER_SETTLES);
         }
         self.poll_deadlines(cx);
-        if let Some(breach) = self.poll_measure(cx) {
+        let quiet = idle && self.in_flight.borrow().is_empty();
+        if let Some(breach) = self.poll_measure(cx, quiet) {
             return Poll::Ready(TurnEnd::Breached(breach));
         }
         if *closed {
@@ -434,17 +444,24 @@ impl Instance {
         cx.waker().wake_by_ref();
     }
 
-    /// Every `MEASURE`, reads the isolate's memory, reports it to the pool, and returns a
-    /// breach when it is past the limit (memory outside V8's heap limit: Wasm memories and
-    /// buffers made by ops).
-    fn poll_measure(&mut self, cx: &mut Context<'_>) -> Option<Breach> {
-        if self.measure.as_mut().poll(cx).is_pending() {
+    /// Every `MEASURE` while `measuring`, reads the isolate's memory, reports it to the pool,
+    /// and returns a breach when it is past the limit (memory outside V8's heap limit: Wasm
+    /// memories and buffers made by ops). `quiet`: nothing is in flight or pending in the
+    /// event loop.
+    fn poll_measure(&mut self, cx: &mut Context<'_>, quiet: bool) -> Option<Breach> {
+        if !self.measuring || self.measure.as_mut().poll(cx).is_pending() {
             return None;
         }
-        self.measure
-            .as_mut()
-            .reset(tokio::time::Instant::now() + MEASURE);
-        let _ = self.measure.as_mut().poll(cx);
+        if quiet && !self.started_since_measure {
+            // Measured after its last work already; the next request measures again.
+            self.measuring = false;
+        } else {
+            self.measure
+                .as_mut()
+                .reset(tokio::time::Instant::now() + MEASURE);
+            let _ = self.measure.as_mut().poll(cx);
+        }
+        self.started_since_measure = false;
         let raw = self.raw;
         let (heap, external) = {
             let _entered = EnterGuard::new(raw);
@@ -501,6 +518,14 @@ impl Instance {
 
     /// Hands one request to JS; its response arrives through an op, now or later.
     fn start_request(&mut self, job: Job) {
+        self.started_since_measure = true;
+        if !self.measuring {
+            // Polled (and so armed) after this turn's event loop.
+            self.measuring = true;
+            self.measure
+                .as_mut()
+                .reset(tokio::time::Instant::now() + MEASURE);
+        }
         let deadline = job.deadline;
         let (parts, body) = job.request.into_parts();
         let headers = exchange::RequestHeaders::of(&parts.headers);

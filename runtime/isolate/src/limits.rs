@@ -13,6 +13,10 @@
 //!
 //! An isolate that broke a limit is condemned: its requests in flight fail, and it is
 //! replaced by a fresh one. A condemned isolate is never reused.
+//!
+//! The watchdog looks every tenth of the shortest CPU limit while any isolate may run; after
+//! [`PARK_AFTER`] without a turn in any isolate it parks, and the next turn to start wakes it
+//! (an idle node's watchdog costs nothing).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -22,6 +26,9 @@ use deno_core::v8;
 
 /// Turns longer than this (wall time) are measured on the thread's CPU clock.
 const LONG_TURN: Duration = Duration::from_millis(1);
+
+/// The watchdog parks after this long without a turn in any isolate.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Which limit an isolate broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +40,8 @@ pub enum Breach {
 /// One isolate as the watchdog sees it.
 pub struct Watched {
     handle: v8::IsolateHandle,
+    /// The watchdog watching this isolate, woken by a turn that starts while it is parked.
+    watchdog: Option<&'static Watchdog>,
     /// The CPU clock of the worker thread the isolate lives on.
     clock: Option<libc::clockid_t>,
     cpu_limit: Duration,
@@ -56,8 +65,10 @@ impl Watched {
         cpu_limit: Duration,
         memory_limit: u64,
     ) -> Arc<Watched> {
+        let watchdog = watchdog().ok();
         let watched = Arc::new(Watched {
             handle,
+            watchdog,
             clock: own_cpu_clock(),
             cpu_limit,
             memory_limit,
@@ -67,7 +78,7 @@ impl Watched {
             cpu_breached: AtomicBool::new(false),
             memory_breached: AtomicBool::new(false),
         });
-        if let Ok(watchdog) = watchdog() {
+        if let Some(watchdog) = watchdog {
             watchdog.add(&watched);
         }
         watched
@@ -95,8 +106,13 @@ impl Watched {
             budget.as_nanos().min(u64::MAX as u128) as u64,
             Ordering::Release,
         );
+        // Sequentially consistent with the watchdog's parking (it sets `parked`, then reads
+        // every `busy_since`): either it sees this turn, or this turn sees it parked.
         self.busy_since
-            .store(nanos_between(epoch(), start).max(1), Ordering::Release);
+            .store(nanos_between(epoch(), start).max(1), Ordering::SeqCst);
+        if let Some(watchdog) = self.watchdog {
+            watchdog.wake_if_parked();
+        }
         Turn {
             watched: self,
             start,
@@ -237,6 +253,9 @@ fn nanos_between(from: Instant, to: Instant) -> u64 {
 /// The process's one watchdog thread, started on first use.
 struct Watchdog {
     watched: Mutex<Vec<Weak<Watched>>>,
+    /// Set by the watchdog thread before it parks; a turn that finds it set wakes it.
+    parked: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
 }
 
 impl Watchdog {
@@ -246,24 +265,65 @@ impl Watchdog {
         }
     }
 
+    /// Wakes the watchdog thread if it is parked (one load when it is not).
+    fn wake_if_parked(&self) {
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+
+    /// Checks every watched isolate; returns whether any is in a turn, and the shortest CPU
+    /// limit among them.
+    fn scan(&self) -> (bool, Duration) {
+        let now = nanos_between(epoch(), Instant::now());
+        let mut shortest = Duration::from_millis(50);
+        let mut busy = false;
+        if let Ok(mut list) = self.watched.lock() {
+            list.retain(|weak| match weak.upgrade() {
+                Some(watched) => {
+                    busy |= watched.busy_since.load(Ordering::SeqCst) != 0;
+                    watched.check(now);
+                    shortest = shortest.min(watched.cpu_limit);
+                    true
+                }
+                None => false,
+            });
+        }
+        (busy, shortest)
+    }
+
     fn run(&self) {
+        // Before any park, so a turn that finds the watchdog parked finds its thread too.
+        let _ = self.thread.set(std::thread::current());
+        let mut idle_since: Option<Instant> = None;
         loop {
-            let now = nanos_between(epoch(), Instant::now());
-            let mut shortest = Duration::from_millis(50);
-            if let Ok(mut list) = self.watched.lock() {
-                list.retain(|weak| match weak.upgrade() {
-                    Some(watched) => {
-                        watched.check(now);
-                        shortest = shortest.min(watched.cpu_limit);
-                        true
-                    }
-                    None => false,
-                });
+            let (busy, shortest) = self.scan();
+            if busy {
+                idle_since = None;
+            } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= PARK_AFTER {
+                // Still idle when woken (the turn that woke it already ended): parks again.
+                self.park();
+                continue;
             }
             // Check often enough to stop a runaway turn within ~10% of its limit.
             std::thread::sleep(
                 (shortest / 10).clamp(Duration::from_millis(1), Duration::from_millis(10)),
             );
+        }
+    }
+
+    /// Parks until a turn starts (returns at once if one started meanwhile).
+    fn park(&self) {
+        self.parked.store(true, Ordering::SeqCst);
+        // A turn that started before it could see `parked` is seen here.
+        if self.scan().0 {
+            self.parked.store(false, Ordering::SeqCst);
+            return;
+        }
+        while self.parked.load(Ordering::SeqCst) {
+            std::thread::park();
         }
     }
 }
@@ -283,6 +343,8 @@ fn watchdog() -> Result<&'static Watchdog, WatchdogDown> {
         epoch();
         let watchdog: &'static Watchdog = Box::leak(Box::new(Watchdog {
             watched: Mutex::new(Vec::new()),
+            parked: AtomicBool::new(false),
+            thread: OnceLock::new(),
         }));
         match std::thread::Builder::new()
             .name("outpost-watchdog".into())
