@@ -15,13 +15,15 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+#[path = "proc_stats.rs"]
+mod proc_stats;
 #[path = "process.rs"]
 mod process;
 use process::Process;
@@ -123,14 +125,28 @@ impl Node {
     }
 
     fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id()))?;
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .context("VmRSS")?
-            .parse()?;
-        Ok(kib / 1024.0)
+        proc_stats::rss_mib(self.process.child.id())
+    }
+
+    /// The node's wake-ups (context switches of all its threads) per second and its CPU use
+    /// (percent of one core) over `span`.
+    async fn idle_cost(&self, span: Duration) -> anyhow::Result<(f64, f64)> {
+        let pid = self.process.child.id();
+        let (switches, (user, sys)) = (
+            proc_stats::context_switches(pid)?,
+            proc_stats::cpu_ticks(pid)?,
+        );
+        tokio::time::sleep(span).await;
+        let (switches_after, (user_after, sys_after)) = (
+            proc_stats::context_switches(pid)?,
+            proc_stats::cpu_ticks(pid)?,
+        );
+        let secs = span.as_secs_f64();
+        let ticks = (user_after + sys_after).saturating_sub(user + sys) as f64;
+        Ok((
+            switches_after.saturating_sub(switches) as f64 / secs,
+            ticks / proc_stats::USER_HZ / secs * 100.0,
+        ))
     }
 
     async fn stats(&self) -> anyhow::Result<serde_json::Value> {
@@ -282,7 +298,7 @@ async fn rss_with_live(
     dir: &Path,
     apps: usize,
     max_isolates: usize,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<Density> {
     let args: Vec<String> = vec![
         "--max-isolates".into(),
         max_isolates.to_string(),
@@ -299,18 +315,38 @@ async fn rss_with_live(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let live = node.stats().await?["live"].as_u64().unwrap_or(0);
-    Ok((node.rss_mib()?, live))
+    let rss = node.rss_mib()?;
+    let (wakeups, cpu) = node.idle_cost(Duration::from_secs(5)).await?;
+    Ok(Density {
+        rss,
+        live,
+        wakeups,
+        cpu,
+    })
+}
+
+/// A node holding idle isolates.
+struct Density {
+    /// Resident memory, MiB.
+    rss: f64,
+    /// Live isolates.
+    live: u64,
+    /// Wake-ups per second of all its threads, idle.
+    wakeups: f64,
+    /// CPU use, idle (percent of one core).
+    cpu: f64,
 }
 
 async fn density(outpost: &Path, counts: &[usize]) -> anyhow::Result<()> {
     for &apps in counts {
         let dir = tempfile::tempdir()?;
         make_apps(dir.path(), apps, HELLO)?;
-        let (one, live_one) = rss_with_live(outpost, dir.path(), apps, 1).await?;
-        let (all, live_all) = rss_with_live(outpost, dir.path(), apps, apps + 10).await?;
-        let per = (all - one) / (live_all.saturating_sub(live_one)).max(1) as f64;
+        let one = rss_with_live(outpost, dir.path(), apps, 1).await?;
+        let all = rss_with_live(outpost, dir.path(), apps, apps + 10).await?;
+        let per = (all.rss - one.rss) / (all.live.saturating_sub(one.live)).max(1) as f64;
         println!(
-            "density: {apps} apps: RSS {one:.1} MiB with {live_one} live isolate, {all:.1} MiB with {live_all} live → {per:.2} MiB per idle isolate"
+            "density: {apps} apps: RSS {:.1} MiB with {} live isolate, {:.1} MiB with {} live → {per:.2} MiB per idle isolate; idle, {:.1} wake-ups/s and {:.2}% CPU with {} live",
+            one.rss, one.live, all.rss, all.live, all.wakeups, all.cpu, all.live
         );
     }
     Ok(())

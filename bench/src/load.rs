@@ -21,6 +21,10 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+#[path = "proc_stats.rs"]
+mod proc_stats;
+use proc_stats::{cpu_ticks, rss_mib, USER_HZ};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Protocol {
     H1,
@@ -89,31 +93,6 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
 }
-
-/// utime and stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat).
-fn cpu_ticks(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')').context("/proc/PID/stat")? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Ok((fields[11].parse()?, fields[12].parse()?))
-}
-
-/// VmRSS of a process in MiB.
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    let kib: f64 = line.split_whitespace().nth(1).context("VmRSS")?.parse()?;
-    Ok(kib / 1024.0)
-}
-
-/// Clock ticks per second of /proc/PID/stat's times: USER_HZ, 100 on Linux for every
-/// architecture this runs on (it is part of the user-space ABI, independent of the kernel's HZ).
-const USER_HZ: f64 = 100.0;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
