@@ -33,23 +33,28 @@ export default {
 };
 "#;
 
+/// Requests `path` (a loop) and checks that it is stopped at the CPU limit, within 5 s.
+async fn stopped_at_the_cpu_limit(node: &Node, path: &str) {
+    let start = Instant::now();
+    let res = http1().get(node.url(path)).send().await.unwrap();
+    assert_eq!(res.status(), 503, "{path}");
+    assert_eq!(res.headers()["x-outpost-error"], "limit-exceeded");
+    let body = res.text().await.unwrap();
+    assert!(body.contains("CPU limit"), "{body}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{path} took {:?}",
+        start.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn an_infinite_loop_is_stopped_and_the_isolate_replaced() {
     let dir = app("looper", HANDLER);
     let mut node = Node::start(dir.path(), &["--cpu-ms", "200"]);
     assert_eq!(get(&node, "/").await, (200, "fine 1".to_string()));
     for path in ["/loop", "/loop-later"] {
-        let start = Instant::now();
-        let res = http1().get(node.url(path)).send().await.unwrap();
-        assert_eq!(res.status(), 503, "{path}");
-        assert_eq!(res.headers()["x-outpost-error"], "limit-exceeded");
-        let body = res.text().await.unwrap();
-        assert!(body.contains("CPU limit"), "{body}");
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{path} took {:?}",
-            start.elapsed()
-        );
+        stopped_at_the_cpu_limit(&node, path).await;
     }
     node.wait_for_stderr("exceeded its CPU limit", Duration::from_secs(5));
     // A fresh isolate serves (module state starts over).
@@ -144,15 +149,6 @@ async fn the_watchdog_sleeps_while_the_node_is_idle_and_still_stops_a_loop() {
         );
     }
     // The first turn after the idle stretch wakes it: a loop is stopped as always.
-    let start = Instant::now();
-    let res = http1().get(node.url("/loop")).send().await.unwrap();
-    assert_eq!(res.status(), 503);
-    let body = res.text().await.unwrap();
-    assert!(body.contains("CPU limit"), "{body}");
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    stopped_at_the_cpu_limit(&node, "/loop").await;
     assert_eq!(get(&node, "/").await, (200, "fine 1".to_string()));
 }

@@ -48,6 +48,8 @@ pub struct Watched {
     memory_limit: u64,
     /// Wall nanoseconds since [`epoch`] when the current turn started; 0 while idle.
     busy_since: AtomicU64,
+    /// Wall nanoseconds since [`epoch`] when the latest turn started (0: none yet).
+    last_turn: AtomicU64,
     /// Nanoseconds of CPU the current turn may use.
     budget: AtomicU64,
     /// The thread's CPU clock at the start of the current turn, once the watchdog measured
@@ -73,6 +75,7 @@ impl Watched {
             cpu_limit,
             memory_limit,
             busy_since: AtomicU64::new(0),
+            last_turn: AtomicU64::new(0),
             budget: AtomicU64::new(u64::MAX),
             cpu_at_start: AtomicU64::new(0),
             cpu_breached: AtomicBool::new(false),
@@ -106,10 +109,11 @@ impl Watched {
             budget.as_nanos().min(u64::MAX as u128) as u64,
             Ordering::Release,
         );
+        let since = nanos_between(epoch(), start).max(1);
+        self.last_turn.store(since, Ordering::Relaxed);
         // Sequentially consistent with the watchdog's parking (it sets `parked`, then reads
         // every `busy_since`): either it sees this turn, or this turn sees it parked.
-        self.busy_since
-            .store(nanos_between(epoch(), start).max(1), Ordering::SeqCst);
+        self.busy_since.store(since, Ordering::SeqCst);
         if let Some(watchdog) = self.watchdog {
             watchdog.wake_if_parked();
         }
@@ -274,42 +278,47 @@ impl Watchdog {
         }
     }
 
-    /// Checks every watched isolate; returns whether any is in a turn, and the shortest CPU
-    /// limit among them.
-    fn scan(&self) -> (bool, Duration) {
+    /// Checks every watched isolate (terminating those past their budget).
+    fn scan(&self) -> Scan {
         let now = nanos_between(epoch(), Instant::now());
-        let mut shortest = Duration::from_millis(50);
-        let mut busy = false;
+        let mut scan = Scan {
+            busy: false,
+            idle_for: Duration::from_nanos(now),
+            shortest_limit: Duration::from_millis(50),
+        };
         if let Ok(mut list) = self.watched.lock() {
             list.retain(|weak| match weak.upgrade() {
                 Some(watched) => {
-                    busy |= watched.busy_since.load(Ordering::SeqCst) != 0;
+                    scan.busy |= watched.busy_since.load(Ordering::SeqCst) != 0;
+                    let last = watched.last_turn.load(Ordering::Relaxed);
+                    scan.idle_for = scan
+                        .idle_for
+                        .min(Duration::from_nanos(now.saturating_sub(last)));
                     watched.check(now);
-                    shortest = shortest.min(watched.cpu_limit);
+                    scan.shortest_limit = scan.shortest_limit.min(watched.cpu_limit);
                     true
                 }
                 None => false,
             });
         }
-        (busy, shortest)
+        scan
     }
 
     fn run(&self) {
         // Before any park, so a turn that finds the watchdog parked finds its thread too.
         let _ = self.thread.set(std::thread::current());
-        let mut idle_since: Option<Instant> = None;
         loop {
-            let (busy, shortest) = self.scan();
-            if busy {
-                idle_since = None;
-            } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= PARK_AFTER {
-                // Still idle when woken (the turn that woke it already ended): parks again.
+            let scan = self.scan();
+            if !scan.busy && scan.idle_for >= PARK_AFTER {
+                // Woken by a turn, it watches for PARK_AFTER at least: a node serving now
+                // and then wakes it at most once a second.
                 self.park();
                 continue;
             }
             // Check often enough to stop a runaway turn within ~10% of its limit.
             std::thread::sleep(
-                (shortest / 10).clamp(Duration::from_millis(1), Duration::from_millis(10)),
+                (scan.shortest_limit / 10)
+                    .clamp(Duration::from_millis(1), Duration::from_millis(10)),
             );
         }
     }
@@ -318,7 +327,7 @@ impl Watchdog {
     fn park(&self) {
         self.parked.store(true, Ordering::SeqCst);
         // A turn that started before it could see `parked` is seen here.
-        if self.scan().0 {
+        if self.scan().busy {
             self.parked.store(false, Ordering::SeqCst);
             return;
         }
@@ -326,6 +335,16 @@ impl Watchdog {
             std::thread::park();
         }
     }
+}
+
+/// What one look at every watched isolate found.
+struct Scan {
+    /// Some isolate is in a turn.
+    busy: bool,
+    /// Since the latest turn of any isolate started.
+    idle_for: Duration,
+    /// The shortest CPU limit of the isolates (at most 50 ms).
+    shortest_limit: Duration,
 }
 
 /// The watchdog thread could not be started: tenant code must not run.
