@@ -173,3 +173,51 @@ async fn every_method_reaches_the_handler_as_sent() {
     // the body it received, none for a HEAD).
     assert_eq!(head.headers()[reqwest::header::CONTENT_LENGTH], "6");
 }
+
+/// Text bodies reach the client as UTF-8 whatever form V8 holds them in (one-byte Latin-1
+/// strings, two-byte strings, concatenations, long ones), before and after V8 optimizes the
+/// dispatch code; `Response.json`'s content type crosses beside them.
+#[tokio::test]
+async fn text_bodies_arrive_as_utf8_in_every_string_form() {
+    let app = common::app(
+        "texts",
+        r#"const long = "é".repeat(5000);
+           export default {
+             fetch(request) {
+               const path = new URL(request.url).pathname;
+               if (path === "/latin1") return new Response("café crème");
+               if (path === "/two-byte") return new Response("snow ☃ ✓ 😀");
+               if (path === "/joined") return new Response("n=" + path.length + " é");
+               if (path === "/long") return new Response(long);
+               return Response.json({ s: "é☃" });
+             },
+           };"#,
+    );
+    let node = Node::start(app.path(), &[]);
+    let client = http1();
+    let long = "é".repeat(5000);
+    let cases: [(&str, &str, &str); 5] = [
+        ("/latin1", "café crème", "text/plain;charset=UTF-8"),
+        ("/two-byte", "snow ☃ ✓ 😀", "text/plain;charset=UTF-8"),
+        ("/joined", "n=7 é", "text/plain;charset=UTF-8"),
+        ("/long", &long, "text/plain;charset=UTF-8"),
+        ("/json", r#"{"s":"é☃"}"#, "application/json"),
+    ];
+    // Enough rounds for V8 to optimize the dispatch code.
+    for round in 0..400 {
+        for (path, body, content_type) in &cases {
+            let res = client.get(node.url(path)).send().await.unwrap();
+            assert_eq!(res.status(), 200, "{path} in round {round}");
+            assert_eq!(
+                res.headers()[reqwest::header::CONTENT_TYPE],
+                *content_type,
+                "{path} in round {round}"
+            );
+            assert_eq!(
+                res.bytes().await.unwrap(),
+                body.as_bytes(),
+                "{path} in round {round}"
+            );
+        }
+    }
+}
