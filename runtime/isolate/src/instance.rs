@@ -84,8 +84,9 @@ pub struct Instance {
     measure: Pin<Box<tokio::time::Sleep>>,
     /// Whether memory is measured every `MEASURE`: not while the isolate is quiet (no request
     /// since the last measurement, none in flight, nothing pending in its event loop), when
-    /// nothing in it runs that could grow it; the next request starts measuring again. An
-    /// idle isolate thus costs its worker no wake-ups.
+    /// nothing in it runs that could grow it; then whatever wakes it is followed by a
+    /// measurement, and the next request starts the timer again. An idle isolate thus costs
+    /// its worker no wake-ups.
     measuring: bool,
     /// A request started since the last measurement.
     started_since_measure: bool,
@@ -449,18 +450,24 @@ impl Instance {
     /// memories and buffers made by ops). `quiet`: nothing is in flight or pending in the
     /// event loop.
     fn poll_measure(&mut self, cx: &mut Context<'_>, quiet: bool) -> Option<Breach> {
-        if !self.measuring || self.measure.as_mut().poll(cx).is_pending() {
-            return None;
+        if self.measuring {
+            if self.measure.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            if quiet && !self.started_since_measure {
+                // Measured after its last work; the next wake-up measures again.
+                self.measuring = false;
+            } else {
+                self.rearm_measure(cx);
+            }
+        } else if !quiet {
+            // Not a request (those re-arm the timer) but a V8 task (a garbage collection, a
+            // `FinalizationRegistry` callback) woke it and left work behind.
+            self.measuring = true;
+            self.rearm_measure(cx);
         }
-        if quiet && !self.started_since_measure {
-            // Measured after its last work already; the next request measures again.
-            self.measuring = false;
-        } else {
-            self.measure
-                .as_mut()
-                .reset(tokio::time::Instant::now() + MEASURE);
-            let _ = self.measure.as_mut().poll(cx);
-        }
+        // Otherwise woken while quiet, by whatever ran (such a V8 task, done): measured now,
+        // which also reads the heap after the collection that made it quiet.
         self.started_since_measure = false;
         let raw = self.raw;
         let (heap, external) = {
@@ -482,6 +489,14 @@ impl Instance {
             return Some(Breach::Memory);
         }
         None
+    }
+
+    /// Sets the next measurement `MEASURE` from now (polled with `cx`, so it wakes the loop).
+    fn rearm_measure(&mut self, cx: &mut Context<'_>) {
+        self.measure
+            .as_mut()
+            .reset(tokio::time::Instant::now() + MEASURE);
+        let _ = self.measure.as_mut().poll(cx);
     }
 
     fn close_finished_bodies(&mut self) {
