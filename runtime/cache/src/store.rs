@@ -284,10 +284,10 @@ impl Disk {
         }
     }
 
-    /// Cancels the body files of `key`'s URL being written.
-    fn cancel_writes(&self, key: &Key) {
+    /// Cancels the body files being written of the URL whose own key is `primary`.
+    fn cancel_writes(&self, primary: &Key) {
         let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(write) = writes.remove(&key.primary()) {
+        if let Some(write) = writes.remove(primary) {
             write.cancelled.store(true, Ordering::Release);
         }
     }
@@ -474,7 +474,7 @@ impl Tiers {
         let mut removed = self.memory.remove(key).is_some();
         if let Some(disk) = &self.disk {
             // A file still being written would be indexed after the removal.
-            disk.cancel_writes(key);
+            disk.cancel_writes(&key.primary());
             removed |= disk.index.remove(key).is_some();
         }
         removed

@@ -41,14 +41,19 @@ async fn text(response: http::Response<Body>) -> String {
 
 /// Waits until the disk tier indexed what was written behind the response.
 async fn until_on_disk(cache: &Cache) {
+    until_disk_size(cache, |size| size > 0, "nothing reached the disk tier").await;
+}
+
+/// Waits up to 2 s for the disk tier's size (`sizes()` syncs the tiers) to satisfy
+/// `reached`; panics with `never` if it does not.
+async fn until_disk_size(cache: &Cache, reached: impl Fn(u64) -> bool, never: &str) {
     for _ in 0..200 {
-        cache.sync();
-        if cache.sizes().1 > 0 {
+        if reached(cache.sizes().1) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("nothing reached the disk tier");
+    panic!("{never}");
 }
 
 #[tokio::test]
@@ -146,17 +151,12 @@ async fn a_lookup_in_empty_tiers_is_skipped_and_entries_count_in_and_out() {
         )
         .await
         .unwrap();
-    for _ in 0..200 {
-        if cache.sizes().1 != one_on_disk {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_ne!(
-        cache.sizes().1,
-        one_on_disk,
-        "the replacement never reached the disk"
-    );
+    until_disk_size(
+        &cache,
+        |size| size != one_on_disk,
+        "the replacement never reached the disk",
+    )
+    .await;
     assert_eq!(held(&cache), stored);
     let found = scope.lookup(None, &get("https://a.test/x")).await.unwrap();
     assert_eq!(text(found).await, "two, longer");

@@ -493,10 +493,15 @@ impl Instance {
 
     /// Sets the next measurement `MEASURE` from now (polled with `cx`, so it wakes the loop).
     fn rearm_measure(&mut self, cx: &mut Context<'_>) {
+        self.schedule_measure();
+        let _ = self.measure.as_mut().poll(cx);
+    }
+
+    /// Sets the next measurement `MEASURE` from now.
+    fn schedule_measure(&mut self) {
         self.measure
             .as_mut()
             .reset(tokio::time::Instant::now() + MEASURE);
-        let _ = self.measure.as_mut().poll(cx);
     }
 
     fn close_finished_bodies(&mut self) {
@@ -537,9 +542,7 @@ impl Instance {
         if !self.measuring {
             // Polled (and so armed) after this turn's event loop.
             self.measuring = true;
-            self.measure
-                .as_mut()
-                .reset(tokio::time::Instant::now() + MEASURE);
+            self.schedule_measure();
         }
         let deadline = job.deadline;
         let (parts, body) = job.request.into_parts();
