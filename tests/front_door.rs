@@ -592,6 +592,76 @@ async fn apps_bring_their_certificates_through_the_origin_to_pops() {
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
 }
 
+/// An HTTP/1.1 connection may wait at most the header timeout for its next request (a new
+/// one that sends nothing, and a keep-alive one between requests), while a response that
+/// streams for longer than that is not cut.
+#[tokio::test]
+async fn an_http1_connection_waits_the_header_timeout_for_a_request_but_a_long_response_is_not_cut()
+{
+    let site = app(
+        "site",
+        "export default { fetch(request) {\n\
+           if (new URL(request.url).pathname !== '/slow') return new Response('quick');\n\
+           let i = 0;\n\
+           return new Response(new ReadableStream({ async pull(c) {\n\
+             await new Promise(r => setTimeout(r, 400));\n\
+             if (i++ < 6) c.enqueue(new TextEncoder().encode('.')); else c.close();\n\
+           } }));\n\
+         } };\n",
+    );
+    let node = Node::start(site.path(), &["--header-timeout-ms", "1000"]);
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let connect = || {
+        let stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+    };
+    // Reads until the connection closes; how long that took.
+    let until_closed = |mut stream: std::net::TcpStream| {
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let read = stream.read_to_end(&mut rest);
+        (started.elapsed(), read.map(|_| rest))
+    };
+
+    // A connection that never sends a request.
+    let (waited, read) = until_closed(connect());
+    assert!(
+        waited < Duration::from_secs(10),
+        "a silent connection stayed open {waited:?}"
+    );
+    assert!(read.is_ok_and(|rest| rest.is_empty()));
+
+    // A response streaming for ~2.8 s, past the 1 s timeout, arrives whole; then the
+    // connection, idle between requests, is closed.
+    let mut stream = connect();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: site\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.ends_with(b"0\r\n\r\n") {
+        let n = stream.read(&mut buf).expect("the response kept coming");
+        assert!(n > 0, "cut off: {}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buf[..n]);
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(response.matches(".\r\n").count(), 6, "{response}");
+    let (waited, read) = until_closed(stream);
+    assert!(
+        waited < Duration::from_secs(10),
+        "an idle keep-alive connection stayed open {waited:?}"
+    );
+    assert!(read.is_ok_and(|rest| rest.is_empty()));
+
+    // Everyone else is served as before.
+    let (status, body) = common::get(&node, "/").await;
+    assert_eq!((status, body.as_str()), (200, "quick"));
+}
+
 #[tokio::test]
 async fn connections_past_the_cap_wait_until_one_closes() {
     let site = app("site", URL_APP);

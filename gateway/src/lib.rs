@@ -2,6 +2,7 @@
 //! host and path to an app, the mapping of every failure to a status, the admin listener,
 //! and the file watcher of `outpost dev`. The `outpost` binary (src/main.rs) wires these to the pool and isolates.
 
+mod activity;
 pub mod admin;
 pub mod endpoints;
 pub mod error;

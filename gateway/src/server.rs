@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::activity::{Activity, Tracked};
 use crate::error::{GatewayError, Kind};
 use crate::routes::{Routes, Target};
 
@@ -296,12 +297,18 @@ async fn serve_connection(
     };
     let _ = stream.set_nodelay(true);
     match transport {
-        Transport::Plain => serve_http(stream, &listening, shutdown).await,
+        Transport::Plain => serve_http(stream, Protocol::Unknown, &listening, shutdown).await,
         Transport::Tls(tls) => {
             let handshake = accept_tls(stream, tls, &listening);
             let limit = listening.config.connections.header_read_timeout;
             match tokio::time::timeout(limit, handshake).await {
-                Ok(Ok(stream)) => serve_http(stream, &listening, shutdown).await,
+                Ok(Ok(stream)) => {
+                    let protocol = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Unknown,
+                    };
+                    serve_http(stream, protocol, &listening, shutdown).await
+                }
                 Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -339,22 +346,25 @@ async fn accept_tls(
 
 /// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends; once shutdown begins, the
 /// connection finishes what it holds and closes.
-async fn serve_http<I>(io: I, listening: &Arc<Listening>, mut shutdown: ShutdownSignal)
-where
+async fn serve_http<I>(
+    io: I,
+    protocol: Protocol,
+    listening: &Arc<Listening>,
+    mut shutdown: ShutdownSignal,
+) where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let _open = crate::here::Counted::connection();
     let for_service = listening.clone();
-    let activity = Arc::new(Activity::default());
+    let activity = Activity::new(protocol == Protocol::Http2);
     let active = activity.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
         let listening = for_service.clone();
-        let active = active.clone();
+        // Counted from here until the response body is sent whole.
+        let open = active.begin(request.version());
         async move {
-            active.begin();
             let response = handle(request, &listening).await;
-            active.end();
-            Ok::<_, std::convert::Infallible>(response)
+            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked::new(body, open)))
         }
     });
     let limits = &listening.config.connections;
@@ -362,7 +372,9 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // No header timer of hyper's (with a timer set it would default to 30 s): the
+        // watcher below keeps the header timeout (see `activity`).
+        .header_read_timeout(None::<Duration>)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
@@ -372,11 +384,10 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
-    let idle_timeout = limits.idle_timeout;
     // Polled only when they wake the task, not on every wake-up of the connection.
     let watchers = crate::gate::Gate::new();
     let mut stop = std::pin::pin!(shutdown.wait());
-    let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
+    let mut idle = std::pin::pin!(tokio::time::sleep(activity.idle_limit(limits)));
     let mut draining = false;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = connection.as_mut().poll(cx) {
@@ -393,18 +404,24 @@ where
                 return Poll::Ready(());
             }
             while idle.as_mut().poll(watch).is_ready() {
+                let limit = activity.idle_limit(limits);
                 match activity.idle_since() {
                     // Graceful: a response still streaming finishes first.
-                    Some(since) if since.elapsed() >= idle_timeout => return Poll::Ready(()),
-                    Some(since) => idle.as_mut().reset((since + idle_timeout).into()),
-                    None => idle
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + idle_timeout),
+                    Some(since) if since.elapsed() >= limit => return Poll::Ready(()),
+                    Some(since) => idle.as_mut().reset((since + limit).into()),
+                    None => idle.as_mut().reset(tokio::time::Instant::now() + limit),
                 }
             }
             Poll::Pending
         });
         if watched.is_ready() {
+            if !activity.is_http2() && activity.idle_since().is_some() {
+                // HTTP/1.1 with no request in flight: waiting for a head (or for a slow
+                // client to finish one). Closed now, as hyper's header timer would: its
+                // graceful shutdown closes only a connection that has served a request.
+                tracing::debug!("HTTP/1.1 connection closed without a request in flight");
+                return Poll::Ready(());
+            }
             draining = true;
             connection.as_mut().graceful_shutdown();
             // The connection makes progress on its shutdown when polled again.
@@ -415,38 +432,13 @@ where
     .await
 }
 
-/// Whether a connection holds requests, and since when it holds none.
-struct Activity {
-    open: std::sync::atomic::AtomicUsize,
-    last: std::sync::Mutex<Instant>,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            open: std::sync::atomic::AtomicUsize::new(0),
-            last: std::sync::Mutex::new(Instant::now()),
-        }
-    }
-}
-
-impl Activity {
-    fn begin(&self) {
-        self.open.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn end(&self) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// When the last request ended, if none is under way.
-    fn idle_since(&self) -> Option<Instant> {
-        if self.open.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        Some(*self.last.lock().unwrap_or_else(|e| e.into_inner()))
-    }
+/// What a connection is known to speak before its first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// HTTP/1.1, or HTTP/2 with prior knowledge (cleartext): told by the first request.
+    Unknown,
+    /// TLS with ALPN `h2`.
+    Http2,
 }
 
 /// A request body as a protocol delivers it (hyper's for HTTP/1.1 and HTTP/2, a stream's
