@@ -17,6 +17,16 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 
 const URL_APP: &str = "export default { fetch(request) { return new Response(request.url); } };\n";
 
+/// `/slow` streams six dots 400 ms apart (2.8 s in all); any other path answers `quick`.
+const SLOW_STREAM_APP: &str = "export default { fetch(request) {\n\
+   if (new URL(request.url).pathname !== '/slow') return new Response('quick');\n\
+   let i = 0;\n\
+   return new Response(new ReadableStream({ async pull(c) {\n\
+     await new Promise(r => setTimeout(r, 400));\n\
+     if (i++ < 6) c.enqueue(new TextEncoder().encode('.')); else c.close();\n\
+   } }));\n\
+ } };\n";
+
 /// `outpost dev PATH --https 127.0.0.1:0 ARGS…` with its own OUTPOST_HOME; the node and its
 /// HTTPS address.
 fn https_node(path: &Path, home: &Path, args: &[&str]) -> (Node, SocketAddr) {
@@ -286,16 +296,22 @@ async fn oversized_headers_get_431() {
     assert!(h2.as_ref().map_or(true, |r| r.status() == 431), "{h2:?}");
 }
 
+/// A plain TCP connection to `addr` for writing HTTP/1.1 by hand; reads give up after 20 s.
+fn raw_connection(addr: &str) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+}
+
 #[tokio::test]
 async fn a_slowloris_client_is_cut_off_without_hurting_others() {
     let site = app("site", URL_APP);
     let node = Node::start(site.path(), &["--header-timeout-ms", "1000"]);
     let addr = node.url.trim_start_matches("http://").to_string();
     let slow = std::thread::spawn(move || {
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        let mut stream = raw_connection(&addr);
         let started = Instant::now();
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: site\r\n")
@@ -598,26 +614,10 @@ async fn apps_bring_their_certificates_through_the_origin_to_pops() {
 #[tokio::test]
 async fn an_http1_connection_waits_the_header_timeout_for_a_request_but_a_long_response_is_not_cut()
 {
-    let site = app(
-        "site",
-        "export default { fetch(request) {\n\
-           if (new URL(request.url).pathname !== '/slow') return new Response('quick');\n\
-           let i = 0;\n\
-           return new Response(new ReadableStream({ async pull(c) {\n\
-             await new Promise(r => setTimeout(r, 400));\n\
-             if (i++ < 6) c.enqueue(new TextEncoder().encode('.')); else c.close();\n\
-           } }));\n\
-         } };\n",
-    );
+    let site = app("site", SLOW_STREAM_APP);
     let node = Node::start(site.path(), &["--header-timeout-ms", "1000"]);
     let addr = node.url.trim_start_matches("http://").to_string();
-    let connect = || {
-        let stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        stream
-    };
+    let connect = || raw_connection(&addr);
     // Reads until the connection closes; how long that took.
     let until_closed = |mut stream: std::net::TcpStream| {
         let started = Instant::now();
@@ -662,6 +662,72 @@ async fn an_http1_connection_waits_the_header_timeout_for_a_request_but_a_long_r
     assert_eq!((status, body.as_str()), (200, "quick"));
 }
 
+/// A body handed over in one piece leaves the app at once but may take the client longer
+/// than the header timeout to read: it arrives whole, and so does the next response.
+#[tokio::test]
+async fn a_large_response_read_slowly_is_not_cut_at_the_header_timeout() {
+    const SIZE: usize = 32 << 20;
+    let site = app(
+        "site",
+        &format!(
+            "export default {{ fetch(request) {{\n\
+               if (new URL(request.url).pathname === '/big') return new Response(new Uint8Array({SIZE}).fill(7));\n\
+               return new Response('quick');\n\
+             }} }};\n"
+        ),
+    );
+    let node = Node::start(site.path(), &["--header-timeout-ms", "1000"]);
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let reader = std::thread::spawn(move || {
+        let mut stream = raw_connection(&addr);
+        let started = Instant::now();
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nHost: site\r\n\r\n")
+            .unwrap();
+        // ~8 MiB/s: the 32 MiB take ~4 s, most of them waiting in the node's buffers.
+        let mut received = Vec::with_capacity(SIZE + 1024);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut head_end = None;
+        let head_end = loop {
+            let n = stream.read(&mut buf).expect("the response kept coming");
+            assert!(n > 0, "cut off after {} bytes", received.len());
+            received.extend_from_slice(&buf[..n]);
+            std::thread::sleep(Duration::from_millis(30));
+            if head_end.is_none() {
+                head_end = received
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|at| at + 4);
+            }
+            if let Some(end) = head_end.filter(|end| received.len() >= end + SIZE) {
+                break end;
+            }
+        };
+        let took = started.elapsed();
+        let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+        let body = &received[head_end..];
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body.len(), SIZE);
+        assert!(body.iter().all(|b| *b == 7));
+        // The same connection serves the next request.
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: site\r\n\r\n")
+            .unwrap();
+        let n = stream.read(&mut buf).unwrap();
+        let next = String::from_utf8_lossy(&buf[..n]).into_owned();
+        (took, next)
+    });
+    let (took, next) = reader.join().unwrap();
+    assert!(
+        took > Duration::from_millis(1500),
+        "read in {took:?}: not slower than the header timeout, so this proves nothing"
+    );
+    assert!(
+        next.starts_with("HTTP/1.1 200") && next.ends_with("quick"),
+        "{next}"
+    );
+}
+
 #[tokio::test]
 async fn connections_past_the_cap_wait_until_one_closes() {
     let site = app("site", URL_APP);
@@ -696,17 +762,7 @@ async fn connections_past_the_cap_wait_until_one_closes() {
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_but_a_long_stream_is_not_cut() {
     use http_body_util::BodyExt;
-    let site = app(
-        "site",
-        "export default { fetch(request) {\n\
-           if (new URL(request.url).pathname !== '/slow') return new Response('quick');\n\
-           let i = 0;\n\
-           return new Response(new ReadableStream({ async pull(c) {\n\
-             await new Promise(r => setTimeout(r, 400));\n\
-             if (i++ < 6) c.enqueue(new TextEncoder().encode('.')); else c.close();\n\
-           } }));\n\
-         } };\n",
-    );
+    let site = app("site", SLOW_STREAM_APP);
     let node = Node::start(site.path(), &["--connection-idle-secs", "1"]);
     let addr = node.url.trim_start_matches("http://").to_string();
     let connect = || async {

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::activity::{Activity, Tracked};
+use crate::activity::{Activity, Tracked, WatchedIo};
 use crate::error::{GatewayError, Kind};
 use crate::routes::{Routes, Target};
 
@@ -360,7 +361,8 @@ async fn serve_http<I>(
     let active = activity.clone();
     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
         let listening = for_service.clone();
-        // Counted from here until the response body is sent whole.
+        // Counted from here until hyper drops the response body (then `WatchedIo` sees
+        // whether its last bytes still wait for the socket).
         let open = active.begin(request.version());
         async move {
             let response = handle(request, &listening).await;
@@ -382,6 +384,7 @@ async fn serve_http<I>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let io = WatchedIo::new(io, activity.clone());
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     // Polled only when they wake the task, not on every wake-up of the connection.
@@ -389,6 +392,7 @@ async fn serve_http<I>(
     let mut stop = std::pin::pin!(shutdown.wait());
     let mut idle = std::pin::pin!(tokio::time::sleep(activity.idle_limit(limits)));
     let mut draining = false;
+    let mut unserved_grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = connection.as_mut().poll(cx) {
             if let Err(e) = result {
@@ -397,6 +401,17 @@ async fn serve_http<I>(
             return Poll::Ready(());
         }
         if draining {
+            if let Some(grace) = unserved_grace.as_mut() {
+                if grace.as_mut().poll(cx).is_ready() {
+                    if !activity.has_served() {
+                        tracing::debug!("connection closed before it carried a request");
+                        return Poll::Ready(());
+                    }
+                    // A request came meanwhile (the rest of a head, an HTTP/2 stream before
+                    // the GOAWAY took effect): it finishes, as on any served connection.
+                    unserved_grace = None;
+                }
+            }
             return Poll::Pending;
         }
         let watched = watchers.poll(cx, |watch| {
@@ -406,7 +421,6 @@ async fn serve_http<I>(
             while idle.as_mut().poll(watch).is_ready() {
                 let limit = activity.idle_limit(limits);
                 match activity.idle_since() {
-                    // Graceful: a response still streaming finishes first.
                     Some(since) if since.elapsed() >= limit => return Poll::Ready(()),
                     Some(since) => idle.as_mut().reset((since + limit).into()),
                     None => idle.as_mut().reset(tokio::time::Instant::now() + limit),
@@ -415,15 +429,14 @@ async fn serve_http<I>(
             Poll::Pending
         });
         if watched.is_ready() {
-            if !activity.is_http2() && activity.idle_since().is_some() {
-                // HTTP/1.1 with no request in flight: waiting for a head (or for a slow
-                // client to finish one). Closed now, as hyper's header timer would: its
-                // graceful shutdown closes only a connection that has served a request.
-                tracing::debug!("HTTP/1.1 connection closed without a request in flight");
-                return Poll::Ready(());
-            }
+            // Graceful: a response still streaming, or still in hyper's write buffer (its
+            // body is gone once its last bytes are buffered), is sent whole first; an
+            // HTTP/1.1 connection between requests closes at once, HTTP/2 gets GOAWAY.
             draining = true;
             connection.as_mut().graceful_shutdown();
+            if !activity.has_served() {
+                unserved_grace = Some(Box::pin(tokio::time::sleep(UNSERVED_GRACE)));
+            }
             // The connection makes progress on its shutdown when polled again.
             cx.waker().wake_by_ref();
         }
@@ -431,6 +444,12 @@ async fn serve_http<I>(
     })
     .await
 }
+
+/// How long a connection that never carried a request may take to close after its graceful
+/// shutdown began; then it is dropped (it holds no response to cut). hyper's HTTP/1.1
+/// graceful shutdown leaves a new connection holding part of a head waiting for the rest (a
+/// slowloris client); HTTP/2 with prior knowledge gets its GOAWAY meanwhile.
+const UNSERVED_GRACE: Duration = Duration::from_secs(1);
 
 /// What a connection is known to speak before its first request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
