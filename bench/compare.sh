@@ -33,16 +33,9 @@ OUT=${OUT:-target/bench-compare.md}
 BUILD=${BUILD:-1}
 H=bench/handlers
 
-if [ ! -x "$DENO" ]; then
-  echo "no deno binary at $DENO: npm install --prefix /tmp/deno deno@2.9.6 and DENO=/tmp/deno/node_modules/.bin/deno" >&2
-  exit 1
-fi
-if [ "$BUILD" != 0 ]; then
-  bash ../shared/v8/install.sh >/dev/null
-  cargo build --release --quiet --bin outpost --bin outpost-load
-fi
-
 source bench/lib.sh
+need_deno
+build_release
 export OUTPOST_LOG=warn   # no request log lines
 # Client and servers share the machine: anything else running moves every number.
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"

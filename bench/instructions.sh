@@ -23,16 +23,9 @@ REQUESTS=${REQUESTS:-3000}
 BUILD=${BUILD:-1}
 H=bench/handlers
 command -v valgrind >/dev/null || { echo "needs valgrind (apt install valgrind)" >&2; exit 1; }
-if [ ! -x "$DENO" ]; then
-  echo "no deno binary at $DENO: npm install --prefix /tmp/deno deno@2.9.6 and DENO=/tmp/deno/node_modules/.bin/deno" >&2
-  exit 1
-fi
-if [ "$BUILD" != 0 ]; then
-  bash ../shared/v8/install.sh >/dev/null
-  cargo build --release --quiet --bin outpost --bin outpost-load
-fi
-
 source bench/lib.sh
+need_deno
+build_release
 export OUTPOST_LOG=warn   # no request log lines
 export START_TIMEOUT=300  # V8 starts slowly under valgrind
 work=$(mktemp -d)

@@ -23,3 +23,20 @@ start() {
 
 # The requests/s of an outpost-load result line.
 rps() { sed -E 's/.*req\/s ([0-9]+).*/\1/' <<<"$1"; }
+
+# Exits unless $DENO is a deno binary (the comparisons with `deno serve` need one).
+need_deno() {
+  if [ ! -x "$DENO" ]; then
+    echo "no deno binary at $DENO: npm install --prefix /tmp/deno deno@2.9.6 and DENO=/tmp/deno/node_modules/.bin/deno" >&2
+    exit 1
+  fi
+}
+
+# Builds the release outpost and outpost-load (the V8 archive put in place first), unless
+# BUILD=0.
+build_release() {
+  if [ "${BUILD:-1}" != 0 ]; then
+    bash ../shared/v8/install.sh >/dev/null
+    cargo build --release --quiet --bin outpost --bin outpost-load
+  fi
+}
