@@ -25,9 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::server::ConnectionLimits;
 
 pub(crate) struct Activity {
-    /// Requests whose response is not sent whole yet.
+    /// Requests whose response body hyper still holds.
     open: AtomicUsize,
-    /// When the last of them was, or when the connection opened.
+    /// When it was last busy (a request ended, a waiting write went out), or opened.
     last: Mutex<Instant>,
     /// The connection speaks HTTP/2 (its TLS handshake chose `h2`, or a request came so).
     http2: AtomicBool,
@@ -69,8 +69,13 @@ impl Activity {
     }
 
     fn end(&self) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.busy_until_now();
         self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Records now as the time the connection was last busy.
+    fn busy_until_now(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
     /// Since when the connection holds no request and sends nothing, if so.
@@ -116,7 +121,7 @@ impl<I> WatchedIo<I> {
         match result {
             Poll::Pending => activity.writing.store(true, Ordering::Release),
             Poll::Ready(_) if activity.writing.load(Ordering::Relaxed) => {
-                *activity.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                activity.busy_until_now();
                 activity.writing.store(false, Ordering::Release);
             }
             Poll::Ready(_) => {}
@@ -177,8 +182,8 @@ impl Drop for Open {
     }
 }
 
-/// A response body that keeps its request counted until it was sent whole (hyper drops a
-/// body once it has written its last frame) or dropped unsent.
+/// A response body that keeps its request counted until hyper drops it: once its last bytes
+/// are in hyper's write buffer (what is left to send is [`WatchedIo`]'s to see), or unsent.
 pub(crate) struct Tracked {
     body: Body,
     _open: Open,
@@ -256,7 +261,6 @@ mod tests {
             io.write_all(b"more").await.unwrap();
             io
         });
-        tokio::task::yield_now().await;
         while !activity.writing.load(Ordering::Acquire) {
             tokio::task::yield_now().await;
         }
