@@ -388,7 +388,7 @@ async fn serve_http<I>(
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     // Polled only when they wake the task, not on every wake-up of the connection.
-    let watchers = crate::gate::Gate::new();
+    let mut watchers = crate::gate::Gate::new();
     let mut stop = std::pin::pin!(shutdown.wait());
     let mut idle = std::pin::pin!(tokio::time::sleep(activity.idle_limit(limits)));
     let mut draining = false;

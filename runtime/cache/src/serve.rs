@@ -215,30 +215,33 @@ impl Cache {
         let mut policy_request = None;
         let mut collapsed = false;
         loop {
-            let now = SystemTime::now();
             let why = match self.tiers.find(&key, &parts.headers).await {
-                Some(Ok(found)) => match reuse(&found, &mut policy_request, &parts, now) {
-                    Reuse::Fresh => {
-                        let status = CacheStatus {
-                            hit: true,
-                            ttl: Some(rules::ttl_secs(found.meta.fresh_until, now)),
-                            collapsed,
-                            ..CacheStatus::default()
-                        };
-                        match answer(&parts, &found, status, now).await {
-                            Ok(response) => return Ok(response),
-                            Err(e) => {
-                                tracing::warn!("a cached body cannot be read: {e}");
-                                self.tiers.remove(&found.meta.key);
-                                "miss"
+                Some(Ok(found)) => {
+                    // The clock is read only when something was found (not for a miss).
+                    let now = SystemTime::now();
+                    match reuse(&found, &mut policy_request, &parts, now) {
+                        Reuse::Fresh => {
+                            let status = CacheStatus {
+                                hit: true,
+                                ttl: Some(rules::ttl_secs(found.meta.fresh_until, now)),
+                                collapsed,
+                                ..CacheStatus::default()
+                            };
+                            match answer(&parts, &found, status, now).await {
+                                Ok(response) => return Ok(response),
+                                Err(e) => {
+                                    tracing::warn!("a cached body cannot be read: {e}");
+                                    self.tiers.remove(&found.meta.key);
+                                    "miss"
+                                }
                             }
                         }
+                        Reuse::Stale => {
+                            return self.revalidate(&parts, body, found, dispatch).await;
+                        }
+                        Reuse::Mismatch => "miss",
                     }
-                    Reuse::Stale => {
-                        return self.revalidate(&parts, body, found, dispatch).await;
-                    }
-                    Reuse::Mismatch => "miss",
-                },
+                }
                 Some(Err(crate::store::VaryMiss)) => "vary-miss",
                 None => "uri-miss",
             };

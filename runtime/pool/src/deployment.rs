@@ -145,12 +145,13 @@ impl Deployment {
             reply,
         };
         let scale_at = inner.pool.config.scale_out_at;
-        // The common case: the app is live on this worker and not busy.
+        // The common case: the app is live on this worker and not busy (or the pool has no
+        // other worker to scale out to: then busy or not, this instance is the one).
         if let Some(index) = here {
             let slot = &inner.slots[index % workers];
             let local = slot.live.load();
             if let Some(live) = local.as_ref() {
-                if live.handle.accepting() && live.load() < scale_at {
+                if live.handle.accepting() && (live.load() < scale_at || workers == 1) {
                     match live.jobs.try_send(job) {
                         Ok(()) => {
                             live.handle.job_queued();
