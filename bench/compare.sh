@@ -14,7 +14,9 @@
 #        deno@2.9.6` puts one at /tmp/deno/node_modules/.bin/deno), DURATION (measured seconds
 #        per round, default 5), WARMUP (seconds before the first round, default 2), ROUNDS
 #        (default 2), CONNS (default "64 1"), HANDLERS (default "hello echo sha256 fib"),
-#        OUT (the markdown table, default target/bench-compare.md), BUILD=0 (no cargo build).
+#        OUT (the markdown table, default target/bench-compare.md), BUILD=0 (no cargo build),
+#        OUTPOST_BIN (the outpost binary, default target/release/outpost; bench/pgo.sh makes
+#        target/pgo/release/outpost).
 #
 # Per handler, runtime and connection count: a fresh server; the handler's answer is checked
 # with curl; WARMUP s of load; ROUNDS measured runs of DURATION s. Server CPU is utime + stime
@@ -31,6 +33,7 @@ CONNS=${CONNS:-"64 1"}
 HANDLERS=${HANDLERS:-"hello echo sha256 fib"}
 OUT=${OUT:-target/bench-compare.md}
 BUILD=${BUILD:-1}
+OUTPOST_BIN=${OUTPOST_BIN:-target/release/outpost}
 H=bench/handlers
 
 source bench/lib.sh
@@ -77,7 +80,7 @@ for handler in $HANDLERS; do
     for runtime in outpost deno; do
       file=$(entry "$handler" "$runtime")
       if [ "$runtime" = outpost ]; then
-        bin=target/release/outpost
+        bin=$OUTPOST_BIN
         start "$bin" dev "$file" --listen 127.0.0.1:0 --workers 1 --server-timing off
       else
         bin=$DENO
@@ -104,7 +107,7 @@ for handler in $HANDLERS; do
 done
 
 deno_version=$("$DENO" --version | head -1)
-outpost_rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown) (binary of $(date -u -r target/release/outpost '+%F %H:%M'))"
+outpost_rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown) ($OUTPOST_BIN of $(date -u -r "$OUTPOST_BIN" '+%F %H:%M'))"
 python3 - "$results" "$OUT" "$deno_version" "$outpost_rev" "$DURATION" "$ROUNDS" "$WARMUP" <<'EOF'
 import sys
 from collections import defaultdict

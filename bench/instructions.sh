@@ -10,10 +10,11 @@
 #
 # Knobs: DENO (default /tmp/denoinst/node_modules/.bin/deno, as compare.sh), HANDLERS
 # (default "hello echo"), CONNS (default "64 1"), REQUESTS (measured requests per run,
-# default 3000), BUILD=0 (no cargo build). Per handler, connection count and runtime: the
-# server starts under callgrind, serves 500 requests of warm-up, the counts are zeroed,
-# REQUESTS requests are made and the counts dumped (bench/instructions.py reads them). One
-# isolate each, as compare.sh. Bounded, loopback only; ~1 min per run.
+# default 3000), BUILD=0 (no cargo build), OUTPOST_BIN (default target/release/outpost).
+# Per handler, connection count and runtime: the server starts under callgrind, serves 500
+# requests of warm-up, the counts are zeroed, REQUESTS requests are made and the counts
+# dumped (bench/instructions.py reads them). One isolate each, as compare.sh. Bounded,
+# loopback only; ~1 min per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DENO=${DENO:-/tmp/denoinst/node_modules/.bin/deno}
@@ -21,6 +22,7 @@ HANDLERS=${HANDLERS:-"hello echo"}
 CONNS=${CONNS:-"64 1"}
 REQUESTS=${REQUESTS:-3000}
 BUILD=${BUILD:-1}
+OUTPOST_BIN=${OUTPOST_BIN:-target/release/outpost}
 H=bench/handlers
 command -v valgrind >/dev/null || { echo "needs valgrind (apt install valgrind)" >&2; exit 1; }
 source bench/lib.sh
@@ -40,7 +42,7 @@ for handler in $HANDLERS; do
         --smc-check=all-non-file --callgrind-out-file="$profile.%p")
       if [ "$runtime" = outpost ]; then
         entry="$H/$handler.js"
-        start "${grind[@]}" target/release/outpost dev "$entry" --listen 127.0.0.1:0 --workers 1 --server-timing off
+        start "${grind[@]}" "$OUTPOST_BIN" dev "$entry" --listen 127.0.0.1:0 --workers 1 --server-timing off
       else
         entry="$H/$handler.js"; [ "$handler" = fib ] && entry="$H/fib.deno.js"
         start "${grind[@]}" "$DENO" serve --host 127.0.0.1 --port 0 "$entry"
