@@ -12,9 +12,10 @@
 #
 # Writes target/pgo/release/outpost (its own target directory: target/release stays the
 # plain build) and target/pgo.profdata. Needs rustc's own llvm-profdata (`rustup component
-# add llvm-tools`: the profile format follows rustc's LLVM). Three builds: the plain
-# outpost-load (the client), the instrumented outpost (target/pgo-gen) and the optimised
-# one; 27 min on 2 cores with the plain build already made, ~40 from nothing.
+# add llvm-tools`: the profile format follows rustc's LLVM). Three builds: the plain one
+# (target/release, whose outpost-load is the client), the instrumented outpost
+# (target/pgo-gen) and the optimised one; 27 min on 2 cores with the plain build already
+# made, ~40 from nothing.
 #
 # The training load: each handler of bench/handlers/ (hello, JSON echo, SHA-256, Wasm) and
 # examples/cached (cache hits, misses and the uncached path) under `outpost dev`, at 64
