@@ -145,13 +145,15 @@ impl Deployment {
             reply,
         };
         let scale_at = inner.pool.config.scale_out_at;
-        // The common case: the app is live on this worker and not busy (or the pool has no
-        // other worker to scale out to: then busy or not, this instance is the one).
+        // With at most one instance per app (always so with one worker) there is nothing to
+        // scale out to: busy or not, a live instance here is the one.
+        let may_scale = inner.pool.config.max_instances_per_app > 1;
+        // The common case: the app is live on this worker and not busy.
         if let Some(index) = here {
             let slot = &inner.slots[index % workers];
             let local = slot.live.load();
             if let Some(live) = local.as_ref() {
-                if live.handle.accepting() && (live.load() < scale_at || workers == 1) {
+                if live.handle.accepting() && (live.load() < scale_at || !may_scale) {
                     match live.jobs.try_send(job) {
                         Ok(()) => {
                             live.handle.job_queued();
