@@ -615,7 +615,8 @@ pub(crate) async fn handle<B: RequestBody>(
     }
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), outcome.request_id);
-    if !headers.contains_key(&outpost_cache::rules::CACHE_STATUS) {
+    // A result read above means the header is there: no second lookup.
+    if cache_result.is_none() && !headers.contains_key(&outpost_cache::rules::CACHE_STATUS) {
         // Answered before reaching the cache (no route, a bad request) or failed in the
         // handler.
         let status = match (&failure, &outcome.app) {
@@ -908,11 +909,7 @@ fn absolute_uri(
     let authority = match parts.uri.authority() {
         Some(authority) => authority.clone(),
         None => match parts.headers.get(header::HOST) {
-            Some(host) => host
-                .to_str()
-                .ok()
-                .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .ok_or_else(|| bad("Invalid Host header."))?,
+            Some(host) => host_authority(host).ok_or_else(|| bad("Invalid Host header."))?,
             None => local
                 .map(|a| a.to_string())
                 .and_then(|a| a.parse().ok())
@@ -931,9 +928,55 @@ fn absolute_uri(
     Uri::from_parts(absolute).map_err(|_| bad("Invalid request target."))
 }
 
+/// The authority a `Host` header names, or `None` if it names none. Parsing copies the
+/// host into a new buffer and checks it; the connections of a worker thread mostly name the
+/// same host, so the last one parsed on this thread is kept (its bytes copied: a clone of the
+/// header would hold the connection's read buffer) and a request naming it again gets a
+/// clone (a reference count).
+fn host_authority(host: &http::HeaderValue) -> Option<http::uri::Authority> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Box<[u8]>, http::uri::Authority)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((bytes, authority)) = last.as_ref() {
+            if **bytes == *host.as_bytes() {
+                return Some(authority.clone());
+            }
+        }
+        let authority = host.to_str().ok()?.parse::<http::uri::Authority>().ok()?;
+        *last = Some((host.as_bytes().into(), authority.clone()));
+        Some(authority)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_parsed_alike_whether_or_not_it_was_the_last_one() {
+        let host = |value: &'static str| http::HeaderValue::from_static(value);
+        std::thread::spawn(move || {
+            for _ in 0..2 {
+                for value in ["a.test", "a.test:8080", "b.test", "[::1]:80", "a.test"] {
+                    let authority = host_authority(&host(value)).expect(value);
+                    assert_eq!(authority.as_str(), value);
+                }
+                assert!(host_authority(&host("a b")).is_none());
+                assert!(host_authority(&host("a.test/x")).is_none());
+                // A bad one in between does not change what a good one parses to.
+                assert_eq!(host_authority(&host("a.test")).unwrap().port_u16(), None);
+                assert_eq!(
+                    host_authority(&host("a.test:81")).unwrap().port_u16(),
+                    Some(81)
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     fn frames(parts: &[&'static str]) -> impl RequestBody {
         let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, outpost_pool::BoxError>> = parts
