@@ -685,6 +685,24 @@ mod tests {
             }
         }
         assert!(!declares_freshness(&HeaderMap::new()));
+        // Around the boundary, and many values under few names (`keys_len` counts names).
+        for names in [FEW_HEADERS - 1, FEW_HEADERS, FEW_HEADERS + 1] {
+            let mut pairs: Vec<(&str, &str)> = filler[..names - 1]
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            pairs.push(("expires", "0"));
+            assert_eq!(headers(&pairs).keys_len(), names);
+            assert!(declares_freshness(&headers(&pairs)), "{names} names");
+            pairs.pop();
+            pairs.push(("x-other", "0"));
+            assert!(!declares_freshness(&headers(&pairs)), "{names} names");
+        }
+        let mut pairs = vec![("set-cookie", "a=1"); 3 * FEW_HEADERS];
+        pairs.push(("cache-control", "max-age=60"));
+        assert!(declares_freshness(&headers(&pairs)));
+        pairs.pop();
+        assert!(!declares_freshness(&headers(&pairs)));
     }
 
     fn check(response: &[(&str, &str)]) -> Result<(), NotStored> {
