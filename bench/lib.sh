@@ -40,3 +40,30 @@ build_release() {
     cargo build --release --quiet --bin outpost --bin outpost-load
   fi
 }
+
+# The training load of bench/pgo.sh and bench/bolt.sh, served by the binary $1 (instrumented
+# one way or the other): each handler of bench/handlers/ and examples/cached (hits, and the
+# uncached /nocache), at 64 connections and at 1, $REQUESTS requests each, then SIGTERM (an
+# instrumented binary writes its counts as the node exits). Bounded, loopback only.
+train_load() {
+  local bin=$1 handler
+  for handler in hello echo sha256 fib; do
+    train_one "$bin" "bench/handlers/$handler.js" /
+  done
+  train_one "$bin" examples/cached / /nocache
+}
+
+train_one() { # binary, entry, then the paths to load
+  local bin=$1 entry=$2 path conns; shift 2
+  start "$bin" dev "$entry" --listen 127.0.0.1:0 --workers 1
+  for path in "$@"; do
+    for conns in 64 1; do
+      local args=()
+      [[ $entry == *echo.js ]] && args=(--method POST --body-file bench/handlers/echo.json --header content-type:application/json)
+      target/release/outpost-load "$url$path" "${args[@]}" --connections "$conns" --warmup 0 \
+        --requests "$REQUESTS" --duration 120 | head -1
+    done
+  done
+  kill -TERM "$server"
+  wait "$server" || true
+}

@@ -39,31 +39,14 @@ build_release # the client (outpost-load) and the plain outpost
 # node's own go where LLVM_PROFILE_FILE says (%m: runs of one binary add up in one file).
 RUSTFLAGS="-Cprofile-generate=$PWD/target/pgo-gen/build-counts" cargo build --release --quiet \
   --target-dir target/pgo-gen --bin outpost
-counts=$(mktemp -d)
-export LLVM_PROFILE_FILE="$counts/outpost-%m.profraw"
 export OUTPOST_LOG=warn   # no request log lines
 export START_TIMEOUT=60   # the instrumented build starts slower
-train() { # entry, then paths to load
-  local entry=$1; shift
-  start target/pgo-gen/release/outpost dev "$entry" --listen 127.0.0.1:0 --workers 1
-  for path in "$@"; do
-    for conns in 64 1; do
-      local args=()
-      [[ $entry == *echo.js ]] && args=(--method POST --body-file bench/handlers/echo.json --header content-type:application/json)
-      target/release/outpost-load "$url$path" "${args[@]}" --connections "$conns" --warmup 0 \
-        --requests "$REQUESTS" --duration 120 | head -1
-    done
-  done
-  kill -TERM "$server"
-  wait "$server" || true
-}
-for handler in hello echo sha256 fib; do
-  train "bench/handlers/$handler.js" /
-done
-train examples/cached / /nocache
-unset LLVM_PROFILE_FILE
+counts=$(mktemp -d)
+LLVM_PROFILE_FILE="$counts/outpost-%m.profraw" train_load target/pgo-gen/release/outpost
 "$profdata" merge -o target/pgo.profdata "$counts"
 rm -rf "$counts"
-RUSTFLAGS="-Cprofile-use=$PWD/target/pgo.profdata" cargo build --release --quiet \
-  --target-dir target/pgo --bin outpost
+# The binary keeps its relocations (sections a process does not load: the file is ~30% larger,
+# its memory the same), which bench/bolt.sh needs to move its code.
+RUSTFLAGS="-Cprofile-use=$PWD/target/pgo.profdata -Clink-arg=-Wl,--emit-relocs" \
+  cargo build --release --quiet --target-dir target/pgo --bin outpost
 echo "target/pgo/release/outpost (profile: target/pgo.profdata)"
