@@ -493,146 +493,157 @@ struct Outcome {
 /// Answers one request on a listener: routes it, dispatches it, maps failures to statuses;
 /// gives it a request id (`x-request-id`, the client's own if it sent a sane one), counts
 /// it in the metrics and logs one line for it (target `outpost::request`, level info).
-pub(crate) async fn handle<B: RequestBody>(
+///
+/// A function returning an `async move` block rather than an `async fn`, as are `route` and
+/// `admit`: an `async fn`'s future holds its arguments twice (as captured and as locals,
+/// rust-lang/rust#62958), so each level would copy the ~260-byte request once more per
+/// request and carry the second copy for the request's whole life.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy its arguments"
+)]
+pub(crate) fn handle<'a, B: RequestBody>(
     request: Request<B>,
-    listening: &Listening,
-) -> Response<Body> {
-    let started = Instant::now();
-    let scheme = listening.scheme.clone();
-    let config = &listening.config;
-    let version = request.version();
-    let method = request.method().clone();
-    // A clone of the URI shares its bytes: the path is copied out only where it is used.
-    let uri = request.uri().clone();
-    let mut outcome = Outcome {
-        request_id: request_id(request.headers()),
-        app: None,
-        trace: config
-            .tracing
-            .as_ref()
-            .map(|tracing| tracing.begin(request.headers())),
-        dispatched: None,
-        timing: None,
-    };
-    let routed = route(
-        request,
-        &listening.routes,
-        config,
-        scheme,
-        listening.local,
-        started,
-        &mut outcome,
-    )
-    .await;
-    let (mut response, failure) = match routed {
-        Ok(response) => (response, None),
-        Err(e) => {
-            let failure = (e.kind, e.message.clone());
-            (e.into_response(), Some(failure))
-        }
-    };
-    let cache_result = outpost_cache::rules::CacheResult::of(response.headers());
-    if cache_result == Some(outpost_cache::rules::CacheResult::Hit) && crate::here::hold_hit() {
-        // Answered after the connections ready in this turn were read (see `here`).
-        tokio::task::yield_now().await;
-    }
-    let elapsed = started.elapsed();
-    // A response from the store is no handler's answer to this request (a stale one's
-    // background refresh may have measured its own).
-    let from_store = matches!(
-        cache_result,
-        Some(outpost_cache::rules::CacheResult::Hit | outpost_cache::rules::CacheResult::Stale)
-    );
-    let timing = outcome.timing.as_ref().filter(|_| !from_store);
-    let cpu = timing.map(|timing| timing.cpu);
-    if let (Some(tracing), Some(trace)) = (&config.tracing, &outcome.trace) {
-        tracing.finish(
-            trace,
-            crate::trace::Finished {
-                method: &method,
-                path: uri.path(),
-                status: response.status().as_u16(),
-                request_id: outcome.request_id.to_str().unwrap_or_default(),
-                app: outcome.app.as_deref(),
-                cache: cache_result.map(outpost_cache::rules::CacheResult::as_str),
-                dispatched: outcome.dispatched,
-                end: std::time::SystemTime::now(),
-                timing,
-            },
-        );
-    }
-    if let Some(metrics) = &config.metrics {
-        metrics.answered(crate::metrics::Answered {
-            app: outcome.app.as_deref(),
-            status: response.status(),
-            version,
-            elapsed,
-            cpu,
-            failure: failure
+    listening: &'a Listening,
+) -> impl Future<Output = Response<Body>> + 'a {
+    async move {
+        let started = Instant::now();
+        let scheme = listening.scheme.clone();
+        let config = &listening.config;
+        let version = request.version();
+        let method = request.method().clone();
+        // A clone of the URI shares its bytes: the path is copied out only where it is used.
+        let uri = request.uri().clone();
+        let mut outcome = Outcome {
+            request_id: request_id(request.headers()),
+            app: None,
+            trace: config
+                .tracing
                 .as_ref()
-                .map(|(kind, message)| (*kind, message.as_str())),
-            cache: cache_result,
-        });
-    }
-    let ms = elapsed.as_secs_f64() * 1000.0;
-    let cpu_ms = cpu.map_or(0.0, |cpu| cpu.as_secs_f64() * 1000.0);
-    if crate::request_log::installed() {
-        crate::request_log::offer(crate::request_log::RequestLine {
-            at: std::time::SystemTime::now(),
-            request_id: outcome.request_id.clone(),
-            app: outcome.app.clone(),
-            method: method.clone(),
-            path: uri.clone(),
-            status: response.status().as_u16(),
-            ms,
-            cpu_ms,
-            error: failure.as_ref().map(|(_, message)| message.clone()),
-        });
-    } else {
-        tracing::info!(
-            target: "outpost::request",
-            request_id = %outcome.request_id.to_str().unwrap_or_default(),
-            app = outcome.app.as_deref().unwrap_or("-"),
-            method = %method,
-            path = %uri.path(),
-            status = response.status().as_u16(),
-            ms,
-            cpu_ms,
-            error = failure.as_ref().map(|(_, message)| message.as_str()),
+                .map(|tracing| tracing.begin(request.headers())),
+            dispatched: None,
+            timing: None,
+        };
+        let routed = route(
+            request,
+            &listening.routes,
+            config,
+            scheme,
+            listening.local,
+            started,
+            &mut outcome,
+        )
+        .await;
+        let (mut response, failure) = match routed {
+            Ok(response) => (response, None),
+            Err(e) => {
+                let failure = (e.kind, e.message.clone());
+                (e.into_response(), Some(failure))
+            }
+        };
+        let cache_result = outpost_cache::rules::CacheResult::of(response.headers());
+        if cache_result == Some(outpost_cache::rules::CacheResult::Hit) && crate::here::hold_hit() {
+            // Answered after the connections ready in this turn were read (see `here`).
+            tokio::task::yield_now().await;
+        }
+        let elapsed = started.elapsed();
+        // A response from the store is no handler's answer to this request (a stale one's
+        // background refresh may have measured its own).
+        let from_store = matches!(
+            cache_result,
+            Some(outpost_cache::rules::CacheResult::Hit | outpost_cache::rules::CacheResult::Stale)
         );
-    }
-    if let (Some(tail), Some(app)) = (&config.tail, &outcome.app) {
-        if tail.followed() {
-            tail.publish(crate::tail::TailEvent::Request {
-                app: app.as_str().into(),
-                request_id: outcome.request_id.to_str().unwrap_or_default().into(),
-                method: method.to_string(),
-                path: uri.path().to_string(),
-                status: response.status().as_u16(),
-                ms: elapsed.as_secs_f64() * 1000.0,
+        let timing = outcome.timing.as_ref().filter(|_| !from_store);
+        let cpu = timing.map(|timing| timing.cpu);
+        if let (Some(tracing), Some(trace)) = (&config.tracing, &outcome.trace) {
+            tracing.finish(
+                trace,
+                crate::trace::Finished {
+                    method: &method,
+                    path: uri.path(),
+                    status: response.status().as_u16(),
+                    request_id: outcome.request_id.to_str().unwrap_or_default(),
+                    app: outcome.app.as_deref(),
+                    cache: cache_result.map(outpost_cache::rules::CacheResult::as_str),
+                    dispatched: outcome.dispatched,
+                    end: std::time::SystemTime::now(),
+                    timing,
+                },
+            );
+        }
+        if let Some(metrics) = &config.metrics {
+            metrics.answered(crate::metrics::Answered {
+                app: outcome.app.as_deref(),
+                status: response.status(),
+                version,
+                elapsed,
+                cpu,
+                failure: failure
+                    .as_ref()
+                    .map(|(kind, message)| (*kind, message.as_str())),
+                cache: cache_result,
             });
         }
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let cpu_ms = cpu.map_or(0.0, |cpu| cpu.as_secs_f64() * 1000.0);
+        if crate::request_log::installed() {
+            crate::request_log::offer(crate::request_log::RequestLine {
+                at: std::time::SystemTime::now(),
+                request_id: outcome.request_id.clone(),
+                app: outcome.app.clone(),
+                method: method.clone(),
+                path: uri.clone(),
+                status: response.status().as_u16(),
+                ms,
+                cpu_ms,
+                error: failure.as_ref().map(|(_, message)| message.clone()),
+            });
+        } else {
+            tracing::info!(
+                target: "outpost::request",
+                request_id = %outcome.request_id.to_str().unwrap_or_default(),
+                app = outcome.app.as_deref().unwrap_or("-"),
+                method = %method,
+                path = %uri.path(),
+                status = response.status().as_u16(),
+                ms,
+                cpu_ms,
+                error = failure.as_ref().map(|(_, message)| message.as_str()),
+            );
+        }
+        if let (Some(tail), Some(app)) = (&config.tail, &outcome.app) {
+            if tail.followed() {
+                tail.publish(crate::tail::TailEvent::Request {
+                    app: app.as_str().into(),
+                    request_id: outcome.request_id.to_str().unwrap_or_default().into(),
+                    method: method.to_string(),
+                    path: uri.path().to_string(),
+                    status: response.status().as_u16(),
+                    ms: elapsed.as_secs_f64() * 1000.0,
+                });
+            }
+        }
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID.clone(), outcome.request_id);
+        // A result read above means the header is there: no second lookup.
+        if cache_result.is_none() && !headers.contains_key(&outpost_cache::rules::CACHE_STATUS) {
+            // Answered before reaching the cache (no route, a bad request) or failed in the
+            // handler.
+            let status = match (&failure, &outcome.app) {
+                (Some(_), Some(_)) => CacheStatus {
+                    fwd: Some("miss"),
+                    detail: Some("error"),
+                    ..CacheStatus::default()
+                },
+                _ => CacheStatus::forwarded("bypass"),
+            };
+            status.add_to(headers);
+        }
+        if let Some(alt_svc) = &config.alt_svc {
+            headers.insert(header::ALT_SVC, alt_svc.clone());
+        }
+        response
     }
-    let headers = response.headers_mut();
-    headers.insert(X_REQUEST_ID.clone(), outcome.request_id);
-    // A result read above means the header is there: no second lookup.
-    if cache_result.is_none() && !headers.contains_key(&outpost_cache::rules::CACHE_STATUS) {
-        // Answered before reaching the cache (no route, a bad request) or failed in the
-        // handler.
-        let status = match (&failure, &outcome.app) {
-            (Some(_), Some(_)) => CacheStatus {
-                fwd: Some("miss"),
-                detail: Some("error"),
-                ..CacheStatus::default()
-            },
-            _ => CacheStatus::forwarded("bypass"),
-        };
-        status.add_to(headers);
-    }
-    if let Some(alt_svc) = &config.alt_svc {
-        headers.insert(header::ALT_SVC, alt_svc.clone());
-    }
-    response
 }
 
 /// The request's id: the client's `x-request-id` when it is 1 to 128 characters of
@@ -688,94 +699,102 @@ impl Stamp {
     }
 }
 
-async fn route<B: RequestBody>(
+/// Routes a request to its app and hands it over (through the CDN cache when the app uses
+/// it). An `async move` block, not an `async fn`: see `handle`.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy its arguments"
+)]
+fn route<'a, B: RequestBody>(
     request: Request<B>,
-    routes: &Routes,
-    config: &ServeConfig,
+    routes: &'a Routes,
+    config: &'a ServeConfig,
     scheme: http::uri::Scheme,
     local: Option<SocketAddr>,
     arrived: Instant,
-    outcome: &mut Outcome,
-) -> Result<Response<Body>, GatewayError> {
-    let (mut parts, body) = request.into_parts();
-    parts.uri = absolute_uri(&parts, scheme, local)?;
-    let table = routes.current();
-    let host = parts.uri.authority().map_or("", |a| a.as_str());
-    let app = table
-        .lookup(host, parts.uri.path())
-        .ok_or_else(|| GatewayError::new(Kind::NoRoute, "No app is deployed for this host."))?;
-    outcome.app = Some(app.name.clone());
-    // Stamped on the request only when it goes to the handler (a cache hit never does).
-    let stamp = Stamp {
-        request_id: outcome.request_id.clone(),
-        traceparent: outcome.trace.as_ref().map(|trace| trace.traceparent()),
-    };
-    let deployment = match &app.target {
-        Target::Serving(deployment) => deployment,
-        Target::Broken(reason) => return Err(load_failed(config, &app.name, reason)),
-    };
-    let limits = deployment.limits();
-    // The app's time runs from the request's arrival.
-    let deadline = arrived + limits.timeout;
-    let (request, overflow) = admit(parts, body, limits.max_body_bytes, deadline).await?;
-    if outcome.trace.is_some() {
-        outcome.dispatched = Some(std::time::SystemTime::now());
-    }
-    let cache = config
-        .cache
-        .as_ref()
-        .filter(|_| deployment.bundle().manifest.cache.enabled);
-    let result = match cache {
-        // A fresh hit is answered here: no isolate is touched.
-        Some(cache) => {
-            let deployment = deployment.clone();
-            // The timing of the isolate's answer, if the cache asks for one.
-            let measured: Arc<std::sync::Mutex<Option<outpost_pool::Timing>>> = Arc::default();
-            let timing = measured.clone();
-            let dispatch = move |mut request: Request<Body>| {
-                stamp.on(request.headers_mut());
+    outcome: &'a mut Outcome,
+) -> impl Future<Output = Result<Response<Body>, GatewayError>> + 'a {
+    async move {
+        let (mut parts, body) = request.into_parts();
+        parts.uri = absolute_uri(&parts, scheme, local)?;
+        let table = routes.current();
+        let host = parts.uri.authority().map_or("", |a| a.as_str());
+        let app = table
+            .lookup(host, parts.uri.path())
+            .ok_or_else(|| GatewayError::new(Kind::NoRoute, "No app is deployed for this host."))?;
+        outcome.app = Some(app.name.clone());
+        // Stamped on the request only when it goes to the handler (a cache hit never does).
+        let stamp = Stamp {
+            request_id: outcome.request_id.clone(),
+            traceparent: outcome.trace.as_ref().map(|trace| trace.traceparent()),
+        };
+        let deployment = match &app.target {
+            Target::Serving(deployment) => deployment,
+            Target::Broken(reason) => return Err(load_failed(config, &app.name, reason)),
+        };
+        let limits = deployment.limits();
+        // The app's time runs from the request's arrival.
+        let deadline = arrived + limits.timeout;
+        let (request, overflow) = admit(parts, body, limits.max_body_bytes, deadline).await?;
+        if outcome.trace.is_some() {
+            outcome.dispatched = Some(std::time::SystemTime::now());
+        }
+        let cache = config
+            .cache
+            .as_ref()
+            .filter(|_| deployment.bundle().manifest.cache.enabled);
+        let result = match cache {
+            // A fresh hit is answered here: no isolate is touched.
+            Some(cache) => {
                 let deployment = deployment.clone();
-                let timing = timing.clone();
-                async move {
-                    let _busy = crate::here::Counted::in_handler();
-                    let answer = deployment.dispatch(request, deadline).await?;
-                    *timing.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer.timing);
-                    Ok::<_, DispatchError>(answer.response)
-                }
-            };
-            let result = cache.serve(&app.name, request, dispatch).await;
-            outcome.timing = measured.lock().unwrap_or_else(|e| e.into_inner()).take();
-            result
-        }
-        None => {
-            let mut request = request;
-            stamp.on(request.headers_mut());
-            let _busy = crate::here::Counted::in_handler();
-            deployment.dispatch(request, deadline).await.map(|answer| {
-                let mut response = answer.response;
-                outcome.timing = Some(answer.timing);
-                CacheStatus::forwarded("bypass").add_to(response.headers_mut());
-                response
-            })
-        }
-    };
-    if overflow.is_some_and(|overflow| overflow.load(Ordering::Acquire)) {
-        // The app failed (or answered) while its body was cut off at the limit.
-        return Err(too_large(limits.max_body_bytes));
-    }
-    match result {
-        Ok(mut response) => {
-            if let Some(name) = &config.pop_name {
-                let headers = response.headers_mut();
-                headers.insert(X_OUTPOST_POP.clone(), name.clone());
-                if let Ok(version) = http::HeaderValue::from_str(&deployment.bundle().label()) {
-                    headers.insert(X_OUTPOST_VERSION.clone(), version);
-                }
+                // The timing of the isolate's answer, if the cache asks for one.
+                let measured: Arc<std::sync::Mutex<Option<outpost_pool::Timing>>> = Arc::default();
+                let timing = measured.clone();
+                let dispatch = move |mut request: Request<Body>| {
+                    stamp.on(request.headers_mut());
+                    let deployment = deployment.clone();
+                    let timing = timing.clone();
+                    async move {
+                        let _busy = crate::here::Counted::in_handler();
+                        let answer = deployment.dispatch(request, deadline).await?;
+                        *timing.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer.timing);
+                        Ok::<_, DispatchError>(answer.response)
+                    }
+                };
+                let result = cache.serve(&app.name, request, dispatch).await;
+                outcome.timing = measured.lock().unwrap_or_else(|e| e.into_inner()).take();
+                result
             }
-            Ok(response)
+            None => {
+                let mut request = request;
+                stamp.on(request.headers_mut());
+                let _busy = crate::here::Counted::in_handler();
+                deployment.dispatch(request, deadline).await.map(|answer| {
+                    let mut response = answer.response;
+                    outcome.timing = Some(answer.timing);
+                    CacheStatus::forwarded("bypass").add_to(response.headers_mut());
+                    response
+                })
+            }
+        };
+        if overflow.is_some_and(|overflow| overflow.load(Ordering::Acquire)) {
+            // The app failed (or answered) while its body was cut off at the limit.
+            return Err(too_large(limits.max_body_bytes));
         }
-        Err(DispatchError::LoadFailed(reason)) => Err(load_failed(config, &app.name, &reason)),
-        Err(e) => Err(e.into()),
+        match result {
+            Ok(mut response) => {
+                if let Some(name) = &config.pop_name {
+                    let headers = response.headers_mut();
+                    headers.insert(X_OUTPOST_POP.clone(), name.clone());
+                    if let Ok(version) = http::HeaderValue::from_str(&deployment.bundle().label()) {
+                        headers.insert(X_OUTPOST_VERSION.clone(), version);
+                    }
+                }
+                Ok(response)
+            }
+            Err(DispatchError::LoadFailed(reason)) => Err(load_failed(config, &app.name, &reason)),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -798,53 +817,59 @@ const WHOLE_BODY_MAX: u64 = 64 * 1024;
 /// claims (or chunked past the limit) ends with an error where the limit is passed, and the
 /// returned flag is set, so the client gets 413 whatever the app did. A small body with a
 /// Content-Length is received here, by `deadline`.
-async fn admit<B: RequestBody>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy its arguments"
+)]
+fn admit<B: RequestBody>(
     parts: http::request::Parts,
     body: B,
     max_body_bytes: u64,
     deadline: Instant,
-) -> Result<(Request<Body>, Option<Arc<AtomicBool>>), GatewayError> {
-    let mut declared = None;
-    if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
-        let length: u64 = length
-            .to_str()
-            .ok()
-            .and_then(|l| l.parse().ok())
-            .ok_or_else(|| GatewayError::new(Kind::BadRequest, "Invalid Content-Length."))?;
-        if length > max_body_bytes {
-            return Err(too_large(max_body_bytes));
-        }
-        declared = Some(length);
-    }
-    if let Some(length) = declared.filter(|length| *length > 0 && *length <= WHOLE_BODY_MAX) {
-        let bytes = receive_whole(body, length, deadline).await?;
-        let body = http_body_util::Full::new(bytes)
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        return Ok((Request::from_parts(parts, body), None));
-    }
-    if hyper::body::Body::is_end_stream(&body) {
-        // Nothing to limit (a GET): no wrapper, no flag.
-        let body = http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        return Ok((Request::from_parts(parts, body), None));
-    }
-    let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
-    let overflow = Arc::new(AtomicBool::new(false));
-    let flag = overflow.clone();
-    let body = Limited::new(body, limit)
-        .map_err(move |e| -> outpost_pool::BoxError {
-            let e: outpost_pool::BoxError = e;
-            if e.is::<http_body_util::LengthLimitError>() {
-                flag.store(true, Ordering::Release);
-                "the request body is larger than the app accepts".into()
-            } else {
-                e
+) -> impl Future<Output = Result<(Request<Body>, Option<Arc<AtomicBool>>), GatewayError>> {
+    async move {
+        let mut declared = None;
+        if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
+            let length: u64 = length
+                .to_str()
+                .ok()
+                .and_then(|l| l.parse().ok())
+                .ok_or_else(|| GatewayError::new(Kind::BadRequest, "Invalid Content-Length."))?;
+            if length > max_body_bytes {
+                return Err(too_large(max_body_bytes));
             }
-        })
-        .boxed_unsync();
-    Ok((Request::from_parts(parts, body), Some(overflow)))
+            declared = Some(length);
+        }
+        if let Some(length) = declared.filter(|length| *length > 0 && *length <= WHOLE_BODY_MAX) {
+            let bytes = receive_whole(body, length, deadline).await?;
+            let body = http_body_util::Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            return Ok((Request::from_parts(parts, body), None));
+        }
+        if hyper::body::Body::is_end_stream(&body) {
+            // Nothing to limit (a GET): no wrapper, no flag.
+            let body = http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            return Ok((Request::from_parts(parts, body), None));
+        }
+        let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let flag = overflow.clone();
+        let body = Limited::new(body, limit)
+            .map_err(move |e| -> outpost_pool::BoxError {
+                let e: outpost_pool::BoxError = e;
+                if e.is::<http_body_util::LengthLimitError>() {
+                    flag.store(true, Ordering::Release);
+                    "the request body is larger than the app accepts".into()
+                } else {
+                    e
+                }
+            })
+            .boxed_unsync();
+        Ok((Request::from_parts(parts, body), Some(overflow)))
+    }
 }
 
 /// Receives a body of `length` declared bytes by `deadline`. Bounded by the declared length

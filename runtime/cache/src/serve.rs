@@ -177,104 +177,113 @@ impl Cache {
     /// app's handler), storing what it answers when that may be reused. Every response
     /// carries this cache's `Cache-Status` entry. Requests other than GET and HEAD go
     /// straight to the handler; an unsafe one that succeeds removes its URL's responses.
-    pub async fn serve<E, D, F>(
-        self: &Arc<Self>,
-        app: &str,
+    ///
+    /// (A function returning an `async move` block, as is `pass`: an `async fn` would hold
+    /// the request twice in its future and copy it once more per request.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would copy its arguments"
+    )]
+    pub fn serve<'a, E, D, F>(
+        self: &'a Arc<Self>,
+        app: &'a str,
         request: Request<Body>,
         dispatch: D,
-    ) -> Result<Response<Body>, E>
+    ) -> impl Future<Output = Result<Response<Body>, E>> + 'a
     where
         D: Fn(Request<Body>) -> F + Clone + 'static,
         F: Future<Output = Result<Response<Body>, E>> + 'static,
         E: 'static,
     {
-        let (parts, body) = request.into_parts();
-        if parts.method != Method::GET && parts.method != Method::HEAD {
-            let uri = parts.uri.clone();
-            let is_unsafe = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
-            let mut response = dispatch(Request::from_parts(parts, body)).await?;
-            let status = response.status();
-            if is_unsafe
-                && (status.is_success() || status.is_redirection())
-                && !self.tiers.hold_nothing()
-            {
-                // RFC 9111 §4.4: what it changed is not served from the cache any more.
-                // (With nothing stored, as for a dynamic app, there is nothing to forget.)
-                self.forget_url(app, url_of(&uri));
+        async move {
+            let (parts, body) = request.into_parts();
+            if parts.method != Method::GET && parts.method != Method::HEAD {
+                let uri = parts.uri.clone();
+                let is_unsafe = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
+                let mut response = dispatch(Request::from_parts(parts, body)).await?;
+                let status = response.status();
+                if is_unsafe
+                    && (status.is_success() || status.is_redirection())
+                    && !self.tiers.hold_nothing()
+                {
+                    // RFC 9111 §4.4: what it changed is not served from the cache any more.
+                    // (With nothing stored, as for a dynamic app, there is nothing to forget.)
+                    self.forget_url(app, url_of(&uri));
+                }
+                CacheStatus::forwarded("method").add_to(response.headers_mut());
+                return Ok(response);
             }
-            CacheStatus::forwarded("method").add_to(response.headers_mut());
-            return Ok(response);
-        }
-        let key = Key {
-            app: app.to_string(),
-            space: Space::Http,
-            url: url_of(&parts.uri),
-            variant: String::new(),
-        };
-        // Made when first needed: most requests of a dynamic app never need it.
-        let mut policy_request = None;
-        let mut collapsed = false;
-        loop {
-            let why = match self.tiers.find(&key, &parts.headers).await {
-                Some(Ok(found)) => {
-                    // The clock is read only when something was found (not for a miss).
-                    let now = SystemTime::now();
-                    match reuse(&found, &mut policy_request, &parts, now) {
-                        Reuse::Fresh => {
-                            let status = CacheStatus {
-                                hit: true,
-                                ttl: Some(rules::ttl_secs(found.meta.fresh_until, now)),
-                                collapsed,
-                                ..CacheStatus::default()
-                            };
-                            match answer(&parts, &found, status, now).await {
-                                Ok(response) => return Ok(response),
-                                Err(e) => {
-                                    tracing::warn!("a cached body cannot be read: {e}");
-                                    self.tiers.remove(&found.meta.key);
-                                    "miss"
+            let key = Key {
+                app: app.to_string(),
+                space: Space::Http,
+                url: url_of(&parts.uri),
+                variant: String::new(),
+            };
+            // Made when first needed: most requests of a dynamic app never need it.
+            let mut policy_request = None;
+            let mut collapsed = false;
+            loop {
+                let why = match self.tiers.find(&key, &parts.headers).await {
+                    Some(Ok(found)) => {
+                        // The clock is read only when something was found (not for a miss).
+                        let now = SystemTime::now();
+                        match reuse(&found, &mut policy_request, &parts, now) {
+                            Reuse::Fresh => {
+                                let status = CacheStatus {
+                                    hit: true,
+                                    ttl: Some(rules::ttl_secs(found.meta.fresh_until, now)),
+                                    collapsed,
+                                    ..CacheStatus::default()
+                                };
+                                match answer(&parts, &found, status, now).await {
+                                    Ok(response) => return Ok(response),
+                                    Err(e) => {
+                                        tracing::warn!("a cached body cannot be read: {e}");
+                                        self.tiers.remove(&found.meta.key);
+                                        "miss"
+                                    }
                                 }
                             }
+                            Reuse::Stale => {
+                                return self.revalidate(&parts, body, found, dispatch).await;
+                            }
+                            Reuse::Mismatch => "miss",
                         }
-                        Reuse::Stale => {
-                            return self.revalidate(&parts, body, found, dispatch).await;
-                        }
-                        Reuse::Mismatch => "miss",
                     }
-                }
-                Some(Err(crate::store::VaryMiss)) => "vary-miss",
-                None => "uri-miss",
-            };
-            if collapsed {
-                // Waited once already: no second wait.
-                return self
-                    .fill(&key, &parts, body, &mut policy_request, None, why, dispatch)
-                    .await;
-            }
-            match self.fills.begin(&key, self.config().max_collapsed) {
-                Fill::Leader(guard) => {
-                    return self
-                        .fill(
-                            &key,
-                            &parts,
-                            body,
-                            &mut policy_request,
-                            Some(guard),
-                            why,
-                            dispatch,
-                        )
-                        .await;
-                }
-                Fill::Crowded => {
+                    Some(Err(crate::store::VaryMiss)) => "vary-miss",
+                    None => "uri-miss",
+                };
+                if collapsed {
+                    // Waited once already: no second wait.
                     return self
                         .fill(&key, &parts, body, &mut policy_request, None, why, dispatch)
                         .await;
                 }
-                Fill::Pass => return self.pass(&key, parts, body, why, dispatch).await,
-                Fill::Wait(mut done) => {
-                    let timeout = self.config().collapse_timeout;
-                    let _ = tokio::time::timeout(timeout, done.changed()).await;
-                    collapsed = true;
+                match self.fills.begin(&key, self.config().max_collapsed) {
+                    Fill::Leader(guard) => {
+                        return self
+                            .fill(
+                                &key,
+                                &parts,
+                                body,
+                                &mut policy_request,
+                                Some(guard),
+                                why,
+                                dispatch,
+                            )
+                            .await;
+                    }
+                    Fill::Crowded => {
+                        return self
+                            .fill(&key, &parts, body, &mut policy_request, None, why, dispatch)
+                            .await;
+                    }
+                    Fill::Pass => return self.pass(&key, parts, body, why, dispatch).await,
+                    Fill::Wait(mut done) => {
+                        let timeout = self.config().collapse_timeout;
+                        let _ = tokio::time::timeout(timeout, done.changed()).await;
+                        collapsed = true;
+                    }
                 }
             }
         }
@@ -315,32 +324,39 @@ impl Cache {
     /// the handler as it is: no copy of the request is kept for the rules, which is most of
     /// what a miss costs the cache. Should the response now look storable, the key leaves
     /// the list and the next miss stores it.
-    async fn pass<E, D, F>(
-        self: &Arc<Self>,
-        key: &Key,
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would copy its arguments"
+    )]
+    fn pass<'a, E, D, F>(
+        self: &'a Arc<Self>,
+        key: &'a Key,
         parts: http::request::Parts,
         body: Body,
         why: &'static str,
         dispatch: D,
-    ) -> Result<Response<Body>, E>
+    ) -> impl Future<Output = Result<Response<Body>, E>> + 'a
     where
-        D: Fn(Request<Body>) -> F,
-        F: Future<Output = Result<Response<Body>, E>>,
+        D: Fn(Request<Body>) -> F + 'a,
+        F: Future<Output = Result<Response<Body>, E>> + 'a,
+        E: 'a,
     {
-        let head = parts.method == Method::HEAD;
-        let mut response = dispatch(Request::from_parts(parts, body)).await?;
-        let mut status = CacheStatus::forwarded(why);
-        if !head {
-            status.detail = match self.could_store(key, &response) {
-                Ok(()) => {
-                    self.fills.note(key, Storable::Yes);
-                    Some("pass")
-                }
-                Err(why) => Some(why.detail()),
-            };
+        async move {
+            let head = parts.method == Method::HEAD;
+            let mut response = dispatch(Request::from_parts(parts, body)).await?;
+            let mut status = CacheStatus::forwarded(why);
+            if !head {
+                status.detail = match self.could_store(key, &response) {
+                    Ok(()) => {
+                        self.fills.note(key, Storable::Yes);
+                        Some("pass")
+                    }
+                    Err(why) => Some(why.detail()),
+                };
+            }
+            status.add_to(response.headers_mut());
+            Ok(response)
         }
-        status.add_to(response.headers_mut());
-        Ok(response)
     }
 
     /// Whether `response` could be stored for a plain GET of `key`'s URL: the request's own

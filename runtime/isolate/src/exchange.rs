@@ -237,7 +237,7 @@ fn one_byte<'s>(scope: &mut v8::PinScope<'s, '_>, bytes: &[u8]) -> v8::Local<'s,
 /// What to do with the outcome of one request: build the HTTP response (starting a stream
 /// pump if needed) and send it back to the dispatcher.
 pub fn responder(
-    reply: oneshot::Sender<Result<Answer, DispatchError>>,
+    reply: oneshot::Sender<Result<Box<Answer>, DispatchError>>,
     console: ConsoleSink,
     finish: Finish,
     options: ResponseOptions,
@@ -271,7 +271,7 @@ pub fn responder(
                 if options.server_timing {
                     add_server_timing(&mut response, &timing);
                 }
-                Ok(Answer { response, timing })
+                Ok(Box::new(Answer { response, timing }))
             }
             Outcome::Failed { kind, message } => {
                 drop(finish);

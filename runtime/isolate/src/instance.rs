@@ -313,7 +313,7 @@ impl Instance {
 
     /// Serves jobs until `jobs` closes (or the pool evicts the instance) and the remaining
     /// work finished, or a limit is broken or the event loop fails.
-    pub async fn serve(&mut self, jobs: &mut mpsc::Receiver<Job>) -> ServeEnd {
+    pub async fn serve(&mut self, jobs: &mut mpsc::Receiver<Box<Job>>) -> ServeEnd {
         let mut closed = false;
         let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // Requests are started inside the turns; a turn ends the loop only when it ends.
@@ -335,7 +335,7 @@ impl Instance {
     fn poll_turn(
         &mut self,
         cx: &mut Context<'_>,
-        jobs: &mut mpsc::Receiver<Job>,
+        jobs: &mut mpsc::Receiver<Box<Job>>,
         closed: &mut bool,
         grace: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     ) -> Poll<TurnEnd> {
@@ -537,15 +537,19 @@ impl Instance {
     }
 
     /// Hands one request to JS; its response arrives through an op, now or later.
-    fn start_request(&mut self, job: Job) {
+    fn start_request(&mut self, job: Box<Job>) {
+        let Job {
+            request,
+            deadline,
+            reply,
+        } = *job;
         self.started_since_measure = true;
         if !self.measuring {
             // Polled (and so armed) after this turn's event loop.
             self.measuring = true;
             self.schedule_measure();
         }
-        let deadline = job.deadline;
-        let (parts, body) = job.request.into_parts();
+        let (parts, body) = request.into_parts();
         let headers = exchange::RequestHeaders::of(&parts.headers);
         let (body, body_rid) = match RequestBody::from(body) {
             RequestBody::Stream(resource) => {
@@ -569,7 +573,7 @@ impl Instance {
             finished_bodies: self.finished_bodies.clone(),
         };
         let responder = exchange::responder(
-            job.reply,
+            reply,
             self.tenant.console.clone(),
             finish,
             self.tenant.response.clone(),

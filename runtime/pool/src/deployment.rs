@@ -2,6 +2,7 @@
 //! caller's worker if there is one, else to the least busy live instance, else to a new
 //! instance started for it.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use crate::{Answer, Body, DispatchError, InstanceSpec, Job};
 
 /// A started instance as dispatch sees it.
 pub(crate) struct Live {
-    pub(crate) jobs: mpsc::Sender<Job>,
+    pub(crate) jobs: mpsc::Sender<Box<Job>>,
     pub(crate) handle: Arc<InstanceHandle>,
 }
 
@@ -129,107 +130,119 @@ impl Deployment {
 
     /// Sends `request` to an instance and waits for its response. An instance that has not
     /// started the response by `deadline` answers `Timeout`.
-    pub async fn dispatch(
+    ///
+    /// (A function returning an `async move` block: an `async fn` would hold the request
+    /// twice in its future and copy it once more per request.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would copy its arguments"
+    )]
+    pub fn dispatch(
         &self,
         request: http::Request<Body>,
         deadline: Instant,
-    ) -> Result<Answer, DispatchError> {
-        let inner = &self.inner;
-        let workers = inner.slots.len();
-        let here = current_worker(inner.pool.id);
-        let first = here.unwrap_or_else(|| inner.pool.next.fetch_add(1, Ordering::Relaxed));
-        let (reply, response) = oneshot::channel();
-        let mut job = Job {
-            request,
-            deadline,
-            reply,
-        };
-        let scale_at = inner.pool.config.scale_out_at;
-        // With at most one instance per app (always so with one worker) there is nothing to
-        // scale out to: busy or not, a live instance here is the one.
-        let may_scale = inner.pool.config.max_instances_per_app > 1;
-        // The common case: the app is live on this worker and not busy.
-        if let Some(index) = here {
-            let slot = &inner.slots[index % workers];
-            let local = slot.live.load();
-            if let Some(live) = local.as_ref() {
-                if live.handle.accepting() && (live.load() < scale_at || !may_scale) {
-                    match live.jobs.try_send(job) {
-                        Ok(()) => {
-                            live.handle.job_queued();
-                            return wait(response).await;
+    ) -> impl Future<Output = Result<Box<Answer>, DispatchError>> + '_ {
+        async move {
+            let inner = &self.inner;
+            let workers = inner.slots.len();
+            let here = current_worker(inner.pool.id);
+            let first = here.unwrap_or_else(|| inner.pool.next.fetch_add(1, Ordering::Relaxed));
+            let (reply, response) = oneshot::channel();
+            let mut job = Box::new(Job {
+                request,
+                deadline,
+                reply,
+            });
+            let scale_at = inner.pool.config.scale_out_at;
+            // With at most one instance per app (always so with one worker) there is nothing to
+            // scale out to: busy or not, a live instance here is the one.
+            let may_scale = inner.pool.config.max_instances_per_app > 1;
+            // The common case: the app is live on this worker and not busy.
+            if let Some(index) = here {
+                let slot = &inner.slots[index % workers];
+                let local = slot.live.load();
+                if let Some(live) = local.as_ref() {
+                    if live.handle.accepting() && (live.load() < scale_at || !may_scale) {
+                        match live.jobs.try_send(job) {
+                            Ok(()) => {
+                                live.handle.job_queued();
+                                return wait(response).await;
+                            }
+                            Err(mpsc::error::TrySendError::Full(back))
+                            | Err(mpsc::error::TrySendError::Closed(back)) => job = back,
                         }
-                        Err(mpsc::error::TrySendError::Full(back))
-                        | Err(mpsc::error::TrySendError::Closed(back)) => job = back,
                     }
                 }
             }
-        }
-        // The instance on this worker if it has room and is not busy; else the least busy.
-        let mut candidates: Vec<(usize, Arc<Live>)> = Vec::with_capacity(workers);
-        for offset in 0..workers {
-            let index = (first + offset) % workers;
-            if let Some(live) = inner.slots[index].usable() {
-                candidates.push((index, live));
-            }
-        }
-        if let Some(pos) = candidates
-            .iter()
-            .enumerate()
-            .min_by_key(|(pos, (_, live))| {
-                let load = live.load();
-                (load >= scale_at, load, *pos)
-            })
-            .map(|(pos, _)| pos)
-        {
-            candidates.swap(0, pos);
-        }
-        let busy = candidates
-            .first()
-            .is_none_or(|(_, live)| live.load() >= scale_at);
-        if busy && !candidates.is_empty() {
-            self.scale_out(&candidates, first, deadline);
-        }
-        for (index, live) in &candidates {
-            match live.jobs.try_send(job) {
-                Ok(()) => {
-                    live.handle.job_queued();
-                    return wait(response).await;
-                }
-                Err(mpsc::error::TrySendError::Full(back)) => job = back,
-                Err(mpsc::error::TrySendError::Closed(back)) => {
-                    inner.slots[*index]
-                        .live
-                        .compare_and_swap(&Some(live.clone()), None);
-                    job = back;
+            // The instance on this worker if it has room and is not busy; else the least busy.
+            let mut candidates: Vec<(usize, Arc<Live>)> = Vec::with_capacity(workers);
+            for offset in 0..workers {
+                let index = (first + offset) % workers;
+                if let Some(live) = inner.slots[index].usable() {
+                    candidates.push((index, live));
                 }
             }
-        }
-        // No instance could take it: start one here (or on the next worker without one) and
-        // wait for it, joining a start under way there; a new start only while the app has
-        // fewer instances (live or starting) than its cap.
-        let Some(target) = self.worker_without(&candidates, first) else {
-            return Err(DispatchError::Overloaded);
-        };
-        if !self.is_starting(target)
-            && candidates.len() + self.starts_under_way() >= inner.pool.config.max_instances_per_app
-        {
-            return Err(DispatchError::Overloaded);
-        }
-        // A new instance may be evicted (for another app's start) before this request
-        // reaches it: the request comes back, and another start is tried.
-        for _ in 0..START_ATTEMPTS {
-            let live = self.start_on(target, deadline, Purpose::Request).await?;
-            match live.jobs.try_send(job) {
-                Ok(()) => {
-                    live.handle.job_queued();
-                    return wait(response).await;
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => return Err(DispatchError::Overloaded),
-                Err(mpsc::error::TrySendError::Closed(back)) => job = back,
+            if let Some(pos) = candidates
+                .iter()
+                .enumerate()
+                .min_by_key(|(pos, (_, live))| {
+                    let load = live.load();
+                    (load >= scale_at, load, *pos)
+                })
+                .map(|(pos, _)| pos)
+            {
+                candidates.swap(0, pos);
             }
+            let busy = candidates
+                .first()
+                .is_none_or(|(_, live)| live.load() >= scale_at);
+            if busy && !candidates.is_empty() {
+                self.scale_out(&candidates, first, deadline);
+            }
+            for (index, live) in &candidates {
+                match live.jobs.try_send(job) {
+                    Ok(()) => {
+                        live.handle.job_queued();
+                        return wait(response).await;
+                    }
+                    Err(mpsc::error::TrySendError::Full(back)) => job = back,
+                    Err(mpsc::error::TrySendError::Closed(back)) => {
+                        inner.slots[*index]
+                            .live
+                            .compare_and_swap(&Some(live.clone()), None);
+                        job = back;
+                    }
+                }
+            }
+            // No instance could take it: start one here (or on the next worker without one) and
+            // wait for it, joining a start under way there; a new start only while the app has
+            // fewer instances (live or starting) than its cap.
+            let Some(target) = self.worker_without(&candidates, first) else {
+                return Err(DispatchError::Overloaded);
+            };
+            if !self.is_starting(target)
+                && candidates.len() + self.starts_under_way()
+                    >= inner.pool.config.max_instances_per_app
+            {
+                return Err(DispatchError::Overloaded);
+            }
+            // A new instance may be evicted (for another app's start) before this request
+            // reaches it: the request comes back, and another start is tried.
+            for _ in 0..START_ATTEMPTS {
+                let live = self.start_on(target, deadline, Purpose::Request).await?;
+                match live.jobs.try_send(job) {
+                    Ok(()) => {
+                        live.handle.job_queued();
+                        return wait(response).await;
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        return Err(DispatchError::Overloaded)
+                    }
+                    Err(mpsc::error::TrySendError::Closed(back)) => job = back,
+                }
+            }
+            Err(DispatchError::Overloaded)
         }
-        Err(DispatchError::Overloaded)
     }
 
     /// Starts an instance on the calling worker if the app has none live or starting there,
@@ -398,8 +411,8 @@ impl Inner {
 }
 
 async fn wait(
-    response: oneshot::Receiver<Result<Answer, DispatchError>>,
-) -> Result<Answer, DispatchError> {
+    response: oneshot::Receiver<Result<Box<Answer>, DispatchError>>,
+) -> Result<Box<Answer>, DispatchError> {
     response
         .await
         .unwrap_or_else(|_| Err(DispatchError::InstanceGone("it dropped the request".into())))

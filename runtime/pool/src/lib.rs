@@ -44,11 +44,15 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 /// One request on its way to an instance, with the way back for its response.
+///
+/// A job crosses the instance's queue boxed (`Box<Job>`), and its answer comes back boxed:
+/// each is a few hundred bytes, which the channels, tasks and futures between the gateway
+/// and the isolate would otherwise copy at every step (a dozen copies each way).
 pub struct Job {
     pub request: http::Request<Body>,
     /// When the response must have started; past it the instance answers `Timeout`.
     pub deadline: Instant,
-    pub reply: oneshot::Sender<Result<Answer, DispatchError>>,
+    pub reply: oneshot::Sender<Result<Box<Answer>, DispatchError>>,
 }
 
 /// An instance's answer to one request: its response, and what the host measured of it
@@ -128,7 +132,7 @@ pub trait Engine: Send + Sync + 'static {
     fn instantiate(
         &self,
         spec: InstanceSpec,
-        jobs: mpsc::Receiver<Job>,
+        jobs: mpsc::Receiver<Box<Job>>,
     ) -> LocalFuture<Result<LocalFuture<()>, LoadError>>;
 }
 

@@ -35,7 +35,7 @@ impl Engine for Echo {
     fn instantiate(
         &self,
         spec: InstanceSpec,
-        mut jobs: mpsc::Receiver<Job>,
+        mut jobs: mpsc::Receiver<Box<Job>>,
     ) -> LocalFuture<Result<LocalFuture<()>, LoadError>> {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let hold = self.hold;
@@ -67,10 +67,10 @@ impl Engine for Echo {
                         let body = Full::new(Bytes::from(text))
                             .map_err(|never| match never {})
                             .boxed_unsync();
-                        let _ = job.reply.send(Ok(Answer {
+                        let _ = job.reply.send(Ok(Box::new(Answer {
                             response: http::Response::new(body),
                             timing: Timing::default(),
-                        }));
+                        })));
                         handle.request_finished();
                     });
                 }
