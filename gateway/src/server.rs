@@ -497,7 +497,7 @@ struct Outcome {
 /// A function returning an `async move` block rather than an `async fn`, as are `route` and
 /// `admit`: an `async fn`'s future holds its arguments twice (as captured and as locals,
 /// rust-lang/rust#62958), so each level would copy the ~260-byte request once more per
-/// request and carry the second copy for the request's whole life.
+/// request and reserve room for both copies in its future.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would copy its arguments"
