@@ -27,6 +27,12 @@ const SLOW_STREAM_APP: &str = "export default { fetch(request) {\n\
    } }));\n\
  } };\n";
 
+/// Answers `METHOD PATH BODY`.
+const ECHO_APP: &str = "export default { async fetch(request) {\n\
+   const path = new URL(request.url).pathname;\n\
+   return new Response(`${request.method} ${path} ${await request.text()}`);\n\
+ } };\n";
+
 /// `outpost dev PATH --https 127.0.0.1:0 ARGS…` with its own OUTPOST_HOME; the node and its
 /// HTTPS address.
 fn https_node(path: &Path, home: &Path, args: &[&str]) -> (Node, SocketAddr) {
@@ -303,6 +309,204 @@ fn raw_connection(addr: &str) -> std::net::TcpStream {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     stream
+}
+
+/// Reads one HTTP/1.1 response: its status line, its headers (names lowercased) and its
+/// body, delimited as the headers say (none for a response to HEAD).
+fn read_response(
+    stream: &mut impl std::io::BufRead,
+    head_only: bool,
+) -> (String, Vec<(String, String)>, String) {
+    let mut line = String::new();
+    stream.read_line(&mut line).unwrap();
+    let status = line.trim_end().to_string();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        stream.read_line(&mut line).unwrap();
+        let Some((name, value)) = line.trim_end().split_once(':') else {
+            break;
+        };
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if head_only {
+    } else if let Some(length) = header("content-length") {
+        body.resize(length.parse().unwrap(), 0);
+        stream.read_exact(&mut body).unwrap();
+    } else if header("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            line.clear();
+            stream.read_line(&mut line).unwrap();
+            let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            stream.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        stream.read_to_end(&mut body).unwrap();
+    }
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn http1_requests_pipelined_on_one_connection_are_answered_in_order() {
+    let site = app("site", ECHO_APP);
+    for http1 in ["deno-h1", "hyper"] {
+        let node = Node::start(site.path(), &["--http1", http1]);
+        let addr = node.url.trim_start_matches("http://").to_string();
+        tokio::task::spawn_blocking(move || pipelined_requests(&addr))
+            .await
+            .unwrap();
+    }
+}
+
+/// Requests on raw connections to `addr` (an app of [`ECHO_APP`]): pipelined, with and
+/// without bodies, a body that follows its head, HTTP/1.0.
+fn pipelined_requests(addr: &str) {
+    let mut stream = raw_connection(addr);
+    // Bodies whole with their heads, a HEAD, then a chunked body and a body that
+    // comes after its head (hyper answers those and what follows on the connection).
+    stream
+        .write_all(
+            b"GET /one HTTP/1.1\r\nHost: site\r\n\r\n\
+              POST /two HTTP/1.1\r\nHost: site\r\nContent-Length: 5\r\n\r\nhello\
+              HEAD /three HTTP/1.1\r\nHost: site\r\n\r\n\
+              POST /four HTTP/1.1\r\nHost: site\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nworld\r\n0\r\n\r\n\
+              GET /five HTTP/1.1\r\nHost: site\r\n\r\n",
+        )
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut answers = Vec::new();
+    for head_only in [false, false, true, false, false] {
+        let (status, headers, body) = read_response(&mut reader, head_only);
+        assert_eq!(status, "HTTP/1.1 200 OK", "{headers:?}");
+        assert!(
+            headers.iter().any(|(name, _)| name == "date"),
+            "{headers:?}"
+        );
+        answers.push(body);
+    }
+    assert_eq!(
+        answers,
+        [
+            "GET /one ",
+            "POST /two hello",
+            "",
+            "POST /four world",
+            "GET /five "
+        ]
+    );
+    // A new connection whose body follows its head a moment later.
+    let mut stream = raw_connection(addr);
+    stream
+        .write_all(b"POST /six HTTP/1.1\r\nHost: site\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stream
+        .write_all(b"helloGET /seven HTTP/1.1\r\nHost: site\r\n\r\n")
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    assert_eq!(read_response(&mut reader, false).2, "POST /six hello");
+    assert_eq!(read_response(&mut reader, false).2, "GET /seven ");
+    // HTTP/1.0: answered in kind, then the connection closes.
+    let mut stream = raw_connection(addr);
+    stream
+        .write_all(b"GET /eight HTTP/1.0\r\nHost: site\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nGET /eight "), "{answer}");
+}
+
+/// Answers by path: `/empty` 204, `/not-modified` 304, `/stream` a body of unknown length,
+/// `/teapot` 418 with a header of its own; else `METHOD PATH BODY`.
+const STATUS_APP: &str = "export default { async fetch(request) {\n\
+   const path = new URL(request.url).pathname;\n\
+   const bytes = (text) => new TextEncoder().encode(text);\n\
+   switch (path) {\n\
+     case '/empty': return new Response(null, { status: 204 });\n\
+     case '/not-modified': return new Response(null, { status: 304, headers: { etag: '\"a\"' } });\n\
+     case '/stream': return new Response(new ReadableStream({ start(c) {\n\
+       c.enqueue(bytes('a')); c.enqueue(bytes('bc')); c.close();\n\
+     } }));\n\
+     case '/teapot': return new Response('short and stout', { status: 418, headers: { 'x-a': '1' } });\n\
+     default: return new Response(`${request.method} ${path} ${await request.text()}`);\n\
+   }\n\
+ } };\n";
+
+/// What a raw exchange answered, without what differs from request to request (`date`,
+/// `x-request-id`, `server-timing`), headers sorted.
+fn exchange(addr: &str, request: &[u8]) -> String {
+    let mut stream = raw_connection(addr);
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap();
+    let mut headers: Vec<&str> = lines
+        .filter(|line| {
+            !["date:", "x-request-id:", "server-timing:"]
+                .iter()
+                .any(|volatile| line.starts_with(volatile))
+        })
+        .collect();
+    headers.sort();
+    format!("{status}\n{}\n\n{body}", headers.join("\n"))
+}
+
+#[tokio::test]
+async fn deno_h1_and_hyper_answer_http1_alike() {
+    let site = app("site", STATUS_APP);
+    let requests: [&[u8]; 8] = [
+        b"GET /teapot HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
+        b"HEAD /teapot HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
+        b"GET /empty HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
+        b"GET /not-modified HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
+        b"GET /stream HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: site\r\nConnection: close\r\nContent-Length: 3\r\n\r\nxyz",
+        b"GET /stream HTTP/1.0\r\nHost: site\r\n\r\n",
+        b"GET /teapot HTTP/1.0\r\nHost: site\r\n\r\n",
+    ];
+    let mut answers = Vec::new();
+    for http1 in ["deno-h1", "hyper"] {
+        let node = Node::start(site.path(), &["--http1", http1]);
+        let addr = node.url.trim_start_matches("http://").to_string();
+        let answered =
+            tokio::task::spawn_blocking(move || requests.map(|request| exchange(&addr, request)))
+                .await
+                .unwrap();
+        answers.push(answered);
+    }
+    for (deno_h1, hyper) in answers[0].iter().zip(&answers[1]) {
+        assert_eq!(deno_h1, hyper);
+    }
+    assert!(
+        answers[0][0].starts_with("HTTP/1.1 418 I'm a teapot\n"),
+        "{}",
+        answers[0][0]
+    );
+    // A body of unknown length: chunked on HTTP/1.1, until the close on HTTP/1.0.
+    assert!(
+        answers[0][4].contains("\ntransfer-encoding: chunked\n")
+            && answers[0][4].ends_with("abc\r\n0\r\n\r\n"),
+        "{}",
+        answers[0][4]
+    );
+    assert!(answers[0][6].ends_with("\n\nabc"), "{}", answers[0][6]);
 }
 
 #[tokio::test]

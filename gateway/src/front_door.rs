@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use outpost_gateway::quic;
 use outpost_gateway::tls::{self, Certificates};
-use outpost_gateway::{serve, ConnectionLimits, Prewarm, Routes, ServeConfig, Shutdown, Transport};
+use outpost_gateway::{
+    serve, ConnectionLimits, Http1, Prewarm, Routes, ServeConfig, Shutdown, Transport,
+};
 use outpost_pool::Pool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -41,6 +43,11 @@ pub struct FrontDoorArgs {
     /// when its request arrives (`off`).
     #[arg(long, value_enum, default_value = "sni")]
     pub prewarm: Prewarm,
+    /// What serves HTTP/1.1: `deno-h1` (deno_http_h1, what `deno serve` uses, for requests
+    /// whose body came with their head; hyper takes over a connection at its first other
+    /// request) or `hyper` (hyper for every request).
+    #[arg(long, value_enum, default_value = "deno-h1")]
+    pub http1: Http1,
     /// Most client connections open at once, per listener.
     #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
@@ -135,6 +142,7 @@ impl FrontDoor {
     ) -> anyhow::Result<FrontDoor> {
         config.connections = args.limits();
         config.prewarm = args.prewarm;
+        config.http1 = args.http1;
         let (shutdown, signal) = Shutdown::new();
         let mut door = FrontDoor {
             shutdown,

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod endpoints;
 pub mod error;
 mod gate;
+mod h1;
 mod here;
 pub mod metrics;
 pub mod origin;
@@ -22,5 +23,6 @@ pub mod watch;
 pub use error::{GatewayError, Kind, Source};
 pub use routes::{AppEntry, DuplicateRoute, RouteTable, Routes, Target};
 pub use server::{
-    serve, ConnectionLimits, ErrorDetail, Prewarm, ServeConfig, Shutdown, ShutdownSignal, Transport,
+    serve, ConnectionLimits, ErrorDetail, Http1, Prewarm, ServeConfig, Shutdown, ShutdownSignal,
+    Transport,
 };

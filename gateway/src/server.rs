@@ -1,5 +1,6 @@
-//! The HTTP listeners: HTTP/1.1 and HTTP/2 through hyper, in cleartext (HTTP/2 with prior
-//! knowledge) or over TLS (ALPN `h2`, `http/1.1`); the route to an app, admission checks
+//! The HTTP listeners: HTTP/1.1 (the common request through [`crate::h1`], the rest through
+//! hyper) and HTTP/2 through hyper, in cleartext (HTTP/2 with prior knowledge) or over TLS
+//! (ALPN `h2`, `http/1.1`); the route to an app, admission checks
 //! against its limits, and dispatch of each request to the app's deployment. Connections are
 //! bounded (count, header size and count, time to send headers, streams per connection) and
 //! drained on shutdown.
@@ -48,6 +49,8 @@ pub struct ServeConfig {
     pub alt_svc: Option<http::HeaderValue>,
     /// Whether a TLS or QUIC handshake naming an app's host starts its isolate.
     pub prewarm: Prewarm,
+    /// What parses HTTP/1.1 requests.
+    pub http1: Http1,
     /// Where answered requests are counted (`/metrics`), if anywhere.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Where request summaries go to live followers (`/tail`), if anywhere.
@@ -56,6 +59,17 @@ pub struct ServeConfig {
     pub cache: Option<Arc<outpost_cache::Cache>>,
     /// Where request spans go (`--otlp`), if anywhere.
     pub tracing: Option<Arc<crate::trace::Tracing>>,
+}
+
+/// What serves HTTP/1.1 connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1 {
+    /// `deno_http_h1` for requests whose body came whole with their head; hyper for the
+    /// rest of a connection from its first other request (uploads, chunked bodies,
+    /// `Expect: 100-continue`, upgrades, HTTP/2 with prior knowledge, malformed heads).
+    DenoH1,
+    /// hyper for every request.
+    Hyper,
 }
 
 /// When isolates start ahead of a request.
@@ -76,6 +90,7 @@ impl Default for ServeConfig {
             connections: ConnectionLimits::default(),
             alt_svc: None,
             prewarm: Prewarm::Sni,
+            http1: Http1::DenoH1,
             metrics: None,
             tail: None,
             cache: None,
@@ -298,22 +313,31 @@ async fn serve_connection(
     };
     let _ = stream.set_nodelay(true);
     match transport {
-        Transport::Plain => serve_http(stream, Protocol::Unknown, &listening, shutdown).await,
+        Transport::Plain => serve_http1(stream, &listening, shutdown).await,
         Transport::Tls(tls) => {
             let handshake = accept_tls(stream, tls, &listening);
             let limit = listening.config.connections.header_read_timeout;
             match tokio::time::timeout(limit, handshake).await {
-                Ok(Ok(stream)) => {
-                    let protocol = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Protocol::Http2,
-                        _ => Protocol::Unknown,
-                    };
-                    serve_http(stream, protocol, &listening, shutdown).await
-                }
+                Ok(Ok(stream)) => match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => serve_http(stream, Protocol::Http2, &listening, shutdown).await,
+                    _ => serve_http1(stream, &listening, shutdown).await,
+                },
                 Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
         }
+    }
+}
+
+/// Serves a connection that speaks HTTP/1.1 (or HTTP/2 with prior knowledge) with the
+/// listener's [`Http1`].
+async fn serve_http1<I>(io: I, listening: &Arc<Listening>, shutdown: ShutdownSignal)
+where
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    match listening.config.http1 {
+        Http1::DenoH1 => crate::h1::serve(io, listening, shutdown).await,
+        Http1::Hyper => serve_http(io, Protocol::Unknown, listening, shutdown).await,
     }
 }
 
@@ -345,9 +369,10 @@ async fn accept_tls(
     start.into_stream(config).await
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends; once shutdown begins, the
+/// Serves HTTP/1.1 or HTTP/2 on `io` with hyper until the connection ends (HTTP/1.1 gets here
+/// from [`crate::h1`] with the request it leaves to hyper); once shutdown begins, the
 /// connection finishes what it holds and closes.
-async fn serve_http<I>(
+pub(crate) async fn serve_http<I>(
     io: I,
     protocol: Protocol,
     listening: &Arc<Listening>,
@@ -453,7 +478,7 @@ const UNSERVED_GRACE: Duration = Duration::from_secs(1);
 
 /// What a connection is known to speak before its first request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
+pub(crate) enum Protocol {
     /// HTTP/1.1, or HTTP/2 with prior knowledge (cleartext): told by the first request.
     Unknown,
     /// TLS with ALPN `h2`.
