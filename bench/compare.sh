@@ -16,7 +16,8 @@
 #        (default 2), CONNS (default "64 1"), HANDLERS (default "hello echo sha256 fib"),
 #        OUT (the markdown table, default target/bench-compare.md), BUILD=0 (no cargo build),
 #        OUTPOST_BIN (the outpost binary, default target/release/outpost; bench/pgo.sh makes
-#        target/pgo/release/outpost).
+#        target/pgo/release/outpost), OUTPOST_ARGS (more flags for `outpost dev`, e.g.
+#        `--http1 hyper`).
 #
 # Per handler, runtime and connection count: a fresh server; the handler's answer is checked
 # with curl; WARMUP s of load; ROUNDS measured runs of DURATION s. Server CPU is utime + stime
@@ -34,6 +35,7 @@ HANDLERS=${HANDLERS:-"hello echo sha256 fib"}
 OUT=${OUT:-target/bench-compare.md}
 BUILD=${BUILD:-1}
 OUTPOST_BIN=${OUTPOST_BIN:-target/release/outpost}
+OUTPOST_ARGS=${OUTPOST_ARGS:-}
 H=bench/handlers
 
 source bench/lib.sh
@@ -81,7 +83,8 @@ for handler in $HANDLERS; do
       file=$(entry "$handler" "$runtime")
       if [ "$runtime" = outpost ]; then
         bin=$OUTPOST_BIN
-        start "$bin" dev "$file" --listen 127.0.0.1:0 --workers 1 --server-timing off
+        # shellcheck disable=SC2086
+        start "$bin" dev "$file" --listen 127.0.0.1:0 --workers 1 --server-timing off $OUTPOST_ARGS
       else
         bin=$DENO
         start "$bin" serve --host 127.0.0.1 --port 0 "$file"

@@ -59,7 +59,8 @@ def read(path):
 # Parts of Outpost's binary, by the crate a function's name starts with (a trait method
 # `<T as Trait>::f` and drop glue `drop_in_place<T>` count for T's crate).
 PARTS = [
-    ("HTTP/1.1: hyper, hyper-util, httparse, http", ("hyper", "hyper_util", "httparse", "http")),
+    ("HTTP/1.1: deno_http_h1, hyper, hyper-util, httparse, http, httpdate",
+     ("deno_http_h1", "hyper", "hyper_util", "httparse", "http", "httpdate")),
     ("gateway (routing, request id, metrics, log)", ("outpost_gateway",)),
     ("CDN cache", ("outpost_cache",)),
     ("pool (dispatch to an isolate)", ("outpost_pool",)),

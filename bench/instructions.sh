@@ -10,7 +10,8 @@
 #
 # Knobs: DENO (default /tmp/denoinst/node_modules/.bin/deno, as compare.sh), HANDLERS
 # (default "hello echo"), CONNS (default "64 1"), REQUESTS (measured requests per run,
-# default 3000), BUILD=0 (no cargo build), OUTPOST_BIN (default target/release/outpost).
+# default 3000), BUILD=0 (no cargo build), OUTPOST_BIN (default target/release/outpost),
+# OUTPOST_ARGS (more flags for `outpost dev`, e.g. `--http1 hyper`).
 # Per handler, connection count and runtime: the server starts under callgrind, serves 500
 # requests of warm-up, the counts are zeroed, REQUESTS requests are made and the counts
 # dumped (bench/instructions.py reads them). One isolate each, as compare.sh. Bounded,
@@ -23,6 +24,7 @@ CONNS=${CONNS:-"64 1"}
 REQUESTS=${REQUESTS:-3000}
 BUILD=${BUILD:-1}
 OUTPOST_BIN=${OUTPOST_BIN:-target/release/outpost}
+OUTPOST_ARGS=${OUTPOST_ARGS:-}
 H=bench/handlers
 command -v valgrind >/dev/null || { echo "needs valgrind (apt install valgrind)" >&2; exit 1; }
 source bench/lib.sh
@@ -42,7 +44,8 @@ for handler in $HANDLERS; do
         --smc-check=all-non-file --callgrind-out-file="$profile.%p")
       if [ "$runtime" = outpost ]; then
         entry="$H/$handler.js"
-        start "${grind[@]}" "$OUTPOST_BIN" dev "$entry" --listen 127.0.0.1:0 --workers 1 --server-timing off
+        # shellcheck disable=SC2086
+        start "${grind[@]}" "$OUTPOST_BIN" dev "$entry" --listen 127.0.0.1:0 --workers 1 --server-timing off $OUTPOST_ARGS
       else
         entry="$H/$handler.js"; [ "$handler" = fib ] && entry="$H/fib.deno.js"
         start "${grind[@]}" "$DENO" serve --host 127.0.0.1 --port 0 "$entry"

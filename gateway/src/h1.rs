@@ -20,6 +20,7 @@
 //! closes between requests, and a request in flight is answered with `connection: close`.
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -133,7 +134,10 @@ where
         let limit = limits.header_read_timeout;
         let mut waiting_since = Instant::now();
         let mut timer = pin!(tokio::time::sleep(limit));
+        let begun = shutdown.clone();
         let mut stop = pin!(shutdown.wait());
+        // The timer and the shutdown signal are polled only when they woke the task.
+        let mut watchers = crate::gate::Gate::new();
         loop {
             let head = loop {
                 match self.parse(listening) {
@@ -145,19 +149,21 @@ where
                     if let Poll::Ready(read) = self.poll_read(cx) {
                         return Poll::Ready(Wait::Read(read));
                     }
-                    if stop.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wait::Stop);
-                    }
-                    // The one timer of the connection: it fires at most once per header
-                    // timeout and is moved on if the connection was busy meanwhile.
-                    while timer.as_mut().poll(cx).is_ready() {
-                        let deadline = waiting_since + limit;
-                        if Instant::now() >= deadline {
-                            return Poll::Ready(Wait::TimedOut);
+                    watchers.poll(cx, |watch| {
+                        if stop.as_mut().poll(watch).is_ready() {
+                            return Poll::Ready(Wait::Stop);
                         }
-                        timer.as_mut().reset(deadline.into());
-                    }
-                    Poll::Pending
+                        // The one timer of the connection: it fires at most once per header
+                        // timeout and is moved on if the connection was busy meanwhile.
+                        while timer.as_mut().poll(watch).is_ready() {
+                            let deadline = waiting_since + limit;
+                            if Instant::now() >= deadline {
+                                return Poll::Ready(Wait::TimedOut);
+                            }
+                            timer.as_mut().reset(deadline.into());
+                        }
+                        Poll::Pending
+                    })
                 })
                 .await;
                 match wait {
@@ -175,7 +181,7 @@ where
             };
             let mut head = head;
             let response = handle(request, listening).await;
-            head.keep_alive &= !shutdown_begun(&mut stop);
+            head.keep_alive &= !begun.is_set();
             match self.respond(response, &head).await {
                 Ok(true) => {}
                 Ok(_) | Err(_) => return Ending::Close,
@@ -198,8 +204,12 @@ where
         if self.buf.is_empty() {
             return Parsed::Partial;
         }
-        let mut headers = [Header::EMPTY; MAX_HEADERS];
-        let status = match Protocol::new().next_request(&self.buf, &mut headers) {
+        // Left uninitialized: the parse writes the headers it returns (4 KiB not zeroed per
+        // request).
+        let mut headers = [const { MaybeUninit::<Header>::uninit() }; MAX_HEADERS];
+        let mut scratch = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let parsed = Protocol::new().next_request_uninit_all(&self.buf, &mut headers, &mut scratch);
+        let status = match parsed {
             Ok(status) => status,
             Err(_) => return Parsed::Hyper,
         };
@@ -260,7 +270,8 @@ where
         let bytes = self.buf.split_to(head.consumed).freeze();
         let (start, end) = head.target;
         let uri = Uri::from_maybe_shared(bytes.slice(start..end));
-        let mut headers = http::HeaderMap::with_capacity(self.values.len());
+        // Room for the headers the node adds on the way (`x-request-id` among them).
+        let mut headers = http::HeaderMap::with_capacity(self.values.len() + 4);
         let mut valid = uri.is_ok();
         for (name, start, end) in self.values.drain(..) {
             match HeaderValue::from_maybe_shared(bytes.slice(start..end)) {
@@ -428,11 +439,6 @@ fn poll_once<F: Future>(future: F) -> Option<F::Output> {
         Poll::Ready(output) => Some(output),
         Poll::Pending => None,
     }
-}
-
-/// Whether shutdown has begun (its future resolved, now or before).
-fn shutdown_begun(stop: &mut Pin<&mut impl Future<Output = ()>>) -> bool {
-    poll_once(stop.as_mut()).is_some()
 }
 
 /// How a response's body is delimited.
