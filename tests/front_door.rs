@@ -419,6 +419,14 @@ fn pipelined_requests(addr: &str) {
     let mut reader = std::io::BufReader::new(stream);
     assert_eq!(read_response(&mut reader, false).2, "POST /six hello");
     assert_eq!(read_response(&mut reader, false).2, "GET /seven ");
+    // A head sent a byte at a time.
+    let mut stream = raw_connection(addr);
+    for byte in b"GET /slow HTTP/1.1\r\nHost: site\r\nX-Pad: 0123456789\r\n\r\n" {
+        stream.write_all(&[*byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let mut reader = std::io::BufReader::new(stream);
+    assert_eq!(read_response(&mut reader, false).2, "GET /slow ");
     // HTTP/1.0: answered in kind, then the connection closes.
     let mut stream = raw_connection(addr);
     stream
@@ -430,8 +438,9 @@ fn pipelined_requests(addr: &str) {
     assert!(answer.ends_with("\r\n\r\nGET /eight "), "{answer}");
 }
 
-/// Answers by path: `/empty` 204, `/not-modified` 304, `/stream` a body of unknown length,
-/// `/teapot` 418 with a header of its own; else `METHOD PATH BODY`.
+/// Answers by path: `/empty` 204, `/not-modified` 304 (`/not-modified-sized` with a
+/// `content-length`), `/stream` a body of unknown length, `/teapot` 418 with a header of
+/// its own, `/sized` no body but a `content-length` (for HEAD); else `METHOD PATH BODY`.
 const STATUS_APP: &str = "export default { async fetch(request) {\n\
    const path = new URL(request.url).pathname;\n\
    const bytes = (text) => new TextEncoder().encode(text);\n\
@@ -442,6 +451,8 @@ const STATUS_APP: &str = "export default { async fetch(request) {\n\
        c.enqueue(bytes('a')); c.enqueue(bytes('bc')); c.close();\n\
      } }));\n\
      case '/teapot': return new Response('short and stout', { status: 418, headers: { 'x-a': '1' } });\n\
+     case '/sized': return new Response(null, { headers: { 'content-length': '1234' } });\n\
+     case '/not-modified-sized': return new Response(null, { status: 304, headers: { 'content-length': '42' } });\n\
      default: return new Response(`${request.method} ${path} ${await request.text()}`);\n\
    }\n\
  } };\n";
@@ -471,7 +482,7 @@ fn exchange(addr: &str, request: &[u8]) -> String {
 #[tokio::test]
 async fn deno_h1_and_hyper_answer_http1_alike() {
     let site = app("site", STATUS_APP);
-    let requests: [&[u8]; 8] = [
+    let requests: [&[u8]; 11] = [
         b"GET /teapot HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
         b"HEAD /teapot HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
         b"GET /empty HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
@@ -480,6 +491,9 @@ async fn deno_h1_and_hyper_answer_http1_alike() {
         b"POST /echo HTTP/1.1\r\nHost: site\r\nConnection: close\r\nContent-Length: 3\r\n\r\nxyz",
         b"GET /stream HTTP/1.0\r\nHost: site\r\n\r\n",
         b"GET /teapot HTTP/1.0\r\nHost: site\r\n\r\n",
+        b"HEAD /sized HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
+        b"HEAD /empty HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
+        b"GET /not-modified-sized HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
     ];
     let mut answers = Vec::new();
     for http1 in ["deno-h1", "hyper"] {

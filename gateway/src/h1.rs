@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use deno_http_h1::{BodyKind, Header, Protocol, RequestStatus, Version, MAX_HEADERS};
+use deno_http_h1::{BodyKind, Header, RequestStatus, Version, MAX_HEADERS};
 use http::header::{HeaderName, HeaderValue};
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::Full;
@@ -35,7 +35,7 @@ use hyper::body::Body as _;
 use outpost_pool::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::server::{handle, Listening, ShutdownSignal};
+use crate::server::{handle, Listening, Protocol, ShutdownSignal};
 
 /// What a read asks the socket for at least (a head and a small body fit).
 const READ_CAPACITY: usize = 8 * 1024;
@@ -55,6 +55,7 @@ where
         buf: BytesMut::with_capacity(READ_CAPACITY),
         out: Vec::with_capacity(1024),
         values: Vec::new(),
+        scanned: 0,
     };
     let ending = {
         let _open = crate::here::Counted::connection();
@@ -64,13 +65,12 @@ where
         Ending::Close => {
             let _ = conn.io.shutdown().await;
         }
-        Ending::Hyper => {
+        Ending::Hyper(protocol) => {
             let io = Prefixed {
                 prefix: conn.buf.freeze(),
                 io: conn.io,
             };
-            crate::server::serve_http(io, crate::server::Protocol::Unknown, listening, shutdown)
-                .await
+            crate::server::serve_http(io, protocol, listening, shutdown).await
         }
     }
 }
@@ -79,8 +79,9 @@ where
 enum Ending {
     /// It is done: closed by the client, timed out, broken, or not kept alive.
     Close,
-    /// hyper serves the rest; `buf` holds what was read and not consumed.
-    Hyper,
+    /// hyper serves the rest, speaking what it says; `buf` holds what was read and not
+    /// consumed.
+    Hyper(Protocol),
 }
 
 /// What waiting for a request's head gave.
@@ -123,6 +124,9 @@ struct Conn<I> {
     out: Vec<u8>,
     /// The parsed head's header names and where their values lie (reused per request).
     values: Vec<(HeaderName, usize, usize)>,
+    /// How much of the buffer is known to hold no end of a head (a head arriving in pieces
+    /// is parsed again only once its end may have come, not on every piece).
+    scanned: usize,
 }
 
 impl<I> Conn<I>
@@ -131,18 +135,20 @@ where
 {
     async fn serve(&mut self, listening: &Listening, shutdown: &mut ShutdownSignal) -> Ending {
         let limits = &listening.config.connections;
-        let limit = limits.header_read_timeout;
+        // As on hyper's connections: the header timeout, or the idle timeout if shorter.
+        let limit = limits.header_read_timeout.min(limits.idle_timeout);
         let mut waiting_since = Instant::now();
         let mut timer = pin!(tokio::time::sleep(limit));
         let begun = shutdown.clone();
         let mut stop = pin!(shutdown.wait());
         // The timer and the shutdown signal are polled only when they woke the task.
         let mut watchers = crate::gate::Gate::new();
+        let mut protocol = Protocol::Unknown;
         loop {
             let head = loop {
                 match self.parse(listening) {
                     Parsed::Head(head) => break head,
-                    Parsed::Hyper => return Ending::Hyper,
+                    Parsed::Hyper => return Ending::Hyper(protocol),
                     Parsed::Partial => {}
                 }
                 let wait = std::future::poll_fn(|cx| {
@@ -177,14 +183,37 @@ where
                 }
             };
             let Some(request) = self.request(&head) else {
-                return Ending::Hyper;
+                return Ending::Hyper(protocol);
             };
+            // HTTP/1.1 from now on: HTTP/2's preface later is no request (hyper's too).
+            protocol = Protocol::Http1;
             let mut head = head;
-            let response = handle(request, listening).await;
+            let response = {
+                let mut handling = pin!(handle(request, listening));
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+                        return Poll::Ready(Some(response));
+                    }
+                    // A client that goes away cancels its request, as with hyper.
+                    if self.poll_peer_closed(cx, limits.max_header_bytes) {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            let Some(response) = response else {
+                tracing::debug!("the client closed the connection before its response");
+                return Ending::Close;
+            };
             head.keep_alive &= !begun.is_set();
-            match self.respond(response, &head).await {
+            match self.respond(response, &head, limits.max_header_bytes).await {
                 Ok(true) => {}
                 Ok(_) | Err(_) => return Ending::Close,
+            }
+            // A request read while this one was served waits for none once shutdown began.
+            if !self.buf.is_empty() && begun.is_set() {
+                return Ending::Close;
             }
             waiting_since = Instant::now();
         }
@@ -198,26 +227,58 @@ where
         pin!(self.io.read_buf(&mut self.buf)).poll(cx)
     }
 
+    /// Whether the client closed the connection (or it broke), reading what it sends
+    /// meanwhile (a next request) while the buffer holds less than `room`. Registers for
+    /// the next read when it is open.
+    fn poll_peer_closed(&mut self, cx: &mut Context<'_>, room: usize) -> bool {
+        if self.buf.len() >= room {
+            return false;
+        }
+        match self.poll_read(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => true,
+            // Bytes of the next request: kept; registered again for more.
+            Poll::Ready(Ok(_)) => {
+                cx.waker().wake_by_ref();
+                false
+            }
+            Poll::Pending => false,
+        }
+    }
+
     /// Parses the head at the start of the buffer.
     fn parse(&mut self, listening: &Listening) -> Parsed {
         let limits = &listening.config.connections;
         if self.buf.is_empty() {
             return Parsed::Partial;
         }
+        if self.scanned > 0 {
+            // Parsed before without its end: again only if the new bytes may end it
+            // (a blank line, CRLF or bare LF).
+            let from = self.scanned.saturating_sub(3);
+            let ended = self.buf[from..]
+                .windows(2)
+                .any(|pair| pair == b"\n\n" || pair == b"\n\r");
+            if !ended {
+                self.scanned = self.buf.len();
+                return self.partial(limits.max_header_bytes);
+            }
+        }
         // Left uninitialized: the parse writes the headers it returns (4 KiB not zeroed per
         // request).
         let mut headers = [const { MaybeUninit::<Header>::uninit() }; MAX_HEADERS];
         let mut scratch = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-        let parsed = Protocol::new().next_request_uninit_all(&self.buf, &mut headers, &mut scratch);
+        let parsed = deno_http_h1::Protocol::new().next_request_uninit_all(
+            &self.buf,
+            &mut headers,
+            &mut scratch,
+        );
         let status = match parsed {
             Ok(status) => status,
             Err(_) => return Parsed::Hyper,
         };
         let RequestStatus::Complete { request, consumed } = status else {
-            if self.buf.len() > limits.max_header_bytes {
-                return Parsed::Hyper;
-            }
-            return Parsed::Partial;
+            self.scanned = self.buf.len();
+            return self.partial(limits.max_header_bytes);
         };
         if consumed > limits.max_header_bytes
             || request.headers.len() > limits.max_headers
@@ -244,11 +305,20 @@ where
             (start, start + part.len())
         };
         self.values.clear();
-        for header in request.headers {
-            let Ok(name) = HeaderName::from_bytes(header.name) else {
+        let mut length_given = false;
+        for field in request.headers {
+            let Ok(name) = HeaderName::from_bytes(field.name) else {
                 return Parsed::Hyper;
             };
-            let (start, end) = at(header.value);
+            if name == header::CONTENT_LENGTH {
+                // Repeated with the same value (the parse refuses others): kept once, as
+                // hyper does.
+                if length_given {
+                    continue;
+                }
+                length_given = true;
+            }
+            let (start, end) = at(field.value);
             self.values.push((name, start, end));
         }
         Parsed::Head(Head {
@@ -264,9 +334,20 @@ where
         })
     }
 
+    /// Not a whole head yet: wait for more, or let hyper refuse it once it is larger than
+    /// `max` bytes.
+    fn partial(&self, max: usize) -> Parsed {
+        if self.buf.len() > max {
+            Parsed::Hyper
+        } else {
+            Parsed::Partial
+        }
+    }
+
     /// Takes the head and its body out of the buffer as a request; `None` (with the buffer
     /// as it was) when hyper should answer it.
     fn request(&mut self, head: &Head) -> Option<Request<Full<Bytes>>> {
+        self.scanned = 0;
         let bytes = self.buf.split_to(head.consumed).freeze();
         let (start, end) = head.target;
         let uri = Uri::from_maybe_shared(bytes.slice(start..end));
@@ -305,6 +386,7 @@ where
         &mut self,
         response: http::Response<Body>,
         head: &Head,
+        room: usize,
     ) -> std::io::Result<bool> {
         let version = head.version;
         let (parts, mut body) = response.into_parts();
@@ -315,13 +397,16 @@ where
                 .get(header::CONTENT_LENGTH)
                 .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
         };
-        let framing = if status.is_informational() || status == StatusCode::NO_CONTENT {
+        let framing = if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
             Framing::None
-        } else if status == StatusCode::NOT_MODIFIED {
-            // The length a full response would have, if the handler gave one.
-            Framing::Bodiless(given_length())
         } else if head.method == Method::HEAD {
-            Framing::Bodiless(body.size_hint().exact().or_else(given_length))
+            // The length the handler gave (a cached response's, `new Response(null,
+            // {headers})`), else its body's if it has one, as hyper writes it.
+            let length = body.size_hint().exact().filter(|length| *length > 0);
+            Framing::Bodiless(given_length().or(length))
         } else if let Some(length) = body.size_hint().exact() {
             Framing::Length(length)
         } else if let Some(length) = given_length() {
@@ -353,14 +438,28 @@ where
             _ => u64::MAX,
         };
         let mut whole = true;
-        loop {
+        // A body of declared length 0 is done with its head (it is not polled).
+        while left > 0 {
             let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
             let frame = match poll_once(frame) {
                 Some(frame) => frame,
                 None => {
-                    // Not ready: what is collected goes out meanwhile.
+                    // Not ready: what is collected goes out meanwhile, and a client that
+                    // goes away ends the response.
                     self.flush().await?;
-                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                    let next = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                            return Poll::Ready(Some(frame));
+                        }
+                        if self.poll_peer_closed(cx, room) {
+                            return Poll::Ready(None);
+                        }
+                        Poll::Pending
+                    });
+                    match next.await {
+                        Some(frame) => frame,
+                        None => return Ok(false),
+                    }
                 }
             };
             let data = match frame {
@@ -410,6 +509,10 @@ where
             _ => {}
         }
         self.flush().await?;
+        if self.out.capacity() > WRITE_FLUSH {
+            // A large response's buffer is not kept by an idle connection.
+            self.out = Vec::with_capacity(1024);
+        }
         Ok(whole && keep_alive)
     }
 
@@ -482,13 +585,16 @@ fn write_head(
     );
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
-    let mut has_connection = false;
     for (name, value) in &parts.headers {
-        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
+        // The framing and the connection's fate are the node's (a handler's `connection:
+        // close` was heeded in `keep_alive`).
+        if name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+            || name == header::CONNECTION
+        {
             continue;
         }
         has_date |= name == header::DATE;
-        has_connection |= name == header::CONNECTION;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -508,12 +614,10 @@ fn write_head(
         date(|date| out.extend_from_slice(date));
         out.extend_from_slice(b"\r\n");
     }
-    if !has_connection {
-        if !keep_alive && version == http::Version::HTTP_11 {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if keep_alive && version == http::Version::HTTP_10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
-        }
+    if !keep_alive && version == http::Version::HTTP_11 {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if keep_alive && version == http::Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -655,26 +759,25 @@ mod tests {
     }
 
     #[test]
-    fn a_bodiless_answer_keeps_the_length_it_would_have_had() {
+    fn a_bodiless_answer_keeps_the_length_it_would_have_had_and_the_node_decides_closing() {
+        // A HEAD answer: the length a GET's body would have.
         let response = http::Response::builder()
-            .status(304)
             .header("content-length", "42")
+            .header("connection", "keep-alive")
             .body(())
             .unwrap();
         let (parts, ()) = response.into_parts();
         let mut out = Vec::new();
-        write_head(
-            &mut out,
-            &parts,
-            Framing::Bodiless(Some(42)),
-            http::Version::HTTP_11,
-            true,
-        );
+        let framing = Framing::Bodiless(Some(42));
+        write_head(&mut out, &parts, framing, http::Version::HTTP_11, true);
         let text = String::from_utf8(out).unwrap();
         assert!(
-            text.starts_with("HTTP/1.1 304 Not Modified\r\ncontent-length: 42\r\n"),
+            text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 42\r\n"),
             "{text}"
         );
+        assert!(!text.contains("connection"), "{text}");
+        // 204 and 304: no length; a connection that closes says so, whatever the handler
+        // said.
         let mut out = Vec::new();
         write_head(
             &mut out,
@@ -686,5 +789,6 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("content-length"), "{text}");
         assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(!text.contains("keep-alive"), "{text}");
     }
 }

@@ -409,6 +409,9 @@ pub(crate) async fn serve_http<I>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    if protocol == Protocol::Http1 {
+        builder = builder.http1_only();
+    }
     let io = WatchedIo::new(io, activity.clone());
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
@@ -476,11 +479,13 @@ pub(crate) async fn serve_http<I>(
 /// slowloris client); HTTP/2 with prior knowledge gets its GOAWAY meanwhile.
 const UNSERVED_GRACE: Duration = Duration::from_secs(1);
 
-/// What a connection is known to speak before its first request.
+/// What a connection is known to speak before hyper reads from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
     /// HTTP/1.1, or HTTP/2 with prior knowledge (cleartext): told by the first request.
     Unknown,
+    /// HTTP/1.1: it carried HTTP/1.1 requests before (served by [`crate::h1`]).
+    Http1,
     /// TLS with ALPN `h2`.
     Http2,
 }
