@@ -416,18 +416,9 @@ where
         } else {
             Framing::Close
         };
-        // A handler's `connection: close` closes the connection after its response.
-        let closes = |value: &HeaderValue| {
-            value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-        };
-        let keep_alive = head.keep_alive
-            && framing != Framing::Close
-            && !parts.headers.get(header::CONNECTION).is_some_and(closes);
+        let keep_alive = head.keep_alive && framing != Framing::Close;
         self.out.clear();
-        write_head(&mut self.out, &parts, framing, version, keep_alive);
+        let keep_alive = write_head(&mut self.out, &parts, framing, version, keep_alive);
         if let Framing::None | Framing::Bodiless(_) = framing {
             drop(body);
             self.flush().await?;
@@ -561,14 +552,15 @@ enum Framing {
 
 /// Writes the status line and headers: the response's own, then the framing hyper would
 /// add (`content-length` or `transfer-encoding: chunked`), `date` unless given, and
-/// `connection` when it differs from the version's default.
+/// `connection` when it differs from the version's default. Returns whether the connection
+/// stays open: `keep_alive`, unless the handler said `connection: close`.
 fn write_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
     framing: Framing,
     version: http::Version,
-    keep_alive: bool,
-) {
+    mut keep_alive: bool,
+) -> bool {
     // The request's version, as hyper answers.
     out.extend_from_slice(match version {
         http::Version::HTTP_10 => b"HTTP/1.0 ",
@@ -586,12 +578,16 @@ fn write_head(
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
     for (name, value) in &parts.headers {
-        // The framing and the connection's fate are the node's (a handler's `connection:
-        // close` was heeded in `keep_alive`).
-        if name == header::TRANSFER_ENCODING
-            || name == header::CONTENT_LENGTH
-            || name == header::CONNECTION
-        {
+        // The framing and the connection's fate are the node's; a handler's `connection:
+        // close` is heeded.
+        if name == header::CONNECTION {
+            keep_alive &= !value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
             continue;
         }
         has_date |= name == header::DATE;
@@ -620,6 +616,7 @@ fn write_head(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    keep_alive
 }
 
 /// Hands the current `date` value (IMF-fixdate, formatted once a second per thread) to `f`.
@@ -790,5 +787,23 @@ mod tests {
         assert!(!text.contains("content-length"), "{text}");
         assert!(text.contains("connection: close\r\n"), "{text}");
         assert!(!text.contains("keep-alive"), "{text}");
+        // A handler's `connection: close` closes the connection.
+        let response = http::Response::builder()
+            .header("connection", "Upgrade, Close")
+            .body(())
+            .unwrap();
+        let (parts, ()) = response.into_parts();
+        let mut out = Vec::new();
+        let open = write_head(
+            &mut out,
+            &parts,
+            Framing::Length(0),
+            http::Version::HTTP_11,
+            true,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(!open);
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(!text.contains("Upgrade"), "{text}");
     }
 }
