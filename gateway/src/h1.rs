@@ -429,7 +429,8 @@ where
             _ => u64::MAX,
         };
         let mut whole = true;
-        // A body of declared length 0 is done with its head (it is not polled).
+        // Until the declared length is written (a declared 0 is done with the head, its body
+        // not polled) or, for chunked and close-delimited bodies, the body ends.
         while left > 0 {
             let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
             let frame = match poll_once(frame) {
@@ -487,7 +488,7 @@ where
             if framing == Framing::Chunked {
                 self.out.extend_from_slice(b"\r\n");
             }
-            if !whole || left == 0 && framing != Framing::Chunked {
+            if !whole {
                 break;
             }
             if self.out.len() >= WRITE_FLUSH {

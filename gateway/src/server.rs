@@ -1,9 +1,8 @@
 //! The HTTP listeners: HTTP/1.1 (the common request through [`crate::h1`], the rest through
 //! hyper) and HTTP/2 through hyper, in cleartext (HTTP/2 with prior knowledge) or over TLS
-//! (ALPN `h2`, `http/1.1`); the route to an app, admission checks
-//! against its limits, and dispatch of each request to the app's deployment. Connections are
-//! bounded (count, header size and count, time to send headers, streams per connection) and
-//! drained on shutdown.
+//! (ALPN `h2`, `http/1.1`); the route to an app, admission checks against its limits, and
+//! dispatch of each request to the app's deployment. Connections are bounded (count, header
+//! size and count, time to send headers, streams per connection) and drained on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
