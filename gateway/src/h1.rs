@@ -137,7 +137,9 @@ where
         let limits = &listening.config.connections;
         // As on hyper's connections: the header timeout, or the idle timeout if shorter.
         let limit = limits.header_read_timeout.min(limits.idle_timeout);
-        let mut waiting_since = Instant::now();
+        // Read on every request, checked only when the timer fires: the coarse clock (a
+        // tick late at most: the timeout ends up to a tick early).
+        let mut waiting_since = outpost_clock::now();
         let mut timer = pin!(tokio::time::sleep(limit));
         let begun = shutdown.clone();
         let mut stop = pin!(shutdown.wait());
@@ -215,7 +217,7 @@ where
             if !self.buf.is_empty() && begun.is_set() {
                 return Ending::Close;
             }
-            waiting_since = Instant::now();
+            waiting_since = outpost_clock::now();
         }
     }
 
@@ -621,17 +623,16 @@ fn write_head(
 }
 
 /// Hands the current `date` value (IMF-fixdate, formatted once a second per thread) to `f`.
+/// The coarse clock is a tick late at most: the second turns over a few milliseconds late.
 fn date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
     }
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
+    let second = outpost_clock::unix_secs();
     DATE.with_borrow_mut(|(at, text)| {
         if *at != second || text.is_empty() {
             *at = second;
+            let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(second);
             *text = httpdate::fmt_http_date(now).into_bytes();
         }
         f(text)

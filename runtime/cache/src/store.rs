@@ -675,7 +675,7 @@ pub(crate) struct Fills {
 /// hint, so a map under a lock rather than moka (whose lookup cost three times as much,
 /// and this one is on every miss of a dynamic app): a key it forgets costs one coalesced
 /// miss, and past [`MAX_PASSES`] keys it drops the expired ones, or all when fewer than a
-/// quarter had expired.
+/// quarter had expired. Expiries by the coarse clock (a tick late at most).
 #[derive(Default)]
 struct Passes(Mutex<std::collections::HashMap<Key, std::time::Instant, Hasher>>);
 
@@ -691,13 +691,13 @@ impl Passes {
         // No clock read for a key that is not there (most lookups of a cached app).
         passes
             .get(key)
-            .is_some_and(|until| *until > std::time::Instant::now())
+            .is_some_and(|until| *until > outpost_clock::now())
     }
 
     /// Remembers `key`'s URL (its primary key) for [`PASS_FOR`] unless `key` is remembered
     /// now; one lookup under one lock.
     fn remember(&self, key: &Key) {
-        let now = std::time::Instant::now();
+        let now = outpost_clock::now();
         let mut passes = self.lock();
         if passes.get(key).is_some_and(|until| *until > now) {
             return;

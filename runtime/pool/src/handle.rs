@@ -83,8 +83,10 @@ pub(crate) fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// Milliseconds by the coarse clock (a tick late at most), for the handle's stamps: read
+/// whenever a request finishes.
 pub(crate) fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
+    outpost_clock::millis()
 }
 
 impl InstanceHandle {
