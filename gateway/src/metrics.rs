@@ -89,6 +89,16 @@ pub struct Metrics {
     /// Each labelled app's series (and `other`'s, `none`'s), found once per request by name.
     apps: RwLock<AppIndex>,
     max_apps: usize,
+    /// Tells this node's metrics from another's in a thread's [`LAST_SERIES`].
+    id: u64,
+}
+
+thread_local! {
+    /// The series the thread's last answered request was counted in, with the id of the
+    /// metrics it belongs to: a thread serving one app mostly finds its series here, without
+    /// the index's lock, hash and reference count.
+    static LAST_SERIES: std::cell::RefCell<Option<(u64, Arc<AppSeries>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The series by app name, and how many apps have a label of their own.
@@ -191,6 +201,10 @@ impl Metrics {
             last_sync_ms,
             apps: RwLock::new(AppIndex::default()),
             max_apps,
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         }
     }
 
@@ -247,9 +261,28 @@ impl Metrics {
         series
     }
 
+    /// Runs `f` with the series of `app`'s label: the thread's last one if it is `app`'s
+    /// own (an app over the cap, counted as `other`, is looked up each time).
+    fn with_series<R>(&self, app: Option<&str>, f: impl FnOnce(&AppSeries) -> R) -> R {
+        LAST_SERIES.with_borrow_mut(|last| {
+            if let Some((id, series)) = last.as_ref() {
+                if *id == self.id && series.label == app.unwrap_or("none") {
+                    return f(series);
+                }
+            }
+            let series = self.series(app);
+            let result = f(&series);
+            *last = Some((self.id, series));
+            result
+        })
+    }
+
     /// Counts one answered request.
     pub fn answered(&self, answer: Answered<'_>) {
-        let series = self.series(answer.app);
+        self.with_series(answer.app, |series| self.count(series, answer));
+    }
+
+    fn count(&self, series: &AppSeries, answer: Answered<'_>) {
         let status = status_index(answer.status);
         let protocol = match answer.version {
             http::Version::HTTP_2 => 1,
