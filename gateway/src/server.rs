@@ -708,7 +708,11 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
     for (i, digit) in hex.iter_mut().enumerate() {
         *digit = b"0123456789abcdef"[((x >> (60 - 4 * i)) & 0xf) as usize];
     }
-    http::HeaderValue::from_bytes(&hex).expect("hex digits are a header value")
+    // Its bytes in one allocation that its clones share (the request, the response, the
+    // app's view and the log each hold one): a `Bytes` of a `Vec` would allocate again when
+    // first cloned.
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex))
+        .expect("hex digits are a header value")
 }
 
 /// What the gateway adds to a request on its way to the app's handler: the app's view

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use rules::CacheStatus;
-pub use serve::url_of;
+pub use serve::{push_url, url_of};
 pub use store::{Key, Space};
 
 use store::{Fills, Tiers};

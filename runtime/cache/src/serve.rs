@@ -156,15 +156,21 @@ fn reuse(
 /// `scheme://authority/path?query` of an absolute URI, without the formatting machinery
 /// (`Uri`'s Display): the key of every GET.
 pub fn url_of(uri: &http::Uri) -> String {
+    let mut url = String::new();
+    push_url(uri, &mut url);
+    url
+}
+
+/// [`url_of`] appended to `url` (a buffer kept for the next one).
+pub fn push_url(uri: &http::Uri, url: &mut String) {
     let scheme = uri.scheme_str().unwrap_or("http");
     let authority = uri.authority().map_or("", |a| a.as_str());
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + path.len());
+    url.reserve(scheme.len() + 3 + authority.len() + path.len());
     url.push_str(scheme);
     url.push_str("://");
     url.push_str(authority);
     url.push_str(path);
-    url
 }
 
 /// How long a stored response has been stale as of `now`.

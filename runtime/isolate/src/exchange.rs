@@ -156,6 +156,15 @@ const METHODS: [http::Method; 7] = [
     http::Method::PATCH,
 ];
 
+thread_local! {
+    /// The buffer a request's URL is written into on its way to a JS string (no allocation
+    /// per request).
+    static URL: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The largest [`URL`] buffer kept for the next request.
+const URL_KEPT: usize = 8 * 1024;
+
 /// The arguments of `dispatch(id, method, url, headers, body, requestId, traceparent,
 /// tracestate, bodyLength)`.
 pub fn request_args<'s>(
@@ -170,7 +179,15 @@ pub fn request_args<'s>(
         Some(index) => v8::Integer::new(scope, index as i32).into(),
         None => one_byte(scope, parts.method.as_str().as_bytes()),
     };
-    let url = one_byte(scope, outpost_cache::url_of(&parts.uri).as_bytes());
+    let url = URL.with_borrow_mut(|url| {
+        url.clear();
+        outpost_cache::push_url(&parts.uri, url);
+        let string = one_byte(scope, url.as_bytes());
+        if url.capacity() > URL_KEPT {
+            *url = String::new();
+        }
+        string
+    });
     let request_id = one_byte(scope, headers.id.as_bytes());
     let mut context = |value: &Option<http::HeaderValue>| match value {
         Some(value) => one_byte(scope, value.as_bytes()),
