@@ -9,7 +9,8 @@
 //! integers where `Instant` arithmetic takes ~40 instructions a subtraction. What measures
 //! a request (its duration, its CPU time, the CPU limit's turns) keeps the precise clock.
 //!
-//! Elsewhere than Linux and Android these read the precise clocks.
+//! Elsewhere than Linux and Android these read the precise clocks. [`nanos_on`] reads any
+//! clock by its id (the CPU limit reads a thread's CPU clock with it).
 
 use std::time::{Duration, Instant};
 
@@ -38,24 +39,32 @@ pub fn resolution() -> Duration {
     imp::resolution()
 }
 
+/// Nanoseconds on `clock` (any clock `clock_gettime` reads, a thread's CPU clock among
+/// them), or `None` if it cannot be read (a CPU clock whose thread is gone) or reads before
+/// its origin.
+#[cfg(unix)]
+pub fn nanos_on(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out pointer; an invalid clock makes the call fail, not UB.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).ok().filter(|_| rc == 0)?;
+    Some(secs * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod imp {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    fn read(clock: libc::clockid_t) -> libc::timespec {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid out pointer; the clocks named here exist on every Linux
-        // since 2.6.32 (a failure would leave `ts` zero).
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts
-    }
+    use super::nanos_on;
 
-    fn nanos(ts: libc::timespec) -> u64 {
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    /// The clocks read here exist on every Linux since 2.6.32 (a failure, or a wall clock
+    /// set before 1970, reads 0).
+    fn read(clock: libc::clockid_t) -> u64 {
+        nanos_on(clock).unwrap_or(0)
     }
 
     /// A precise reading of `CLOCK_MONOTONIC` (what `Instant` reads on Linux) and the
@@ -63,15 +72,15 @@ mod imp {
     /// from the first.
     pub fn base() -> (u64, Instant) {
         static BASE: OnceLock<(u64, Instant)> = OnceLock::new();
-        *BASE.get_or_init(|| (nanos(read(libc::CLOCK_MONOTONIC)), Instant::now()))
+        *BASE.get_or_init(|| (read(libc::CLOCK_MONOTONIC), Instant::now()))
     }
 
     pub fn monotonic_nanos() -> u64 {
-        nanos(read(libc::CLOCK_MONOTONIC_COARSE))
+        read(libc::CLOCK_MONOTONIC_COARSE)
     }
 
     pub fn unix_secs() -> u64 {
-        u64::try_from(read(libc::CLOCK_REALTIME_COARSE).tv_sec).unwrap_or(0)
+        read(libc::CLOCK_REALTIME_COARSE) / 1_000_000_000
     }
 
     pub fn resolution() -> Duration {

@@ -151,7 +151,7 @@ impl Watched {
         }
         let wall = now.saturating_sub(since);
         let used = if wall > LONG_TURN.as_nanos() as u64 {
-            match self.clock.and_then(cpu_now) {
+            match self.clock.and_then(outpost_clock::nanos_on) {
                 Some(cpu) => {
                     let mut start = self.cpu_at_start.load(Ordering::Acquire);
                     if start == 0 {
@@ -210,7 +210,7 @@ impl Turn<'_> {
             0 => wall,
             start => watched
                 .clock
-                .and_then(cpu_now)
+                .and_then(outpost_clock::nanos_on)
                 .map_or(wall, |cpu| Duration::from_nanos(cpu.saturating_sub(start))),
         };
         watched.busy_since.store(0, Ordering::Release);
@@ -232,17 +232,6 @@ fn own_cpu_clock() -> Option<libc::clockid_t> {
     // SAFETY: `pthread_self` is the calling thread, alive; `clock` is a valid out pointer.
     let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
     (rc == 0).then_some(clock)
-}
-
-/// Nanoseconds on `clock`, or `None` if it cannot be read (its thread is gone).
-fn cpu_now(clock: libc::clockid_t) -> Option<u64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out pointer; an invalid clock makes the call fail, not UB.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 fn epoch() -> Instant {
