@@ -7,21 +7,31 @@
 #
 #   bench/instructions.sh                          # from the repository root; needs valgrind
 #   HANDLERS="hello echo" CONNS="64 1" REQUESTS=3000 BUILD=0 bench/instructions.sh
+#   WARMUP_REQUESTS=500 HANDLERS=hello CONNS=64 bench/instructions.sh   # quicker, not steady
 #
 # Knobs: DENO (default /tmp/denoinst/node_modules/.bin/deno, as compare.sh), HANDLERS
 # (default "hello echo"), CONNS (default "64 1"), REQUESTS (measured requests per run,
-# default 3000), BUILD=0 (no cargo build), OUTPOST_BIN (default target/release/outpost),
+# default 3000), WARMUP_REQUESTS (requests before the counts are zeroed, default 100000),
+# BUILD=0 (no cargo build), OUTPOST_BIN (default target/release/outpost),
 # OUTPOST_ARGS (more flags for `outpost dev`, e.g. `--http1 hyper`).
-# Per handler, connection count and runtime: the server starts under callgrind, serves 500
-# requests of warm-up, the counts are zeroed, REQUESTS requests are made and the counts
-# dumped (bench/instructions.py reads them). One isolate each, as compare.sh. Bounded,
-# loopback only; ~1 min per run.
+# Per handler, connection count and runtime: the server starts under callgrind, serves
+# WARMUP_REQUESTS requests of warm-up, the counts are zeroed, REQUESTS requests are made and
+# the counts dumped (bench/instructions.py reads them). One isolate each, as compare.sh.
+# Bounded, loopback only; 1–4 min per run (one connection warms up slowest).
+#
+# The warm-up is long because V8 tiers its code up while it serves: after 500 requests its
+# Maglev compiler still runs in the measured window (on V8's worker threads, which callgrind
+# counts too), and after 20,000 Turbofan does; both runtimes' JavaScript reaches its final
+# code within 100,000 requests here. The numbers are then what a long run (compare.sh) pays
+# per request: hello at 64 connections counted 25.0k (Outpost) and 16.3k (Deno) after 500
+# requests, 21.7k and 12.0k after 100,000 (bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DENO=${DENO:-/tmp/denoinst/node_modules/.bin/deno}
 HANDLERS=${HANDLERS:-"hello echo"}
 CONNS=${CONNS:-"64 1"}
 REQUESTS=${REQUESTS:-3000}
+WARMUP_REQUESTS=${WARMUP_REQUESTS:-100000}
 BUILD=${BUILD:-1}
 OUTPOST_BIN=${OUTPOST_BIN:-target/release/outpost}
 OUTPOST_ARGS=${OUTPOST_ARGS:-}
@@ -51,7 +61,7 @@ for handler in $HANDLERS; do
         start "${grind[@]}" "$DENO" serve --host 127.0.0.1 --port 0 "$entry"
       fi
       target/release/outpost-load "$url/" "${args[@]}" --connections "$conns" --warmup 0 \
-        --requests 500 --duration 120 >/dev/null
+        --requests "$WARMUP_REQUESTS" --duration 600 >/dev/null
       callgrind_control -z "$server" >/dev/null 2>&1
       load=$(target/release/outpost-load "$url/" "${args[@]}" --connections "$conns" --warmup 0 \
         --requests "$REQUESTS" --duration 300 | head -1)
