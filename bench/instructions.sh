@@ -21,10 +21,11 @@
 #
 # The warm-up is long because V8 tiers its code up while it serves: after 500 requests its
 # Maglev compiler still runs in the measured window (on V8's worker threads, which callgrind
-# counts too), and after 20,000 Turbofan does; both runtimes' JavaScript reaches its final
-# code within 100,000 requests here. The numbers are then what a long run (compare.sh) pays
-# per request: hello at 64 connections counted 25.0k (Outpost) and 16.3k (Deno) after 500
-# requests, 21.7k and 12.0k after 100,000 (bench/README.md).
+# counts too), and after 20,000 Turbofan does; after 100,000 nothing compiles in Outpost's
+# measured window any more (Deno's binary has no symbols to tell). The numbers are then what
+# a long run (compare.sh) pays per request: hello at 64 connections counted 25.0k
+# (Outpost) and 16.3k (Deno) after 500 requests, 21.7k and 12.0k after 100,000
+# (bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DENO=${DENO:-/tmp/denoinst/node_modules/.bin/deno}
