@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::BodyExt;
 
 use crate::rules::{self, CacheStatus, Directives, RangeRequest};
-use crate::store::{Fill, FillGuard, Found, Key, Meta, Pending, Space, Storable, Tee};
+use crate::store::{Fill, FillGuard, Found, Key, Meta, Pending, Space, Storable, Tee, UrlPrint};
 use crate::{Body, Cache};
 
 static SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
@@ -163,19 +163,47 @@ pub fn url_of(uri: &http::Uri) -> String {
 
 /// [`url_of`] appended to `url` (a buffer kept for the next one).
 pub fn push_url(uri: &http::Uri, url: &mut String) {
-    let scheme = uri.scheme_str().unwrap_or("http");
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    url.reserve(scheme.len() + 3 + authority.len() + path.len());
-    url.push_str(scheme);
-    url.push_str("://");
-    url.push_str(authority);
-    url.push_str(path);
+    let pieces = url_pieces(uri);
+    url.reserve(pieces.iter().map(|piece| piece.len()).sum());
+    for piece in pieces {
+        url.push_str(piece);
+    }
+}
+
+/// The pieces [`url_of`] joins: scheme, `://`, authority, path and query.
+pub(crate) fn url_pieces(uri: &http::Uri) -> [&str; 4] {
+    [
+        uri.scheme_str().unwrap_or("http"),
+        "://",
+        uri.authority().map_or("", |a| a.as_str()),
+        uri.path_and_query().map_or("/", |p| p.as_str()),
+    ]
 }
 
 /// How long a stored response has been stale as of `now`.
 fn stale_for(meta: &Meta, now: SystemTime) -> std::time::Duration {
     now.duration_since(meta.fresh_until).unwrap_or_default()
+}
+
+/// The key of a URL on the pass list: at hand, or built from the request's URL when it is
+/// needed (most passed responses never need it).
+enum PassKey<'a> {
+    Known(&'a Key),
+    Later { app: &'a str, uri: http::Uri },
+}
+
+impl PassKey<'_> {
+    fn key(&self) -> std::borrow::Cow<'_, Key> {
+        match self {
+            PassKey::Known(key) => std::borrow::Cow::Borrowed(key),
+            PassKey::Later { app, uri } => std::borrow::Cow::Owned(Key {
+                app: app.to_string(),
+                space: Space::Http,
+                url: url_of(uri),
+                variant: String::new(),
+            }),
+        }
+    }
 }
 
 impl Cache {
@@ -218,6 +246,16 @@ impl Cache {
                 }
                 CacheStatus::forwarded("method").add_to(response.headers_mut());
                 return Ok(response);
+            }
+            if self.tiers.hold_nothing() && self.fills.passes(UrlPrint::of_uri(app, &parts.uri)) {
+                // Nothing stored to find, and the URL's last response could not be stored
+                // (a dynamic app): to the handler, its key built only if the response
+                // declares freshness.
+                let later = PassKey::Later {
+                    app,
+                    uri: parts.uri.clone(),
+                };
+                return self.pass(later, parts, body, "uri-miss", dispatch).await;
             }
             let key = Key {
                 app: app.to_string(),
@@ -284,7 +322,11 @@ impl Cache {
                             .fill(&key, &parts, body, &mut policy_request, None, why, dispatch)
                             .await;
                     }
-                    Fill::Pass => return self.pass(&key, parts, body, why, dispatch).await,
+                    Fill::Pass => {
+                        return self
+                            .pass(PassKey::Known(&key), parts, body, why, dispatch)
+                            .await
+                    }
                     Fill::Wait(mut done) => {
                         let timeout = self.config().collapse_timeout;
                         let _ = tokio::time::timeout(timeout, done.changed()).await;
@@ -336,7 +378,7 @@ impl Cache {
     )]
     fn pass<'a, E, D, F>(
         self: &'a Arc<Self>,
-        key: &'a Key,
+        key: PassKey<'a>,
         parts: http::request::Parts,
         body: Body,
         why: &'static str,
@@ -352,9 +394,9 @@ impl Cache {
             let mut response = dispatch(Request::from_parts(parts, body)).await?;
             let mut status = CacheStatus::forwarded(why);
             if !head {
-                status.detail = match self.could_store(key, &response) {
+                status.detail = match self.could_store(&key, &response) {
                     Ok(()) => {
-                        self.fills.note(key, Storable::Yes);
+                        self.fills.note(&key.key(), Storable::Yes);
                         Some("pass")
                     }
                     Err(why) => Some(why.detail()),
@@ -368,12 +410,16 @@ impl Cache {
     /// Whether `response` could be stored for a plain GET of `key`'s URL: the request's own
     /// headers (which can only forbid storing: `Authorization`, `Cache-Control: no-store`)
     /// are not at hand.
-    fn could_store(&self, key: &Key, response: &Response<Body>) -> Result<(), rules::NotStored> {
+    fn could_store(
+        &self,
+        key: &PassKey<'_>,
+        response: &Response<Body>,
+    ) -> Result<(), rules::NotStored> {
         let headers = response.headers();
         if !rules::declares_freshness(headers) {
             return Err(rules::NotStored::NotDeclared);
         }
-        let request = Request::get(key.url.as_str())
+        let request = Request::get(key.key().url.as_str())
             .body(())
             .map_err(|_| rules::NotStored::Forbidden)?
             .into_parts()

@@ -671,50 +671,97 @@ pub(crate) struct Fills {
     passes: Passes,
 }
 
-/// Keys whose last response could not be stored, each until [`PASS_FOR`] after it. A
+/// URLs whose last response could not be stored, each until [`PASS_FOR`] after it. A
 /// hint, so a map under a lock rather than moka (whose lookup cost three times as much,
-/// and this one is on every miss of a dynamic app): a key it forgets costs one coalesced
-/// miss, and past [`MAX_PASSES`] keys it drops the expired ones, or all when fewer than a
-/// quarter had expired. Expiries by the coarse clock (a tick late at most).
+/// and this one is on every miss of a dynamic app): a URL it forgets costs one coalesced
+/// miss, and past [`MAX_PASSES`] URLs it drops the expired ones, or all when fewer than a
+/// quarter had expired. Expiries by the coarse clock (a tick late at most). Held by
+/// [`UrlPrint`], which a request's URL gives without the key's strings being built.
 #[derive(Default)]
-struct Passes(Mutex<std::collections::HashMap<Key, std::time::Instant, Hasher>>);
+struct Passes(Mutex<std::collections::HashMap<UrlPrint, std::time::Instant, Hasher>>);
 
 impl Passes {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Key, std::time::Instant, Hasher>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<UrlPrint, std::time::Instant, Hasher>>
+    {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn contains(&self, key: &Key) -> bool {
+    fn contains(&self, url: UrlPrint) -> bool {
         let passes = self.lock();
-        // No clock read for a key that is not there (most lookups of a cached app).
+        // No clock read for a URL that is not there (most lookups of a cached app).
         passes
-            .get(key)
+            .get(&url)
             .is_some_and(|until| *until > outpost_clock::now())
     }
 
-    /// Remembers `key`'s URL (its primary key) for [`PASS_FOR`] unless `key` is remembered
-    /// now; one lookup under one lock.
-    fn remember(&self, key: &Key) {
+    /// Remembers `url` for [`PASS_FOR`] unless it is remembered now; one lookup under one
+    /// lock.
+    fn remember(&self, url: UrlPrint) {
         let now = outpost_clock::now();
         let mut passes = self.lock();
-        if passes.get(key).is_some_and(|until| *until > now) {
+        if passes.get(&url).is_some_and(|until| *until > now) {
             return;
         }
-        let primary = key.primary();
-        if passes.len() >= MAX_PASSES && !passes.contains_key(&primary) {
+        if passes.len() >= MAX_PASSES && !passes.contains_key(&url) {
             passes.retain(|_, until| *until > now);
             // Unless that freed a good part, start over: a scan per insert would not do.
             if passes.len() >= MAX_PASSES / 4 * 3 {
                 passes.clear();
             }
         }
-        passes.insert(primary, now + PASS_FOR);
+        passes.insert(url, now + PASS_FOR);
     }
 
-    fn remove(&self, key: &Key) {
-        self.lock().remove(key);
+    fn remove(&self, url: UrlPrint) {
+        self.lock().remove(&url);
+    }
+}
+
+/// A URL's fingerprint on the pass list: FNV-1a over its key's app, space and URL (not its
+/// variant: the URL's primary key), the URL's bytes as [`crate::serve::url_of`] writes
+/// them. The same from a [`Key`] and from a request's `Uri`, so a dynamic app's request
+/// finds its URL on the list without its key's strings being built. Two URLs of one
+/// fingerprint (1 in 2⁶⁴) would share their place on the list: the other one's misses
+/// would skip coalescing for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct UrlPrint(u64);
+
+impl UrlPrint {
+    pub(crate) fn of_key(key: &Key) -> UrlPrint {
+        UrlPrint::of(&key.app, &key.space, &[&key.url])
+    }
+
+    /// The fingerprint of `app`'s key of `uri` in the HTTP cache.
+    pub(crate) fn of_uri(app: &str, uri: &http::Uri) -> UrlPrint {
+        UrlPrint::of(app, &Space::Http, &crate::serve::url_pieces(uri))
+    }
+
+    fn of(app: &str, space: &Space, url: &[&str]) -> UrlPrint {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash = OFFSET;
+        let mut feed = |bytes: &[u8]| {
+            for &byte in bytes {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+            }
+        };
+        // 0xFF is in no UTF-8 text: it ends the app's name and the cache's.
+        feed(app.as_bytes());
+        match space {
+            Space::Http => feed(&[0xFF, 0]),
+            Space::Api(None) => feed(&[0xFF, 1]),
+            Space::Api(Some(name)) => {
+                feed(&[0xFF, 2]);
+                feed(name.as_bytes());
+                feed(&[0xFF]);
+            }
+        }
+        for piece in url {
+            feed(piece.as_bytes());
+        }
+        UrlPrint(hash)
     }
 }
 
@@ -765,14 +812,20 @@ impl Drop for FillGuard {
 impl Fills {
     /// Remembers that `key`'s response could not be stored (or, `storable`, that it could).
     pub(crate) fn note(&self, key: &Key, storable: Storable) {
+        let url = UrlPrint::of_key(key);
         match storable {
-            Storable::No => self.passes.remember(key),
-            Storable::Yes => self.passes.remove(&key.primary()),
+            Storable::No => self.passes.remember(url),
+            Storable::Yes => self.passes.remove(url),
         }
     }
 
+    /// Whether `url` is on the pass list now.
+    pub(crate) fn passes(&self, url: UrlPrint) -> bool {
+        self.passes.contains(url)
+    }
+
     pub(crate) fn begin(self: &Arc<Self>, key: &Key, max_waiters: usize) -> Fill {
-        if self.passes.contains(key) {
+        if self.passes.contains(UrlPrint::of_key(key)) {
             return Fill::Pass;
         }
         let mut filling = self.filling.lock().unwrap_or_else(|e| e.into_inner());

@@ -227,3 +227,43 @@ async fn a_removal_during_the_disk_write_is_not_undone_by_it() {
     assert_eq!(cache.sizes(), (0, 0));
     assert_eq!(files(), 0, "the dropped bodies' files are removed");
 }
+
+#[test]
+fn a_urls_pass_list_fingerprint_is_the_same_from_its_key_and_from_its_uri() {
+    use crate::store::{Space, UrlPrint};
+    let key = |app: &str, space: Space, url: &str| Key {
+        app: app.into(),
+        space,
+        url: url.into(),
+        variant: String::new(),
+    };
+    for url in [
+        "http://a.localhost/",
+        "https://a.localhost:8443/path?q=1&r=%20",
+        "http://127.0.0.1:8787/x",
+    ] {
+        let uri: http::Uri = url.parse().unwrap();
+        assert_eq!(crate::serve::url_of(&uri), url);
+        let print = UrlPrint::of_uri("app", &uri);
+        assert_eq!(
+            UrlPrint::of_key(&key("app", Space::Http, url)),
+            print,
+            "{url}"
+        );
+        // A variant is the same URL on the list; another app, cache space or URL is not.
+        let mut variant = key("app", Space::Http, url);
+        variant.variant = "accept-encoding=gzip".into();
+        assert_eq!(UrlPrint::of_key(&variant), print, "{url}");
+        assert_ne!(UrlPrint::of_key(&key("ap", Space::Http, url)), print);
+        assert_ne!(UrlPrint::of_key(&key("app", Space::Api(None), url)), print);
+        assert_ne!(
+            UrlPrint::of_uri("app", &"http://b.localhost/".parse().unwrap()),
+            print
+        );
+    }
+    // The app's name and the URL do not run into each other.
+    assert_ne!(
+        UrlPrint::of_key(&key("apph", Space::Http, "ttp://x/")),
+        UrlPrint::of_key(&key("app", Space::Http, "http://x/")),
+    );
+}
