@@ -193,6 +193,14 @@ enum PassKey<'a> {
 }
 
 impl PassKey<'_> {
+    /// Its place on the pass list, from what is at hand (no key is built for it).
+    fn print(&self) -> UrlPrint {
+        match self {
+            PassKey::Known(key) => UrlPrint::of_key(key),
+            PassKey::Later { app, uri } => UrlPrint::of_uri(app, uri),
+        }
+    }
+
     fn key(&self) -> std::borrow::Cow<'_, Key> {
         match self {
             PassKey::Known(key) => std::borrow::Cow::Borrowed(key),
@@ -396,7 +404,7 @@ impl Cache {
             if !head {
                 status.detail = match self.could_store(&key, &response) {
                     Ok(()) => {
-                        self.fills.note(&key.key(), Storable::Yes);
+                        self.fills.note(key.print(), Storable::Yes);
                         Some("pass")
                     }
                     Err(why) => Some(why.detail()),
@@ -459,7 +467,7 @@ impl Cache {
         };
         // What a leader learns is noted for the URL; others only clear a pass.
         if parts.method == Method::GET && (guard.is_some() || storable == Storable::Yes) {
-            self.fills.note(key, storable);
+            self.fills.note(UrlPrint::of_key(key), storable);
         }
         let body = match verdict {
             Ok((policy, vary)) => {

@@ -810,9 +810,8 @@ impl Drop for FillGuard {
 }
 
 impl Fills {
-    /// Remembers that `key`'s response could not be stored (or, `storable`, that it could).
-    pub(crate) fn note(&self, key: &Key, storable: Storable) {
-        let url = UrlPrint::of_key(key);
+    /// Remembers that `url`'s response could not be stored (or, `storable`, that it could).
+    pub(crate) fn note(&self, url: UrlPrint, storable: Storable) {
         match storable {
             Storable::No => self.passes.remember(url),
             Storable::Yes => self.passes.remove(url),
