@@ -30,7 +30,7 @@ use bytes::{Bytes, BytesMut};
 use deno_http_h1::{BodyKind, Header, RequestStatus, Version, MAX_HEADERS};
 use http::header::{HeaderName, HeaderValue};
 use http::{header, Method, Request, StatusCode, Uri};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Body as _;
 use outpost_pool::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -348,7 +348,7 @@ where
 
     /// Takes the head and its body out of the buffer as a request; `None` (with the buffer
     /// as it was) when hyper should answer it.
-    fn request(&mut self, head: &Head) -> Option<Request<Full<Bytes>>> {
+    fn request(&mut self, head: &Head) -> Option<Box<Request<Body>>> {
         self.scanned = 0;
         let bytes = self.buf.split_to(head.consumed).freeze();
         let (start, end) = head.target;
@@ -373,8 +373,16 @@ where
                 return None;
             }
         };
-        let body = self.buf.split_to(head.body).freeze();
-        let mut request = Request::new(Full::new(body));
+        let body = if head.body == 0 {
+            outpost_pool::empty_body()
+        } else {
+            let body = self.buf.split_to(head.body).freeze();
+            Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        };
+        // Boxed once here: the request path moves it as a pointer to the isolate.
+        let mut request = Box::new(Request::new(body));
         *request.method_mut() = head.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = head.version;

@@ -164,9 +164,8 @@ where
     let (mut send, recv) = stream.split();
     let (parts, ()) = request.into_parts();
     let response = if has_no_body(&parts) {
-        let body =
-            http_body_util::Empty::<Bytes>::new().map_err(|never| -> BoxError { match never {} });
-        server::handle(Request::from_parts(parts, body), listening).await
+        let request = Request::from_parts(parts, outpost_pool::empty_body());
+        server::handle(Box::new(request), listening).await
     } else {
         let frames = futures::stream::unfold(recv, |mut recv| async move {
             match recv.recv_data().await {
@@ -180,11 +179,8 @@ where
         });
         // Boxed: the stream's async block type would otherwise have to be proven Send for
         // every lifetime where the gateway awaits the body (rustc's higher-ranked check).
-        server::handle(
-            Request::from_parts(parts, StreamBody::new(futures::StreamExt::boxed(frames))),
-            listening,
-        )
-        .await
+        let body = StreamBody::new(futures::StreamExt::boxed(frames)).boxed_unsync();
+        server::handle(Box::new(Request::from_parts(parts, body)), listening).await
     };
     let (parts, mut body) = response.into_parts();
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {

@@ -229,20 +229,20 @@ impl Cache {
     pub fn serve<'a, E, D, F>(
         self: &'a Arc<Self>,
         app: &'a str,
-        request: Request<Body>,
+        request: Box<Request<Body>>,
         dispatch: D,
     ) -> impl Future<Output = Result<Response<Body>, E>> + 'a
     where
-        D: Fn(Request<Body>) -> F + Clone + 'static,
+        D: Fn(Box<Request<Body>>) -> F + Clone + 'static,
         F: Future<Output = Result<Response<Body>, E>> + 'static,
         E: 'static,
     {
         async move {
-            let (parts, body) = request.into_parts();
-            if parts.method != Method::GET && parts.method != Method::HEAD {
-                let uri = parts.uri.clone();
-                let is_unsafe = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
-                let mut response = dispatch(Request::from_parts(parts, body)).await?;
+            let method = request.method();
+            if method != Method::GET && method != Method::HEAD {
+                let uri = request.uri().clone();
+                let is_unsafe = !matches!(*method, Method::OPTIONS | Method::TRACE);
+                let mut response = dispatch(request).await?;
                 let status = response.status();
                 if is_unsafe
                     && (status.is_success() || status.is_redirection())
@@ -255,16 +255,18 @@ impl Cache {
                 CacheStatus::forwarded("method").add_to(response.headers_mut());
                 return Ok(response);
             }
-            if self.tiers.hold_nothing() && self.fills.passes(UrlPrint::of_uri(app, &parts.uri)) {
+            if self.tiers.hold_nothing() && self.fills.passes(UrlPrint::of_uri(app, request.uri()))
+            {
                 // Nothing stored to find, and the URL's last response could not be stored
                 // (a dynamic app): to the handler, its key built only if the response
                 // declares freshness.
                 let later = PassKey::Later {
                     app,
-                    uri: parts.uri.clone(),
+                    uri: request.uri().clone(),
                 };
-                return self.pass(later, parts, body, "uri-miss", dispatch).await;
+                return self.pass(later, request, "uri-miss", dispatch).await;
             }
+            let (parts, body) = (*request).into_parts();
             let key = Key {
                 app: app.to_string(),
                 space: Space::Http,
@@ -331,9 +333,10 @@ impl Cache {
                             .await;
                     }
                     Fill::Pass => {
+                        let request = Box::new(Request::from_parts(parts, body));
                         return self
-                            .pass(PassKey::Known(&key), parts, body, why, dispatch)
-                            .await
+                            .pass(PassKey::Known(&key), request, why, dispatch)
+                            .await;
                     }
                     Fill::Wait(mut done) => {
                         let timeout = self.config().collapse_timeout;
@@ -359,11 +362,11 @@ impl Cache {
         dispatch: D,
     ) -> Result<Response<Body>, E>
     where
-        D: Fn(Request<Body>) -> F,
+        D: Fn(Box<Request<Body>>) -> F,
         F: Future<Output = Result<Response<Body>, E>>,
     {
         let still_valid = self.unpurged();
-        let response = dispatch(Request::from_parts(copy_request(parts), body)).await?;
+        let response = dispatch(Box::new(Request::from_parts(copy_request(parts), body))).await?;
         let mut status = CacheStatus::forwarded(why);
         Ok(self.keep(
             key,
@@ -387,19 +390,18 @@ impl Cache {
     fn pass<'a, E, D, F>(
         self: &'a Arc<Self>,
         key: PassKey<'a>,
-        parts: http::request::Parts,
-        body: Body,
+        request: Box<Request<Body>>,
         why: &'static str,
         dispatch: D,
     ) -> impl Future<Output = Result<Response<Body>, E>> + 'a
     where
-        D: Fn(Request<Body>) -> F + 'a,
+        D: Fn(Box<Request<Body>>) -> F + 'a,
         F: Future<Output = Result<Response<Body>, E>> + 'a,
         E: 'a,
     {
         async move {
-            let head = parts.method == Method::HEAD;
-            let mut response = dispatch(Request::from_parts(parts, body)).await?;
+            let head = request.method() == Method::HEAD;
+            let mut response = dispatch(request).await?;
             let mut status = CacheStatus::forwarded(why);
             if !head {
                 status.detail = match self.could_store(&key, &response) {
@@ -521,7 +523,7 @@ impl Cache {
         dispatch: D,
     ) -> Result<Response<Body>, E>
     where
-        D: Fn(Request<Body>) -> F + Clone + 'static,
+        D: Fn(Box<Request<Body>>) -> F + Clone + 'static,
         F: Future<Output = Result<Response<Body>, E>> + 'static,
         E: 'static,
     {
@@ -542,7 +544,7 @@ impl Cache {
                 let original = copy_request(parts);
                 let found = found.clone();
                 tokio::task::spawn_local(async move {
-                    let result = dispatch(Request::from_parts(request, empty())).await;
+                    let result = dispatch(Box::new(Request::from_parts(request, empty()))).await;
                     if let Ok(response) = result {
                         let updated = cache.update(&original, policy_request, &found, response);
                         if let Updated::Replaced(response) = updated {
@@ -566,7 +568,7 @@ impl Cache {
         let if_error = directives.if_error().filter(|window| stale <= *window);
         let request = revalidation(parts, &found);
         let revalidation_policy_request = rules::policy_request(&request);
-        let result = dispatch(Request::from_parts(request, body)).await;
+        let result = dispatch(Box::new(Request::from_parts(request, body))).await;
         let failed_status = match &result {
             Err(_) => Some(None),
             Ok(response) if is_error(response.status()) => Some(Some(response.status())),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use deno_core::{v8, CancelHandle, ResourceId};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use outpost_pool::{Answer, Body, DispatchError, InstanceHandle};
 use tokio::sync::oneshot;
 
@@ -170,18 +170,18 @@ const URL_KEPT: usize = 8 * 1024;
 pub fn request_args<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     id: u32,
-    parts: &http::request::Parts,
+    request: &http::Request<Body>,
     headers: &RequestHeaders,
     body: BodyArg,
 ) -> [v8::Local<'s, v8::Value>; 9] {
     let id = v8::Integer::new_from_unsigned(scope, id).into();
-    let method = match METHODS.iter().position(|known| *known == parts.method) {
+    let method = match METHODS.iter().position(|known| known == request.method()) {
         Some(index) => v8::Integer::new(scope, index as i32).into(),
-        None => one_byte(scope, parts.method.as_str().as_bytes()),
+        None => one_byte(scope, request.method().as_str().as_bytes()),
     };
     let url = URL.with_borrow_mut(|url| {
         url.clear();
-        outpost_cache::push_url(&parts.uri, url);
+        outpost_cache::push_url(request.uri(), url);
         let string = one_byte(scope, url.as_bytes());
         if url.capacity() > URL_KEPT {
             *url = String::new();
@@ -272,7 +272,7 @@ pub fn responder(
                 let body = match body {
                     OutBody::Empty => {
                         drop(finish);
-                        Empty::new().map_err(|never| match never {}).boxed_unsync()
+                        outpost_pool::empty_body()
                     }
                     OutBody::Bytes(bytes) => {
                         drop(finish);

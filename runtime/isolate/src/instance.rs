@@ -313,7 +313,7 @@ impl Instance {
 
     /// Serves jobs until `jobs` closes (or the pool evicts the instance) and the remaining
     /// work finished, or a limit is broken or the event loop fails.
-    pub async fn serve(&mut self, jobs: &mut mpsc::Receiver<Box<Job>>) -> ServeEnd {
+    pub async fn serve(&mut self, jobs: &mut mpsc::Receiver<Job>) -> ServeEnd {
         let mut closed = false;
         let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // Requests are started inside the turns; a turn ends the loop only when it ends.
@@ -335,7 +335,7 @@ impl Instance {
     fn poll_turn(
         &mut self,
         cx: &mut Context<'_>,
-        jobs: &mut mpsc::Receiver<Box<Job>>,
+        jobs: &mut mpsc::Receiver<Job>,
         closed: &mut bool,
         grace: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     ) -> Poll<TurnEnd> {
@@ -537,20 +537,23 @@ impl Instance {
     }
 
     /// Hands one request to JS; its response arrives through an op, now or later.
-    fn start_request(&mut self, job: Box<Job>) {
+    fn start_request(&mut self, job: Job) {
         let Job {
             request,
             deadline,
             reply,
-        } = *job;
+        } = job;
         self.started_since_measure = true;
         if !self.measuring {
             // Polled (and so armed) after this turn's event loop.
             self.measuring = true;
             self.schedule_measure();
         }
-        let (parts, body) = request.into_parts();
-        let headers = exchange::RequestHeaders::of(&parts.headers);
+        // Read where it lies (the request is boxed all the way from the connection); only
+        // its body is taken out.
+        let mut request = request;
+        let body = std::mem::replace(request.body_mut(), outpost_pool::empty_body());
+        let headers = exchange::RequestHeaders::of(request.headers());
         let (body, body_rid) = match RequestBody::from(body) {
             RequestBody::Stream(resource) => {
                 let rid = self
@@ -601,7 +604,7 @@ impl Instance {
             let isolate = &mut *runtime.v8_isolate();
             v8::scope_with_context!(scope, isolate, &host.context);
             v8::tc_scope!(let tc, scope);
-            let args = exchange::request_args(tc, id, &parts, &headers, body);
+            let args = exchange::request_args(tc, id, &request, &headers, body);
             let dispatch = v8::Local::new(tc, &host.dispatch);
             let undefined = v8::undefined(tc).into();
             match dispatch.call(tc, undefined, &args) {

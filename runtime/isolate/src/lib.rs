@@ -114,7 +114,7 @@ impl Engine for IsolateEngine {
     fn instantiate(
         &self,
         spec: InstanceSpec,
-        mut jobs: mpsc::Receiver<Box<Job>>,
+        mut jobs: mpsc::Receiver<Job>,
     ) -> LocalFuture<Result<LocalFuture<()>, LoadError>> {
         let stock = self.stock();
         let egress = self.config.egress;

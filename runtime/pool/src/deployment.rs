@@ -18,7 +18,7 @@ use crate::{Answer, Body, DispatchError, InstanceSpec, Job};
 
 /// A started instance as dispatch sees it.
 pub(crate) struct Live {
-    pub(crate) jobs: mpsc::Sender<Box<Job>>,
+    pub(crate) jobs: mpsc::Sender<Job>,
     pub(crate) handle: Arc<InstanceHandle>,
 }
 
@@ -139,7 +139,7 @@ impl Deployment {
     )]
     pub fn dispatch(
         &self,
-        request: http::Request<Body>,
+        request: Box<http::Request<Body>>,
         deadline: Instant,
     ) -> impl Future<Output = Result<Box<Answer>, DispatchError>> + '_ {
         async move {
@@ -148,11 +148,11 @@ impl Deployment {
             let here = current_worker(inner.pool.id);
             let first = here.unwrap_or_else(|| inner.pool.next.fetch_add(1, Ordering::Relaxed));
             let (reply, response) = oneshot::channel();
-            let mut job = Box::new(Job {
+            let mut job = Job {
                 request,
                 deadline,
                 reply,
-            });
+            };
             let scale_at = inner.pool.config.scale_out_at;
             // With at most one instance per app (always so with one worker) there is nothing to
             // scale out to: busy or not, a live instance here is the one.

@@ -61,7 +61,7 @@ pub(crate) enum Command {
         spec: InstanceSpec,
         queue_depth: usize,
         permit: OwnedSemaphorePermit,
-        reply: oneshot::Sender<Result<mpsc::Sender<Box<Job>>, LoadError>>,
+        reply: oneshot::Sender<Result<mpsc::Sender<Job>, LoadError>>,
     },
     Spawn(Task),
 }

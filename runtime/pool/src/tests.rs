@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 
 use super::*;
 
@@ -18,9 +18,7 @@ fn far() -> Instant {
     Instant::now() + Duration::from_secs(60)
 }
 
-fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
+use crate::empty_body as empty;
 
 /// Answers each request with `label#instance-number`; refuses bundles whose main is
 /// `bad.js`; with `hold`, never takes a request off its queue. Honours eviction.
@@ -35,7 +33,7 @@ impl Engine for Echo {
     fn instantiate(
         &self,
         spec: InstanceSpec,
-        mut jobs: mpsc::Receiver<Box<Job>>,
+        mut jobs: mpsc::Receiver<Job>,
     ) -> LocalFuture<Result<LocalFuture<()>, LoadError>> {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let hold = self.hold;
@@ -111,7 +109,7 @@ async fn body_of(response: http::Response<Body>) -> String {
 
 async fn call(deployment: &Deployment) -> String {
     let answer = deployment
-        .dispatch(http::Request::new(empty()), far())
+        .dispatch(Box::new(http::Request::new(empty())), far())
         .await
         .unwrap();
     body_of(answer.response).await
@@ -154,11 +152,14 @@ async fn full_queues_answer_overloaded() {
         .unwrap();
     for _ in 0..2 {
         let d = deployment.clone();
-        tokio::spawn(async move { d.dispatch(http::Request::new(empty()), far()).await });
+        tokio::spawn(async move {
+            d.dispatch(Box::new(http::Request::new(empty())), far())
+                .await
+        });
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let result = deployment
-        .dispatch(http::Request::new(empty()), far())
+        .dispatch(Box::new(http::Request::new(empty())), far())
         .await;
     assert_eq!(result.err(), Some(DispatchError::Overloaded));
 }
@@ -290,7 +291,7 @@ async fn a_failing_app_backs_off_between_starts() {
         Limits::default(),
     );
     let first = deployment
-        .dispatch(http::Request::new(empty()), far())
+        .dispatch(Box::new(http::Request::new(empty())), far())
         .await;
     assert!(
         matches!(first, Err(DispatchError::LoadFailed(_))),
@@ -299,7 +300,7 @@ async fn a_failing_app_backs_off_between_starts() {
     // Within the backoff, no start is tried: the same error comes back at once.
     for _ in 0..50 {
         let again = deployment
-            .dispatch(http::Request::new(empty()), far())
+            .dispatch(Box::new(http::Request::new(empty())), far())
             .await;
         assert!(
             matches!(again, Err(DispatchError::LoadFailed(_))),
