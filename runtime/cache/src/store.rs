@@ -720,8 +720,8 @@ impl Passes {
 }
 
 /// A URL's fingerprint on the pass list: a 64-bit hash (foldhash, fixed seed) of its key's
-/// app, space and URL (not its variant: the URL's primary key), the URL's bytes as
-/// [`crate::serve::url_of`] writes them. The same from a [`Key`] and from a request's
+/// app, space and URL (not its variant: the URL's primary key), the URL as the pieces
+/// [`crate::serve::url_of`] writes it from (scheme, authority, path and query). The same from a [`Key`] and from a request's
 /// `Uri`, so a dynamic app's request finds its URL on the list without its key's strings
 /// being built. Two URLs of one fingerprint (1 in 2⁶⁴) would share their place on the
 /// list: the other one's misses would skip coalescing for a while.
@@ -730,43 +730,49 @@ pub(crate) struct UrlPrint(u64);
 
 impl UrlPrint {
     pub(crate) fn of_key(key: &Key) -> UrlPrint {
-        UrlPrint::of(&key.app, &key.space, &[&key.url])
+        // The URL in the pieces a `Uri` gives (a scheme has no ':', an authority no '/').
+        let url = key.url.as_str();
+        let pieces = match url.split_once("://") {
+            Some((scheme, rest)) => match rest.find('/') {
+                Some(path) => [scheme, &rest[..path], &rest[path..]],
+                None => [scheme, rest, ""],
+            },
+            // No URL a request has: its own print.
+            None => [url, "", ""],
+        };
+        UrlPrint::of(&key.app, &key.space, pieces)
     }
 
     /// The fingerprint of `app`'s key of `uri` in the HTTP cache.
     pub(crate) fn of_uri(app: &str, uri: &http::Uri) -> UrlPrint {
-        UrlPrint::of(app, &Space::Http, &crate::serve::url_pieces(uri))
+        let [scheme, _, authority, path] = crate::serve::url_pieces(uri);
+        UrlPrint::of(app, &Space::Http, [scheme, authority, path])
     }
 
-    /// The pieces laid end to end and hashed as one slice (a word at a time: FNV-1a over
-    /// each byte cost ~230 instructions for a short URL), on the stack unless they are long.
-    fn of(app: &str, space: &Space, url: &[&str]) -> UrlPrint {
-        use std::hash::BuildHasher as _;
+    /// Each piece after its length, through foldhash (a word at a time: FNV-1a over each
+    /// byte cost ~230 instructions for a short URL).
+    fn of(app: &str, space: &Space, url: [&str; 3]) -> UrlPrint {
+        use std::hash::{BuildHasher as _, Hasher as _};
         const SEED: u64 = 0x6f75_7470_6f73_7421;
-        // 0xFF is in no UTF-8 text: it ends the app's name and the cache's.
-        let (tag, name, end): (&[u8], &str, &[u8]) = match space {
-            Space::Http => (&[0xFF, 0], "", &[]),
-            Space::Api(None) => (&[0xFF, 1], "", &[]),
-            Space::Api(Some(name)) => (&[0xFF, 2], name, &[0xFF]),
+        let mut hasher = foldhash::fast::FixedState::with_seed(SEED).build_hasher();
+        let mut feed = |piece: &str| {
+            hasher.write_usize(piece.len());
+            hasher.write(piece.as_bytes());
         };
-        let pieces = [app.as_bytes(), tag, name.as_bytes(), end]
-            .into_iter()
-            .chain(url.iter().map(|piece| piece.as_bytes()));
-        let len = pieces.clone().map(<[u8]>::len).sum::<usize>();
-        let mut stack = [0u8; 256];
-        let mut heap = Vec::new();
-        let bytes = if len <= stack.len() {
-            &mut stack[..len]
-        } else {
-            heap.resize(len, 0);
-            &mut heap[..]
-        };
-        let mut at = 0;
-        for piece in pieces {
-            bytes[at..at + piece.len()].copy_from_slice(piece);
-            at += piece.len();
+        feed(app);
+        // The space as a piece whose length tells it.
+        match space {
+            Space::Http => feed(""),
+            Space::Api(None) => feed("\0"),
+            Space::Api(Some(name)) => {
+                feed("\0\0");
+                feed(name);
+            }
         }
-        UrlPrint(foldhash::fast::FixedState::with_seed(SEED).hash_one(&*bytes))
+        for piece in url {
+            feed(piece);
+        }
+        UrlPrint(hasher.finish())
     }
 }
 

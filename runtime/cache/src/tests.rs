@@ -237,7 +237,7 @@ fn a_urls_pass_list_fingerprint_is_the_same_from_its_key_and_from_its_uri() {
         url: url.into(),
         variant: String::new(),
     };
-    // The last one is longer than the stack buffer the fingerprint is taken from.
+    // With a query, a port, a long path.
     let long = format!("http://a.localhost/{}", "x".repeat(400));
     for url in [
         "http://a.localhost/",
