@@ -518,6 +518,9 @@ struct Outcome {
     dispatched: Option<std::time::SystemTime>,
     /// What its isolate measured of it, when one answered it.
     timing: Option<outpost_pool::Timing>,
+    /// The cache's result as written on the answer, when the request went past the cache
+    /// (else it is read back from the answer's `Cache-Status`).
+    cache: Option<outpost_cache::rules::CacheResult>,
 }
 
 /// Answers one request on a listener: routes it, dispatches it, maps failures to statuses;
@@ -557,6 +560,7 @@ pub(crate) fn handle<'a>(
                 .map(|tracing| tracing.begin(request.headers())),
             dispatched: None,
             timing: None,
+            cache: None,
         };
         let routed = route(
             request,
@@ -568,14 +572,15 @@ pub(crate) fn handle<'a>(
             &mut outcome,
         )
         .await;
-        let (mut response, failure) = match routed {
-            Ok(response) => (response, None),
+        let (mut response, failure, known) = match routed {
+            Ok(response) => (response, None, outcome.cache),
             Err(e) => {
                 let failure = (e.kind, e.message.clone());
-                (e.into_response(), Some(failure))
+                (e.into_response(), Some(failure), None)
             }
         };
-        let cache_result = outpost_cache::rules::CacheResult::of(response.headers());
+        let cache_result =
+            known.or_else(|| outpost_cache::rules::CacheResult::of(response.headers()));
         if cache_result == Some(outpost_cache::rules::CacheResult::Hit) && crate::here::hold_hit() {
             // Answered after the connections ready in this turn were read (see `here`).
             tokio::task::yield_now().await;
@@ -782,7 +787,7 @@ fn route<'a>(
             .filter(|_| deployment.bundle().manifest.cache.enabled);
         let result = match cache {
             // A fresh hit is answered here: no isolate is touched.
-            Some(cache) => {
+            Some(cache) if !cache.passes(&app.name, &request) => {
                 let deployment = deployment.clone();
                 // The timing of the isolate's answer, if the cache asks for one.
                 let measured: Arc<std::sync::Mutex<Option<outpost_pool::Timing>>> = Arc::default();
@@ -802,13 +807,24 @@ fn route<'a>(
                 outcome.timing = measured.lock().unwrap_or_else(|e| e.into_inner()).take();
                 result
             }
-            None => {
+            // Straight to the handler: no cache, or one that only labels the answer (a dynamic
+            // app's URL, on its pass list while nothing is stored).
+            _ => {
+                let passed = cache.map(|cache| {
+                    let (method, uri) = (request.method().clone(), request.uri().clone());
+                    (cache, method, uri)
+                });
                 stamp.on(request.headers_mut());
                 let _busy = crate::here::Counted::in_handler();
                 deployment.dispatch(request, deadline).await.map(|answer| {
                     let mut response = answer.response;
                     outcome.timing = Some(answer.timing);
-                    CacheStatus::forwarded("bypass").add_to(response.headers_mut());
+                    outcome.cache = Some(match &passed {
+                        Some((cache, method, uri)) => {
+                            cache.passed(&app.name, method, uri, &mut response)
+                        }
+                        None => CacheStatus::forwarded("bypass").add_to(response.headers_mut()),
+                    });
                     response
                 })
             }

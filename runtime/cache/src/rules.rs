@@ -616,9 +616,29 @@ impl CacheStatus {
             .map(|fixed| &fixed.value)
     }
 
+    /// What this entry tells of the cache's part, as [`CacheResult::of`] reads it back from
+    /// the header.
+    pub fn result(&self) -> CacheResult {
+        if self.hit {
+            return match self.ttl {
+                Some(ttl) if ttl < 0 => CacheResult::Stale,
+                _ => CacheResult::Hit,
+            };
+        }
+        if self.detail == Some("stale-if-error") {
+            CacheResult::Stale
+        } else if self.fwd_status == Some(304) {
+            CacheResult::Revalidated
+        } else if matches!(self.fwd, Some("bypass" | "method")) {
+            CacheResult::Bypass
+        } else {
+            CacheResult::Miss
+        }
+    }
+
     /// Appends this entry to the response's `Cache-Status` (caches nearer the handler list
-    /// theirs first).
-    pub fn add_to(&self, headers: &mut HeaderMap) {
+    /// theirs first); returns its [`CacheStatus::result`], which the response now tells.
+    pub fn add_to(&self, headers: &mut HeaderMap) -> CacheResult {
         // One lookup of the header, whether or not another cache wrote it first.
         match headers.entry(&CACHE_STATUS) {
             http::header::Entry::Vacant(vacant) => {
@@ -636,6 +656,7 @@ impl CacheStatus {
                 occupied.insert(owned(value));
             }
         }
+        self.result()
     }
 }
 
@@ -665,6 +686,59 @@ mod tests {
 
     fn get(url: &str) -> http::request::Parts {
         http::Request::get(url).body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn an_entrys_result_is_what_its_header_tells() {
+        let statuses = [
+            CacheStatus::forwarded("bypass"),
+            CacheStatus::forwarded("method"),
+            CacheStatus::forwarded("uri-miss"),
+            CacheStatus {
+                detail: Some("not-storable"),
+                ..CacheStatus::forwarded("uri-miss")
+            },
+            CacheStatus {
+                stored: true,
+                ttl: Some(60),
+                ..CacheStatus::forwarded("vary-miss")
+            },
+            CacheStatus {
+                hit: true,
+                ttl: Some(30),
+                ..CacheStatus::default()
+            },
+            CacheStatus {
+                hit: true,
+                ttl: Some(-2),
+                detail: Some("stale-while-revalidate"),
+                ..CacheStatus::default()
+            },
+            CacheStatus {
+                fwd_status: Some(304),
+                ttl: Some(60),
+                ..CacheStatus::forwarded("stale")
+            },
+            CacheStatus {
+                detail: Some("stale-if-error"),
+                ..CacheStatus::forwarded("stale")
+            },
+            CacheStatus {
+                collapsed: true,
+                ..CacheStatus::forwarded("uri-miss")
+            },
+        ];
+        for status in statuses {
+            // Alone, and after another cache's entry.
+            for earlier in [None, Some("Upstream; hit")] {
+                let mut map = HeaderMap::new();
+                if let Some(earlier) = earlier {
+                    map.insert(CACHE_STATUS.clone(), HeaderValue::from_static(earlier));
+                }
+                let result = status.add_to(&mut map);
+                assert_eq!(Some(result), CacheResult::of(&map), "{status:?} {map:?}");
+            }
+        }
     }
 
     #[test]

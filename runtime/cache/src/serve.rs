@@ -189,7 +189,7 @@ fn stale_for(meta: &Meta, now: SystemTime) -> std::time::Duration {
 /// needed (most passed responses never need it).
 enum PassKey<'a> {
     Known(&'a Key),
-    Later { app: &'a str, uri: http::Uri },
+    Later { app: &'a str, uri: &'a http::Uri },
 }
 
 impl PassKey<'_> {
@@ -255,15 +255,9 @@ impl Cache {
                 CacheStatus::forwarded("method").add_to(response.headers_mut());
                 return Ok(response);
             }
-            if self.tiers.hold_nothing() && self.fills.passes(UrlPrint::of_uri(app, request.uri()))
-            {
-                // Nothing stored to find, and the URL's last response could not be stored
-                // (a dynamic app): to the handler, its key built only if the response
-                // declares freshness.
-                let later = PassKey::Later {
-                    app,
-                    uri: request.uri().clone(),
-                };
+            if self.passes(app, &request) {
+                let uri = request.uri().clone();
+                let later = PassKey::Later { app, uri: &uri };
                 return self.pass(later, request, "uri-miss", dispatch).await;
             }
             let (parts, body) = (*request).into_parts();
@@ -400,21 +394,59 @@ impl Cache {
         E: 'a,
     {
         async move {
-            let head = request.method() == Method::HEAD;
+            let method = request.method().clone();
             let mut response = dispatch(request).await?;
-            let mut status = CacheStatus::forwarded(why);
-            if !head {
-                status.detail = match self.could_store(&key, &response) {
-                    Ok(()) => {
-                        self.fills.note(key.print(), Storable::Yes);
-                        Some("pass")
-                    }
-                    Err(why) => Some(why.detail()),
-                };
-            }
-            status.add_to(response.headers_mut());
+            self.label_pass(&key, &method, why, &mut response);
             Ok(response)
         }
+    }
+
+    /// Whether `app`'s `request` goes to its handler as it is, the cache only labelling the
+    /// answer ([`Cache::passed`]): a GET or HEAD while nothing is stored, of a URL whose last
+    /// response could not be stored (a dynamic app's). What [`Cache::serve`] would do with
+    /// it, without a dispatch closure or its future; found by the URL's fingerprint, no key
+    /// is built.
+    pub fn passes(&self, app: &str, request: &Request<Body>) -> bool {
+        let method = request.method();
+        (method == Method::GET || method == Method::HEAD)
+            && self.tiers.hold_nothing()
+            && self.fills.passes(UrlPrint::of_uri(app, request.uri()))
+    }
+
+    /// Labels the handler's answer to a request that [`Cache::passes`] let through, as
+    /// [`Cache::serve`] would: its `Cache-Status` (whose result it returns), and if the
+    /// answer could now be stored, its URL leaves the pass list (the key is built only for
+    /// an answer that declares freshness).
+    pub fn passed(
+        &self,
+        app: &str,
+        method: &Method,
+        uri: &http::Uri,
+        response: &mut Response<Body>,
+    ) -> rules::CacheResult {
+        self.label_pass(&PassKey::Later { app, uri }, method, "uri-miss", response)
+    }
+
+    /// `Cache-Status` on a passed response (forwarded for `why`); for a GET, whether it
+    /// could be stored, and if it could, its URL leaves the pass list.
+    fn label_pass(
+        &self,
+        key: &PassKey<'_>,
+        method: &Method,
+        why: &'static str,
+        response: &mut Response<Body>,
+    ) -> rules::CacheResult {
+        let mut status = CacheStatus::forwarded(why);
+        if method != Method::HEAD {
+            status.detail = match self.could_store(key, response) {
+                Ok(()) => {
+                    self.fills.note(key.print(), Storable::Yes);
+                    Some("pass")
+                }
+                Err(why) => Some(why.detail()),
+            };
+        }
+        status.add_to(response.headers_mut())
     }
 
     /// Whether `response` could be stored for a plain GET of `key`'s URL: the request's own
