@@ -187,7 +187,7 @@ async fn one_json_log_line_per_request_with_the_id_the_client_saw() {
         ("outpost.toml", "name = \"site\"\n"),
         (
             "src/index.js",
-            "export default { async fetch() { console.log('inside the handler'); await null; console.warn('after an await'); return new Response('ok'); } };\n",
+            "export default { async fetch(request) { console.log('inside the handler'); await null; console.warn('after an await'); return new Response(request.headers.get('x-request-id')); } };\n",
         ),
     ]);
     let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
@@ -199,6 +199,8 @@ async fn one_json_log_line_per_request_with_the_id_the_client_saw() {
     let res = http1().get(node.url("/")).send().await.unwrap();
     let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 16, "{id}");
+    // The handler sees the same id among the request's headers.
+    assert_eq!(res.text().await.unwrap(), id);
     // A client's own id is kept.
     let mine = http1()
         .get(node.url("/"))
@@ -207,6 +209,20 @@ async fn one_json_log_line_per_request_with_the_id_the_client_saw() {
         .await
         .unwrap();
     assert_eq!(mine.headers()["x-request-id"], "client-chosen-1");
+    assert_eq!(mine.text().await.unwrap(), "client-chosen-1");
+    // One that is not sane is replaced, for the handler too (not added beside it).
+    let replaced = http1()
+        .get(node.url("/"))
+        .header("x-request-id", "not a sane id")
+        .send()
+        .await
+        .unwrap();
+    let new_id = replaced.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(new_id.len(), 16, "{new_id}");
+    assert_eq!(replaced.text().await.unwrap(), new_id);
 
     let line = node.wait_for_stderr(
         &format!("\"request_id\":\"{id}\",\"app\""),

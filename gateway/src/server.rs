@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use outpost_cache::CacheStatus;
-use outpost_pool::{Body, DispatchError, Pool, Task};
+use outpost_pool::{Body, DispatchError, Pool, Stamp, Task};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -30,7 +30,6 @@ use crate::routes::{Routes, Target};
 
 // Header names of the request path, made once (a `&str` name is parsed on every use).
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 static X_OUTPOST_POP: http::HeaderName = http::HeaderName::from_static("x-outpost-pop");
 static X_OUTPOST_VERSION: http::HeaderName = http::HeaderName::from_static("x-outpost-version");
 
@@ -725,23 +724,6 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
         .expect("hex digits are a header value")
 }
 
-/// What the gateway adds to a request on its way to the app's handler: the app's view
-/// of the request id, and the trace its fetches forward (this trace, the handler's span).
-#[derive(Clone)]
-struct Stamp {
-    request_id: http::HeaderValue,
-    traceparent: Option<http::HeaderValue>,
-}
-
-impl Stamp {
-    fn on(&self, headers: &mut http::HeaderMap) {
-        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
-        if let Some(traceparent) = &self.traceparent {
-            headers.insert(TRACEPARENT.clone(), traceparent.clone());
-        }
-    }
-}
-
 /// Routes a request to its app and hands it over (through the CDN cache when the app uses
 /// it). An `async move` block, not an `async fn`: see `handle`.
 #[allow(
@@ -765,9 +747,11 @@ fn route<'a>(
             .lookup(host, request.uri().path())
             .ok_or_else(|| GatewayError::new(Kind::NoRoute, "No app is deployed for this host."))?;
         outcome.app = Some(app.name.clone());
-        // Stamped on the request only when it goes to the handler (a cache hit never does).
+        // What the handler is told besides the request's headers (a cache hit never goes
+        // there): the app's view of the request id, and the trace its fetches forward (this
+        // trace, the handler's span).
         let stamp = Stamp {
-            request_id: outcome.request_id.clone(),
+            request_id: Some(outcome.request_id.clone()),
             traceparent: outcome.trace.as_ref().map(|trace| trace.traceparent()),
         };
         let deployment = match &app.target {
@@ -792,13 +776,13 @@ fn route<'a>(
                 // The timing of the isolate's answer, if the cache asks for one.
                 let measured: Arc<std::sync::Mutex<Option<outpost_pool::Timing>>> = Arc::default();
                 let timing = measured.clone();
-                let dispatch = move |mut request: Box<Request<Body>>| {
-                    stamp.on(request.headers_mut());
+                let dispatch = move |request: Box<Request<Body>>| {
+                    let stamp = stamp.clone();
                     let deployment = deployment.clone();
                     let timing = timing.clone();
                     async move {
                         let _busy = crate::here::Counted::in_handler();
-                        let answer = deployment.dispatch(request, deadline).await?;
+                        let answer = deployment.dispatch(request, stamp, deadline).await?;
                         *timing.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer.timing);
                         Ok::<_, DispatchError>(answer.response)
                     }
@@ -814,19 +798,21 @@ fn route<'a>(
                     let (method, uri) = (request.method().clone(), request.uri().clone());
                     (cache, method, uri)
                 });
-                stamp.on(request.headers_mut());
                 let _busy = crate::here::Counted::in_handler();
-                deployment.dispatch(request, deadline).await.map(|answer| {
-                    let mut response = answer.response;
-                    outcome.timing = Some(answer.timing);
-                    outcome.cache = Some(match &passed {
-                        Some((cache, method, uri)) => {
-                            cache.passed(&app.name, method, uri, &mut response)
-                        }
-                        None => CacheStatus::forwarded("bypass").add_to(response.headers_mut()),
-                    });
-                    response
-                })
+                deployment
+                    .dispatch(request, stamp, deadline)
+                    .await
+                    .map(|answer| {
+                        let mut response = answer.response;
+                        outcome.timing = Some(answer.timing);
+                        outcome.cache = Some(match &passed {
+                            Some((cache, method, uri)) => {
+                                cache.passed(&app.name, method, uri, &mut response)
+                            }
+                            None => CacheStatus::forwarded("bypass").add_to(response.headers_mut()),
+                        });
+                        response
+                    })
             }
         };
         if overflow.is_some_and(|overflow| overflow.load(Ordering::Acquire)) {

@@ -107,11 +107,23 @@ pub struct RequestHeaders {
 }
 
 impl RequestHeaders {
-    pub fn of(headers: &http::HeaderMap) -> RequestHeaders {
+    /// The request's `headers` with the node's `stamp` in place of the client's headers of
+    /// its names.
+    pub fn of(headers: &http::HeaderMap, stamp: &outpost_pool::Stamp) -> RequestHeaders {
+        const X_REQUEST_ID: &str = "x-request-id";
+        const TRACEPARENT: &str = "traceparent";
+        let stamped = [
+            (X_REQUEST_ID, stamp.request_id.as_ref()),
+            (TRACEPARENT, stamp.traceparent.as_ref()),
+        ];
         let size = headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 2)
-            .sum();
+            .sum::<usize>()
+            + stamped
+                .iter()
+                .filter_map(|(name, value)| Some(name.len() + (*value)?.len() + 2))
+                .sum::<usize>();
         let mut read = RequestHeaders {
             joined: Vec::with_capacity(size),
             id: http::HeaderValue::from_static(""),
@@ -119,17 +131,21 @@ impl RequestHeaders {
             tracestate: None,
             textual: false,
         };
+        let push = |joined: &mut Vec<u8>, name: &str, value: &http::HeaderValue| {
+            joined.extend_from_slice(name.as_bytes());
+            joined.push(0);
+            joined.extend_from_slice(value.as_bytes());
+            joined.push(0);
+        };
         let mut content_type = false;
         for (name, value) in headers {
             let name = name.as_str();
-            read.joined.extend_from_slice(name.as_bytes());
-            read.joined.push(0);
-            read.joined.extend_from_slice(value.as_bytes());
-            read.joined.push(0);
-            // The first of each, as `HeaderMap::get` would.
+            // The first of each, as `HeaderMap::get` would; a stamped one is the node's.
             match name {
-                "x-request-id" if read.id.is_empty() => read.id = value.clone(),
-                "traceparent" if read.traceparent.is_none() => {
+                X_REQUEST_ID if stamp.request_id.is_some() => continue,
+                TRACEPARENT if stamp.traceparent.is_some() => continue,
+                X_REQUEST_ID if read.id.is_empty() => read.id = value.clone(),
+                TRACEPARENT if read.traceparent.is_none() => {
                     read.traceparent = Some(value.clone());
                 }
                 "tracestate" if read.tracestate.is_none() => read.tracestate = Some(value.clone()),
@@ -139,6 +155,15 @@ impl RequestHeaders {
                 }
                 _ => {}
             }
+            push(&mut read.joined, name, value);
+        }
+        if let Some(id) = &stamp.request_id {
+            push(&mut read.joined, X_REQUEST_ID, id);
+            read.id = id.clone();
+        }
+        if let Some(traceparent) = &stamp.traceparent {
+            push(&mut read.joined, TRACEPARENT, traceparent);
+            read.traceparent = Some(traceparent.clone());
         }
         read
     }
@@ -347,12 +372,59 @@ mod tests {
         if let Some(content_type) = content_type {
             headers.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
         }
-        let read = RequestHeaders::of(&headers);
+        let read = RequestHeaders::of(&headers, &outpost_pool::Stamp::default());
         match BodyArg::whole(Bytes::from_static(bytes), &read) {
             BodyArg::Text(_) => "text",
             BodyArg::Whole(_) => "bytes",
             BodyArg::None | BodyArg::Stream(_) => "other",
         }
+    }
+
+    #[test]
+    fn the_nodes_stamp_takes_the_place_of_the_clients_headers_of_its_names() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-request-id", "client id".parse().unwrap());
+        headers.insert("traceparent", "client-trace".parse().unwrap());
+        headers.insert("tracestate", "vendor=1".parse().unwrap());
+        headers.insert("accept", "*/*".parse().unwrap());
+        let split = |read: &RequestHeaders| -> Vec<String> {
+            let text = String::from_utf8(read.joined.clone()).unwrap();
+            let parts: Vec<&str> = text.trim_end_matches('\0').split('\0').collect();
+            let mut pairs: Vec<String> = parts.chunks(2).map(|p| p.join(": ")).collect();
+            pairs.sort();
+            pairs
+        };
+        // Without a stamp, the client's are the request's.
+        let read = RequestHeaders::of(&headers, &outpost_pool::Stamp::default());
+        assert_eq!(read.id, "client id");
+        assert_eq!(read.traceparent.as_ref().unwrap(), "client-trace");
+        assert_eq!(
+            split(&read),
+            [
+                "accept: */*",
+                "traceparent: client-trace",
+                "tracestate: vendor=1",
+                "x-request-id: client id"
+            ]
+        );
+        // Stamped: the node's values, each once.
+        let stamp = outpost_pool::Stamp {
+            request_id: Some(http::HeaderValue::from_static("0123456789abcdef")),
+            traceparent: Some(http::HeaderValue::from_static("node-trace")),
+        };
+        let read = RequestHeaders::of(&headers, &stamp);
+        assert_eq!(read.id, "0123456789abcdef");
+        assert_eq!(read.traceparent.as_ref().unwrap(), "node-trace");
+        assert_eq!(read.tracestate.as_ref().unwrap(), "vendor=1");
+        assert_eq!(
+            split(&read),
+            [
+                "accept: */*",
+                "traceparent: node-trace",
+                "tracestate: vendor=1",
+                "x-request-id: 0123456789abcdef"
+            ]
+        );
     }
 
     #[test]

@@ -540,6 +540,7 @@ impl Instance {
     fn start_request(&mut self, job: Job) {
         let Job {
             request,
+            stamp,
             deadline,
             reply,
         } = job;
@@ -553,7 +554,7 @@ impl Instance {
         // its body is taken out.
         let mut request = request;
         let body = std::mem::replace(request.body_mut(), outpost_pool::empty_body());
-        let headers = exchange::RequestHeaders::of(request.headers());
+        let headers = exchange::RequestHeaders::of(request.headers(), &stamp);
         let (body, body_rid) = match RequestBody::from(body) {
             RequestBody::Stream(resource) => {
                 let rid = self

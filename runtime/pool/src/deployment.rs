@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::handle::InstanceHandle;
 use crate::pool::{current_worker, Shared as PoolShared};
-use crate::{Answer, Body, DispatchError, InstanceSpec, Job};
+use crate::{Answer, Body, DispatchError, InstanceSpec, Job, Stamp};
 
 /// A started instance as dispatch sees it.
 pub(crate) struct Live {
@@ -128,8 +128,9 @@ impl Deployment {
             .count()
     }
 
-    /// Sends `request` to an instance and waits for its response. An instance that has not
-    /// started the response by `deadline` answers `Timeout`.
+    /// Sends `request` (with what `stamp` adds to it) to an instance and waits for its
+    /// response. An instance that has not started the response by `deadline` answers
+    /// `Timeout`.
     ///
     /// (A function returning an `async move` block: an `async fn` would hold the request
     /// twice in its future and copy it once more per request.)
@@ -140,6 +141,7 @@ impl Deployment {
     pub fn dispatch(
         &self,
         request: Box<http::Request<Body>>,
+        stamp: Stamp,
         deadline: Instant,
     ) -> impl Future<Output = Result<Box<Answer>, DispatchError>> + '_ {
         async move {
@@ -150,6 +152,7 @@ impl Deployment {
             let (reply, response) = oneshot::channel();
             let mut job = Job {
                 request,
+                stamp,
                 deadline,
                 reply,
             };

@@ -109,7 +109,11 @@ async fn body_of(response: http::Response<Body>) -> String {
 
 async fn call(deployment: &Deployment) -> String {
     let answer = deployment
-        .dispatch(Box::new(http::Request::new(empty())), far())
+        .dispatch(
+            Box::new(http::Request::new(empty())),
+            Stamp::default(),
+            far(),
+        )
         .await
         .unwrap();
     body_of(answer.response).await
@@ -153,13 +157,21 @@ async fn full_queues_answer_overloaded() {
     for _ in 0..2 {
         let d = deployment.clone();
         tokio::spawn(async move {
-            d.dispatch(Box::new(http::Request::new(empty())), far())
-                .await
+            d.dispatch(
+                Box::new(http::Request::new(empty())),
+                Stamp::default(),
+                far(),
+            )
+            .await
         });
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let result = deployment
-        .dispatch(Box::new(http::Request::new(empty())), far())
+        .dispatch(
+            Box::new(http::Request::new(empty())),
+            Stamp::default(),
+            far(),
+        )
         .await;
     assert_eq!(result.err(), Some(DispatchError::Overloaded));
 }
@@ -291,7 +303,11 @@ async fn a_failing_app_backs_off_between_starts() {
         Limits::default(),
     );
     let first = deployment
-        .dispatch(Box::new(http::Request::new(empty())), far())
+        .dispatch(
+            Box::new(http::Request::new(empty())),
+            Stamp::default(),
+            far(),
+        )
         .await;
     assert!(
         matches!(first, Err(DispatchError::LoadFailed(_))),
@@ -300,7 +316,11 @@ async fn a_failing_app_backs_off_between_starts() {
     // Within the backoff, no start is tried: the same error comes back at once.
     for _ in 0..50 {
         let again = deployment
-            .dispatch(Box::new(http::Request::new(empty())), far())
+            .dispatch(
+                Box::new(http::Request::new(empty())),
+                Stamp::default(),
+                far(),
+            )
             .await;
         assert!(
             matches!(again, Err(DispatchError::LoadFailed(_))),
