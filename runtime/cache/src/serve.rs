@@ -185,6 +185,12 @@ fn stale_for(meta: &Meta, now: SystemTime) -> std::time::Duration {
     now.duration_since(meta.fresh_until).unwrap_or_default()
 }
 
+/// Whether responses to `method` are looked up and stored here (GET and HEAD); any other
+/// goes to the handler, its URL's responses forgotten if it changed something.
+fn cacheable_method(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}
+
 /// The key of a URL on the pass list: at hand, or built from the request's URL when it is
 /// needed (most passed responses never need it).
 enum PassKey<'a> {
@@ -238,25 +244,13 @@ impl Cache {
         E: 'static,
     {
         async move {
-            let method = request.method();
-            if method != Method::GET && method != Method::HEAD {
-                let uri = request.uri().clone();
-                let is_unsafe = !matches!(*method, Method::OPTIONS | Method::TRACE);
-                let mut response = dispatch(request).await?;
-                let status = response.status();
-                if is_unsafe
-                    && (status.is_success() || status.is_redirection())
-                    && !self.tiers.hold_nothing()
-                {
-                    // RFC 9111 §4.4: what it changed is not served from the cache any more.
-                    // (With nothing stored, as for a dynamic app, there is nothing to forget.)
-                    self.forget_url(app, url_of(&uri));
-                }
-                CacheStatus::forwarded("method").add_to(response.headers_mut());
-                return Ok(response);
-            }
             if self.passes(app, &request) {
-                let uri = request.uri().clone();
+                let (method, uri) = (request.method().clone(), request.uri().clone());
+                if !cacheable_method(&method) {
+                    let mut response = dispatch(request).await?;
+                    self.passed(app, &method, &uri, &mut response);
+                    return Ok(response);
+                }
                 let later = PassKey::Later { app, uri: &uri };
                 return self.pass(later, request, "uri-miss", dispatch).await;
             }
@@ -402,21 +396,21 @@ impl Cache {
     }
 
     /// Whether `app`'s `request` goes to its handler as it is, the cache only labelling the
-    /// answer ([`Cache::passed`]): a GET or HEAD while nothing is stored, of a URL whose last
-    /// response could not be stored (a dynamic app's). What [`Cache::serve`] would do with
-    /// it, without a dispatch closure or its future; found by the URL's fingerprint, no key
-    /// is built.
+    /// answer ([`Cache::passed`]): a method other than GET and HEAD (a POST), or a GET or HEAD
+    /// while nothing is stored, of a URL whose last response could not be stored (a dynamic
+    /// app's). What [`Cache::serve`] would do with it, without a dispatch closure or its
+    /// future; a URL is found by its fingerprint, no key is built.
     pub fn passes(&self, app: &str, request: &Request<Body>) -> bool {
-        let method = request.method();
-        (method == Method::GET || method == Method::HEAD)
-            && self.tiers.hold_nothing()
-            && self.fills.passes(UrlPrint::of_uri(app, request.uri()))
+        !cacheable_method(request.method())
+            || (self.tiers.hold_nothing()
+                && self.fills.passes(UrlPrint::of_uri(app, request.uri())))
     }
 
     /// Labels the handler's answer to a request that [`Cache::passes`] let through, as
-    /// [`Cache::serve`] would: its `Cache-Status` (whose result it returns), and if the
-    /// answer could now be stored, its URL leaves the pass list (the key is built only for
-    /// an answer that declares freshness).
+    /// [`Cache::serve`] would: its `Cache-Status` (whose result it returns); for a GET, if
+    /// the answer could now be stored, its URL leaves the pass list (the key is built only
+    /// for an answer that declares freshness); for an unsafe method that succeeded, the
+    /// URL's stored responses are forgotten.
     pub fn passed(
         &self,
         app: &str,
@@ -424,7 +418,19 @@ impl Cache {
         uri: &http::Uri,
         response: &mut Response<Body>,
     ) -> rules::CacheResult {
-        self.label_pass(&PassKey::Later { app, uri }, method, "uri-miss", response)
+        if cacheable_method(method) {
+            return self.label_pass(&PassKey::Later { app, uri }, method, "uri-miss", response);
+        }
+        let status = response.status();
+        if !matches!(*method, Method::OPTIONS | Method::TRACE)
+            && (status.is_success() || status.is_redirection())
+            && !self.tiers.hold_nothing()
+        {
+            // RFC 9111 §4.4: what an unsafe method changed is not served from the cache any
+            // more. (With nothing stored, as for a dynamic app, there is nothing to forget.)
+            self.forget_url(app, url_of(uri));
+        }
+        CacheStatus::forwarded("method").add_to(response.headers_mut())
     }
 
     /// `Cache-Status` on a passed response (forwarded for `why`); for a GET, whether it
