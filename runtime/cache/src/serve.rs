@@ -246,13 +246,9 @@ impl Cache {
         async move {
             if self.passes(app, &request) {
                 let (method, uri) = (request.method().clone(), request.uri().clone());
-                if !cacheable_method(&method) {
-                    let mut response = dispatch(request).await?;
-                    self.passed(app, &method, &uri, &mut response);
-                    return Ok(response);
-                }
-                let later = PassKey::Later { app, uri: &uri };
-                return self.pass(later, request, "uri-miss", dispatch).await;
+                let mut response = dispatch(request).await?;
+                self.passed(app, &method, &uri, &mut response);
+                return Ok(response);
             }
             let (parts, body) = (*request).into_parts();
             let key = Key {
@@ -322,9 +318,7 @@ impl Cache {
                     }
                     Fill::Pass => {
                         let request = Box::new(Request::from_parts(parts, body));
-                        return self
-                            .pass(PassKey::Known(&key), request, why, dispatch)
-                            .await;
+                        return self.pass(&key, request, why, dispatch).await;
                     }
                     Fill::Wait(mut done) => {
                         let timeout = self.config().collapse_timeout;
@@ -377,7 +371,7 @@ impl Cache {
     )]
     fn pass<'a, E, D, F>(
         self: &'a Arc<Self>,
-        key: PassKey<'a>,
+        key: &'a Key,
         request: Box<Request<Body>>,
         why: &'static str,
         dispatch: D,
@@ -390,7 +384,7 @@ impl Cache {
         async move {
             let method = request.method().clone();
             let mut response = dispatch(request).await?;
-            self.label_pass(&key, &method, why, &mut response);
+            self.label_pass(&PassKey::Known(key), &method, why, &mut response);
             Ok(response)
         }
     }

@@ -55,8 +55,8 @@ pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 ///
 /// The request is boxed from where it was parsed to the isolate, and the answer comes back
 /// boxed: a request is ~240 bytes and an answer ~170, which the channels, tasks and futures
-/// between the gateway and the isolate would otherwise copy at each step (a job itself is
-/// 32 bytes).
+/// between the gateway and the isolate would otherwise copy at each step. A job itself
+/// (~110 bytes, most of it the stamp) crosses the instance's queue once, unboxed.
 pub struct Job {
     pub request: Box<http::Request<Body>>,
     /// What the node tells the handler of the request besides its headers.
