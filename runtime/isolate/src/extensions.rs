@@ -92,7 +92,8 @@ struct Entry {
     cpu_mark: u64,
     /// Nanoseconds of turns charged to this request alone (its dispatch).
     own_cpu: u64,
-    arrived: Instant,
+    /// [`outpost_clock::precise_nanos`] when it was dispatched.
+    arrived: u64,
     cold: bool,
     fetches: Vec<FetchTiming>,
 }
@@ -125,8 +126,9 @@ pub struct InFlight {
     entries: HashMap<u32, Entry, BuildHasherDefault<IdHasher>>,
     /// Nanoseconds charged to each request in flight, summed over every shared turn so far.
     cpu_per_request: u64,
-    /// The turn running now: when it began and who pays for it.
-    turn: Option<(Instant, Sharing)>,
+    /// The turn running now: when it began ([`outpost_clock::precise_nanos`]) and who pays
+    /// for it.
+    turn: Option<(u64, Sharing)>,
 }
 
 /// Hashes the ids of requests in flight: numbers this process hands out one after the other
@@ -153,13 +155,7 @@ impl Hasher for IdHasher {
 
 impl InFlight {
     /// Registers a responder and returns the id the JS side answers with.
-    pub fn insert(
-        &mut self,
-        responder: Responder,
-        deadline: Instant,
-        cold: bool,
-        now: Instant,
-    ) -> u32 {
+    pub fn insert(&mut self, responder: Responder, deadline: Instant, cold: bool, now: u64) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
         let entry = Entry {
             responder,
@@ -178,8 +174,8 @@ impl InFlight {
     /// of the turn running now included).
     pub fn remove(&mut self, id: u32) -> Option<(Responder, Timing)> {
         let entry = self.entries.remove(&id)?;
-        let now = Instant::now();
-        let since = |start: Instant| now.saturating_duration_since(start).as_nanos() as u64;
+        let now = outpost_clock::precise_nanos();
+        let since = |start: u64| now.saturating_sub(start);
         let running = match self.turn {
             Some((start, Sharing::Alone(alone))) if alone == id => since(start),
             Some((start, Sharing::Shared(shares))) => since(start) / shares.max(1),
@@ -187,7 +183,7 @@ impl InFlight {
         };
         let timing = Timing {
             cpu: Duration::from_nanos(entry.charged(self.cpu_per_request) + running),
-            wall: now.saturating_duration_since(entry.arrived),
+            wall: Duration::from_nanos(since(entry.arrived)),
             cold: entry.cold,
             fetches: entry.fetches,
         };

@@ -377,7 +377,7 @@ impl Instance {
         let idle = {
             let _entered = EnterGuard::new(raw);
             let limit = self.tenant.limits.cpu;
-            let now = Instant::now();
+            let now = outpost_clock::precise_nanos();
             let budget = self.in_flight.borrow_mut().begin_turn(limit, now);
             let turn = self.watched.turn_from(now, budget);
             let runtime = self.runtime.as_mut().expect("the runtime lives until drop");
@@ -586,7 +586,7 @@ impl Instance {
             // The gateway's id of the request, for the tenant's log lines about it.
             headers.id.clone(),
         );
-        let now = Instant::now();
+        let now = outpost_clock::precise_nanos();
         let id = self
             .in_flight
             .borrow_mut()

@@ -20,7 +20,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deno_core::v8;
 
@@ -46,9 +46,9 @@ pub struct Watched {
     clock: Option<libc::clockid_t>,
     cpu_limit: Duration,
     memory_limit: u64,
-    /// Wall nanoseconds since [`epoch`] when the current turn started; 0 while idle.
+    /// [`outpost_clock::precise_nanos`] when the current turn started; 0 while idle.
     busy_since: AtomicU64,
-    /// Wall nanoseconds since [`epoch`] when the latest turn started (0: none yet).
+    /// [`outpost_clock::precise_nanos`] when the latest turn started (0: none yet).
     last_turn: AtomicU64,
     /// Nanoseconds of CPU the current turn may use.
     budget: AtomicU64,
@@ -99,17 +99,18 @@ impl Watched {
 
     /// Marks a turn of JavaScript that may use `budget` of CPU, until [`Turn::end`] or drop.
     pub fn turn(&self, budget: Duration) -> Turn<'_> {
-        self.turn_from(Instant::now(), budget)
+        self.turn_from(outpost_clock::precise_nanos(), budget)
     }
 
-    /// [`Watched::turn`], for a turn that began at `start` (a time the caller just read).
-    pub fn turn_from(&self, start: Instant, budget: Duration) -> Turn<'_> {
+    /// [`Watched::turn`], for a turn that began at `start` (a reading of
+    /// [`outpost_clock::precise_nanos`] the caller just took).
+    pub fn turn_from(&self, start: u64, budget: Duration) -> Turn<'_> {
         self.cpu_at_start.store(0, Ordering::Release);
         self.budget.store(
             budget.as_nanos().min(u64::MAX as u128) as u64,
             Ordering::Release,
         );
-        let since = nanos_between(epoch(), start).max(1);
+        let since = start.max(1);
         self.last_turn.store(since, Ordering::Relaxed);
         // Sequentially consistent with the watchdog's parking (it sets `parked`, then reads
         // every `busy_since`): either it sees this turn, or this turn sees it parked.
@@ -193,7 +194,8 @@ impl Watched {
 /// A running turn.
 pub struct Turn<'a> {
     watched: &'a Watched,
-    start: Instant,
+    /// [`outpost_clock::precise_nanos`] when it began.
+    start: u64,
     ended: bool,
     /// The worker thread is busy in JavaScript until the turn ends: the pool places new
     /// connections elsewhere while a turn runs long.
@@ -204,7 +206,7 @@ impl Turn<'_> {
     /// Ends the turn and returns the CPU time to charge for it.
     pub fn end(mut self) -> Duration {
         self.ended = true;
-        let wall = self.start.elapsed();
+        let wall = Duration::from_nanos(outpost_clock::precise_nanos().saturating_sub(self.start));
         let watched = self.watched;
         let charge = match watched.cpu_at_start.load(Ordering::Acquire) {
             0 => wall,
@@ -234,15 +236,6 @@ fn own_cpu_clock() -> Option<libc::clockid_t> {
     (rc == 0).then_some(clock)
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn nanos_between(from: Instant, to: Instant) -> u64 {
-    to.saturating_duration_since(from).as_nanos() as u64
-}
-
 /// The process's one watchdog thread, started on first use.
 struct Watchdog {
     watched: Mutex<Vec<Weak<Watched>>>,
@@ -269,7 +262,7 @@ impl Watchdog {
 
     /// Checks every watched isolate (terminating those past their budget).
     fn scan(&self) -> Scan {
-        let now = nanos_between(epoch(), Instant::now());
+        let now = outpost_clock::precise_nanos();
         let mut scan = Scan {
             busy: false,
             idle_for: Duration::from_nanos(now),
@@ -348,7 +341,6 @@ pub fn ensure_watchdog() -> Result<(), WatchdogDown> {
 fn watchdog() -> Result<&'static Watchdog, WatchdogDown> {
     static WATCHDOG: OnceLock<Option<&'static Watchdog>> = OnceLock::new();
     let started = WATCHDOG.get_or_init(|| {
-        epoch();
         let watchdog: &'static Watchdog = Box::leak(Box::new(Watchdog {
             watched: Mutex::new(Vec::new()),
             parked: AtomicBool::new(false),

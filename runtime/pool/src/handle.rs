@@ -3,9 +3,8 @@
 //! any thread, and the scheduler.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::OnceLock;
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::task::AtomicWaker;
 
@@ -75,12 +74,6 @@ pub struct InstanceHandle {
     reservation_ms: AtomicU64,
     /// Set when an eviction is requested, so a parked serve loop wakes to see it.
     waker: AtomicWaker,
-}
-
-/// The process's epoch for the pool's stamps.
-pub(crate) fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
 }
 
 /// Milliseconds by the coarse clock (a tick late at most), for the handle's stamps: read

@@ -11,7 +11,7 @@ use outpost_bundle::{Bundle, Limits};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::deployment::{Deployment, Live, Purpose};
-use crate::handle::{epoch, EvictReason, InstanceHandle, InstanceState, InstanceStats};
+use crate::handle::{EvictReason, InstanceHandle, InstanceState, InstanceStats};
 use crate::{DispatchError, Engine, InstanceSpec, Job, LoadError, LocalFuture};
 
 /// How a [`Pool`] is sized.
@@ -93,14 +93,14 @@ thread_local! {
 }
 
 /// Marks the calling worker thread busy in a stretch of work that does not yield to its
-/// other tasks (an isolate's JavaScript turn), from `start` until the returned guard drops.
-/// One that lasts longer than [`STALLED`] makes the pool place new connections on other
-/// workers first. Off the pool's threads it marks nothing.
-pub fn busy_from(start: Instant) -> Busy {
+/// other tasks (an isolate's JavaScript turn), from `start` (a reading of
+/// [`outpost_clock::precise_nanos`]) until the returned guard drops. One that lasts longer
+/// than [`STALLED`] makes the pool place new connections on other workers first. Off the
+/// pool's threads it marks nothing.
+pub fn busy_from(start: u64) -> Busy {
     BUSY_STAMP.with(|stamp| {
         if let Some((slots, index)) = stamp.get() {
-            let since = start.saturating_duration_since(epoch()).as_nanos() as u64;
-            slots[*index].store(since.max(1), Ordering::Relaxed);
+            slots[*index].store(start.max(1), Ordering::Relaxed);
         }
     });
     Busy {
@@ -149,9 +149,9 @@ pub(crate) struct Shared {
     waiting: AtomicUsize,
     /// Tasks placed on each worker with `spawn_on` (the gateway's connections).
     spawned: Vec<AtomicU64>,
-    /// Since when (ns since the epoch) each worker has been in a stretch of work that does not
-    /// yield ([`busy_from`]); 0 while it is free. Stamped by the work itself: no timer wakes
-    /// an idle worker to prove it is free.
+    /// Since when (`outpost_clock::precise_nanos`) each worker has been in a stretch of work
+    /// that does not yield ([`busy_from`]); 0 while it is free. Stamped by the work itself: no
+    /// timer wakes an idle worker to prove it is free.
     busy: Arc<[AtomicU64]>,
 }
 
@@ -303,8 +303,7 @@ impl Shared {
     pub(crate) fn stalled(&self, index: usize) -> bool {
         let since = self.busy[index].load(Ordering::Relaxed);
         since != 0
-            && (epoch().elapsed().as_nanos() as u64).saturating_sub(since)
-                > STALLED.as_nanos() as u64
+            && outpost_clock::precise_nanos().saturating_sub(since) > STALLED.as_nanos() as u64
     }
 
     fn live(&self) -> usize {

@@ -374,7 +374,7 @@ async fn connections_go_around_a_worker_stuck_in_a_turn() {
     let (done_tx, done_rx) = oneshot::channel();
     let stuck: Task = Box::new(move || {
         Box::pin(async move {
-            let turn = busy_from(Instant::now());
+            let turn = busy_from(outpost_clock::precise_nanos());
             let _ = entered_tx.send(());
             // Blocks the worker thread, as a JavaScript loop does, until released.
             let _ = release_rx.recv();
