@@ -324,7 +324,7 @@ impl Apps {
                         .problem
                         .as_ref()
                         .map(|problem| AppEntry {
-                            name,
+                            name: name.into(),
                             routes: Vec::new(),
                             target: Target::Broken(problem.as_str().into()),
                         }),

@@ -573,20 +573,26 @@ fn write_head(
     mut keep_alive: bool,
 ) -> bool {
     // The request's version, as hyper answers.
-    out.extend_from_slice(match version {
-        http::Version::HTTP_10 => b"HTTP/1.0 ",
-        _ => b"HTTP/1.1 ",
-    });
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("<none>")
-            .as_bytes(),
-    );
-    out.extend_from_slice(b"\r\n");
+    match (version, parts.status) {
+        // The usual status line in one piece.
+        (http::Version::HTTP_11, StatusCode::OK) => out.extend_from_slice(b"HTTP/1.1 200 OK\r\n"),
+        _ => {
+            out.extend_from_slice(match version {
+                http::Version::HTTP_10 => b"HTTP/1.0 ",
+                _ => b"HTTP/1.1 ",
+            });
+            out.extend_from_slice(parts.status.as_str().as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(
+                parts
+                    .status
+                    .canonical_reason()
+                    .unwrap_or("<none>")
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     let mut has_date = false;
     for (name, value) in &parts.headers {
         // The framing and the connection's fate are the node's; a handler's `connection:

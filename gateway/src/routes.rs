@@ -26,16 +26,17 @@ pub enum Target {
 /// One app in the table.
 #[derive(Clone)]
 pub struct AppEntry {
-    pub name: String,
+    /// Shared, not copied, by every request's outcome (its metrics, log line and trace).
+    pub name: Arc<str>,
     pub routes: Vec<Route>,
     pub target: Target,
 }
 
 impl AppEntry {
     /// An app served by `deployment`, on the routes of its manifest.
-    pub fn serving(name: String, deployment: Deployment) -> AppEntry {
+    pub fn serving(name: impl Into<Arc<str>>, deployment: Deployment) -> AppEntry {
         AppEntry {
-            name,
+            name: name.into(),
             routes: deployment.bundle().manifest.parsed_routes(),
             target: Target::Serving(deployment),
         }
@@ -74,21 +75,21 @@ impl RouteTable {
         let mut table = RouteTable::default();
         let mut owners: HashMap<String, usize> = HashMap::new();
         for (index, app) in apps.iter().enumerate() {
-            if let Some(&first) = table.by_name.get(&app.name) {
+            if let Some(&first) = table.by_name.get(&*app.name) {
                 return Err(DuplicateRoute {
                     route: format!("{}{LOCALHOST}/*", app.name),
-                    first: apps[first].name.clone(),
-                    second: app.name.clone(),
+                    first: apps[first].name.to_string(),
+                    second: app.name.to_string(),
                 });
             }
-            table.by_name.insert(app.name.clone(), index);
+            table.by_name.insert(app.name.to_string(), index);
             for route in &app.routes {
                 let key = route.to_string();
                 if let Some(&first) = owners.get(&key) {
                     return Err(DuplicateRoute {
                         route: key,
-                        first: apps[first].name.clone(),
-                        second: app.name.clone(),
+                        first: apps[first].name.to_string(),
+                        second: app.name.to_string(),
                     });
                 }
                 owners.insert(key, index);
@@ -202,7 +203,7 @@ mod tests {
     }
 
     fn name<'a>(table: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {
-        table.lookup(host, path).map(|a| a.name.as_str())
+        table.lookup(host, path).map(|a| &*a.name)
     }
 
     #[test]

@@ -494,7 +494,7 @@ struct Outcome {
     /// Its id, also handed to the app as `x-request-id`.
     request_id: http::HeaderValue,
     /// The app it was routed to.
-    app: Option<String>,
+    app: Option<Arc<str>>,
     /// Its trace, when the node traces.
     trace: Option<crate::trace::RequestTrace>,
     /// When it was handed to its app (the cache or the isolate), for its trace.
@@ -612,7 +612,7 @@ pub(crate) fn handle<'a>(
             crate::request_log::offer(crate::request_log::RequestLine {
                 at: std::time::SystemTime::now(),
                 request_id: outcome.request_id.clone(),
-                app: outcome.app.clone(),
+                app: outcome.app.as_deref().map(str::to_string),
                 method: method.clone(),
                 path: uri.clone(),
                 status: response.status().as_u16(),
@@ -636,7 +636,7 @@ pub(crate) fn handle<'a>(
         if let (Some(tail), Some(app)) = (&config.tail, &outcome.app) {
             if tail.followed() {
                 tail.publish(crate::tail::TailEvent::Request {
-                    app: app.as_str().into(),
+                    app: app.as_ref().into(),
                     request_id: outcome.request_id.to_str().unwrap_or_default().into(),
                     method: method.to_string(),
                     path: uri.path().to_string(),
