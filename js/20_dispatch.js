@@ -66,6 +66,29 @@ const {
 const { ReadableStreamPrototype, readableStreamForRid, resourceForReadableStream } = streams;
 const { Event, EventTarget, listenerCount } = event;
 const { JSONParse } = primordials;
+
+/**
+ * The ops imported above are the ones the snapshot was made with, and V8 cannot serialize
+ * a function with a fast-call overload: deno_core gives `core.ops` its fast functions only
+ * when the first extension script is loaded at run time, for every op of every extension at
+ * once (~1 ms). An isolate pays that once it has served `FAST_OPS_AFTER` requests (a cold
+ * one never does); from then on the most common response is sent through the fast function
+ * (no `FunctionCallbackInfo` to unpack) once V8 has optimized the caller. It is called from
+ * a call site of its own: one that saw only the fast function is one V8 compiles to the
+ * fast call, where a site that saw both calls the regular function.
+ * @type {typeof op_outpost_respond_fast_text | undefined}
+ */
+let fastRespondText;
+const FAST_OPS_AFTER = 1000;
+let served = 0;
+
+function useFastOps() {
+  // The op behind `core.loadExtScript` (which answers from its own cache without it): the
+  // script was evaluated while the snapshot was made, so only deno_core's upgrade runs.
+  core.ops.op_load_ext_script("ext:deno_web/02_event.js");
+  fastRespondText = core.ops.op_outpost_respond_fast_text;
+}
+
 const dispatchEvent = EventTarget.prototype.dispatchEvent;
 
 /** Failure kinds, as `op_outpost_fail` understands them (set by `configure`). */
@@ -342,6 +365,9 @@ export function dispatch(
   tracestate,
   bodyLength,
 ) {
+  if (++served === FAST_OPS_AFTER) {
+    useFastOps();
+  }
   runInRequest(
     id,
     requestId,
@@ -464,13 +490,14 @@ function respondUnchecked(id, res) {
     const body = res[serveFastBodyKey];
     if (typeof body === "string") {
       // The content type travels alone, not as a header list (the op knows the default).
-      op_outpost_respond_fast_text(
-        id,
-        fastStatus,
-        kind,
-        kind === SERVE_FAST_HEADER_CONTENT_TYPE ? res[serveFastContentTypeKey] : "",
-        body,
-      );
+      const contentType = kind === SERVE_FAST_HEADER_CONTENT_TYPE
+        ? res[serveFastContentTypeKey]
+        : "";
+      if (fastRespondText === undefined) {
+        op_outpost_respond_fast_text(id, fastStatus, kind, contentType, body);
+      } else {
+        fastRespondText(id, fastStatus, kind, contentType, body);
+      }
       return;
     }
     /** @type {[string, string][]} */

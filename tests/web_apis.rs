@@ -176,7 +176,9 @@ async fn every_method_reaches_the_handler_as_sent() {
 
 /// Text bodies reach the client as UTF-8 whatever form V8 holds them in (one-byte Latin-1
 /// strings, two-byte strings, concatenations, long ones), before and after V8 optimizes the
-/// dispatch code; `Response.json`'s content type crosses beside them.
+/// dispatch code, and before and after the isolate's 1,000th request (from which the
+/// dispatch code sends them through the op's fast-call function, `FAST_OPS_AFTER` in
+/// js/20_dispatch.js); `Response.json`'s content type crosses beside them.
 #[tokio::test]
 async fn text_bodies_arrive_as_utf8_in_every_string_form() {
     let app = common::app(
@@ -203,7 +205,8 @@ async fn text_bodies_arrive_as_utf8_in_every_string_form() {
         ("/long", &long, "text/plain;charset=UTF-8"),
         ("/json", r#"{"s":"é☃"}"#, "application/json"),
     ];
-    // Enough rounds for V8 to optimize the dispatch code.
+    // Enough rounds for V8 to optimize the dispatch code, on both sides of the switch to
+    // the fast-call function (2,000 requests).
     for round in 0..400 {
         for (path, body, content_type) in &cases {
             let res = client.get(node.url(path)).send().await.unwrap();
