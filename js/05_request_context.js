@@ -15,6 +15,8 @@ const {
   RegExpPrototypeExec,
   StringPrototypeEndsWith,
   StringPrototypeIncludes,
+  StringPrototypeIndexOf,
+  StringPrototypeSlice,
   StringPrototypeStartsWith,
   StringPrototypeToLowerCase,
   StringPrototypeTrim,
@@ -36,13 +38,16 @@ export function setSubrequestLimit(limit) {
 class RequestRecord {
   /**
    * @param {number} dispatchId the host's number for the request in this isolate
-   * @param {string} id the node's id of the request (`x-request-id`)
+   * @param {string} headers its headers as the host passed them (every name and value
+   *   followed by a NUL), the node's `x-request-id` among them
    * @param {string | null} traceparent its W3C `traceparent`, if it came with one
    * @param {string | null} tracestate its W3C `tracestate`, if any
    */
-  constructor(dispatchId, id, traceparent, tracestate) {
+  constructor(dispatchId, headers, traceparent, tracestate) {
     this.dispatchId = dispatchId;
-    this.id = id;
+    this.headers = headers;
+    /** @type {string | undefined} its `x-request-id`, once a log line asked for it */
+    this.id = undefined;
     this.traceparent = traceparent;
     this.tracestate = tracestate;
     // A sampled trace (flags 01): its outbound fetches are timed for the node's spans.
@@ -59,7 +64,35 @@ class RequestRecord {
  */
 export function currentRequestId() {
   const record = getAsyncContext();
-  return ObjectPrototypeIsPrototypeOf(RequestRecord.prototype, record) ? record.id : "";
+  if (!ObjectPrototypeIsPrototypeOf(RequestRecord.prototype, record)) {
+    return "";
+  }
+  record.id ??= headerIn(record.headers, "x-request-id");
+  return record.id;
+}
+
+/**
+ * The first value of header `name` (lowercase) in `joined` (every name and value followed
+ * by a NUL, as the host passes a request's headers), or "". Read only when a log line
+ * needs the request's id: the id is not passed as a string of its own on every request.
+ * @param {string} joined
+ * @param {string} name
+ * @returns {string}
+ */
+function headerIn(joined, name) {
+  let at = 0;
+  while (at < joined.length) {
+    const nameEnd = StringPrototypeIndexOf(joined, "\0", at);
+    const valueEnd = nameEnd === -1 ? -1 : StringPrototypeIndexOf(joined, "\0", nameEnd + 1);
+    if (valueEnd === -1) {
+      break;
+    }
+    if (nameEnd - at === name.length && StringPrototypeSlice(joined, at, nameEnd) === name) {
+      return StringPrototypeSlice(joined, nameEnd + 1, valueEnd);
+    }
+    at = valueEnd + 1;
+  }
+  return "";
 }
 
 /**
@@ -67,15 +100,15 @@ export function currentRequestId() {
  * keeps that request's record.
  * @template T
  * @param {number} dispatchId the host's number for the request
- * @param {string} id its x-request-id
+ * @param {string} headers its headers as the host passed them
  * @param {string | null} traceparent its trace context, if any
  * @param {string | null} tracestate
  * @param {() => T} fn
  * @returns {T}
  */
-export function runInRequest(dispatchId, id, traceparent, tracestate, fn) {
+export function runInRequest(dispatchId, headers, traceparent, tracestate, fn) {
   const outer = getAsyncContext();
-  setAsyncContext(new RequestRecord(dispatchId, id, traceparent, tracestate));
+  setAsyncContext(new RequestRecord(dispatchId, headers, traceparent, tracestate));
   try {
     return fn();
   } finally {

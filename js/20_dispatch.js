@@ -349,7 +349,6 @@ class IncomingInnerRequest {
  * @param {number | Uint8Array | string | null} body the resource streaming the request
  *   body, the body itself when it was received whole (as the text it decodes to when it is
  *   declared as text and is UTF-8), or null
- * @param {string} requestId its x-request-id
  * @param {string | null} traceparent
  * @param {string | null} tracestate
  * @param {number | undefined} bodyLength the byte length of a body passed as text
@@ -360,7 +359,6 @@ export function dispatch(
   url,
   headers,
   body,
-  requestId,
   traceparent,
   tracestate,
   bodyLength,
@@ -370,7 +368,7 @@ export function dispatch(
   }
   runInRequest(
     id,
-    requestId,
+    headers,
     traceparent,
     tracestate,
     () => handle(id, method, url, headers, body, bodyLength),

@@ -201,9 +201,12 @@ async fn one_json_log_line_per_request_with_the_id_the_client_saw() {
     assert_eq!(id.len(), 16, "{id}");
     // The handler sees the same id among the request's headers.
     assert_eq!(res.text().await.unwrap(), id);
-    // A client's own id is kept.
+    // A client's own id is kept (headers named like it, or with it as their value, before
+    // it do not confuse the console lines' id below).
     let mine = http1()
         .get(node.url("/"))
+        .header("x-request-idx", "decoy-1")
+        .header("x-note", "x-request-id")
         .header("x-request-id", "client-chosen-1")
         .send()
         .await
@@ -267,6 +270,23 @@ async fn one_json_log_line_per_request_with_the_id_the_client_saw() {
     );
     assert_eq!(console[1]["level"], "WARN");
     assert_eq!(console[0]["app"], "site");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let theirs = loop {
+        let count = node
+            .stdout()
+            .iter()
+            .chain(node.stderr().iter())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| {
+                v["target"] == "outpost::console" && v["request_id"] == "client-chosen-1"
+            })
+            .count();
+        if count >= 2 || Instant::now() > deadline {
+            break count;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(theirs, 2, "the client's id on both console lines of its request");
 }
 
 #[tokio::test]

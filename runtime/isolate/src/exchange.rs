@@ -190,15 +190,16 @@ thread_local! {
 /// The largest [`URL`] buffer kept for the next request.
 const URL_KEPT: usize = 8 * 1024;
 
-/// The arguments of `dispatch(id, method, url, headers, body, requestId, traceparent,
-/// tracestate, bodyLength)`.
+/// The arguments of `dispatch(id, method, url, headers, body, traceparent, tracestate,
+/// bodyLength)`. The request's id is not one of them: it is among the headers, where JS
+/// looks for it only when a log line needs it (one string fewer made a request).
 pub fn request_args<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     id: u32,
     request: &http::Request<Body>,
     headers: &RequestHeaders,
     body: BodyArg,
-) -> [v8::Local<'s, v8::Value>; 9] {
+) -> [v8::Local<'s, v8::Value>; 8] {
     let id = v8::Integer::new_from_unsigned(scope, id).into();
     let method = match METHODS.iter().position(|known| known == request.method()) {
         Some(index) => v8::Integer::new(scope, index as i32).into(),
@@ -213,7 +214,6 @@ pub fn request_args<'s>(
         }
         string
     });
-    let request_id = one_byte(scope, headers.id.as_bytes());
     let mut context = |value: &Option<http::HeaderValue>| match value {
         Some(value) => one_byte(scope, value.as_bytes()),
         None => v8::null(scope).into(),
@@ -244,7 +244,6 @@ pub fn request_args<'s>(
         url,
         headers,
         body,
-        request_id,
         traceparent,
         tracestate,
         body_length,
