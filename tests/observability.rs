@@ -286,7 +286,10 @@ async fn one_json_log_line_per_request_with_the_id_the_client_saw() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(theirs, 2, "the client's id on both console lines of its request");
+    assert_eq!(
+        theirs, 2,
+        "the client's id on both console lines of its request"
+    );
 }
 
 #[tokio::test]

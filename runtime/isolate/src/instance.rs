@@ -342,6 +342,9 @@ impl Instance {
         if let Some(breach) = self.condemned.or_else(|| self.watched.breach()) {
             return Poll::Ready(TurnEnd::Breached(breach));
         }
+        // Entered once for the requests started and the event loop's turn (an entry costs
+        // ~150 instructions even when the isolate is the thread's resident one).
+        let entered = EnterGuard::new(self.raw);
         self.close_finished_bodies();
         let evicted = self.tenant.handle.evict_requested(cx.waker());
         if !*closed {
@@ -360,7 +363,7 @@ impl Instance {
                 match jobs.poll_recv(cx) {
                     Poll::Ready(Some(job)) => {
                         self.tenant.handle.job_taken();
-                        self.start_request(job);
+                        self.start_request(job, &entered);
                         if let Some(breach) = self.condemned {
                             return Poll::Ready(TurnEnd::Breached(breach));
                         }
@@ -373,9 +376,7 @@ impl Instance {
                 }
             }
         }
-        let raw = self.raw;
         let idle = {
-            let _entered = EnterGuard::new(raw);
             let limit = self.tenant.limits.cpu;
             let now = outpost_clock::precise_nanos();
             let budget = self.in_flight.borrow_mut().begin_turn(limit, now);
@@ -393,6 +394,7 @@ impl Instance {
                 Poll::Pending => false,
             }
         };
+        drop(entered);
         if idle && !self.in_flight.borrow().is_empty() {
             // Nothing is left that could ever settle the handlers' promises.
             self.fail_in_flight(FailureKind::NotAResponse, NEVER_SETTLES);
@@ -537,7 +539,8 @@ impl Instance {
     }
 
     /// Hands one request to JS; its response arrives through an op, now or later.
-    fn start_request(&mut self, job: Job) {
+    /// Hands `job` to the isolate's `dispatch` (`_entered`: the isolate is entered).
+    fn start_request(&mut self, job: Job, _entered: &EnterGuard) {
         let Job {
             request,
             stamp,
@@ -591,8 +594,6 @@ impl Instance {
             .in_flight
             .borrow_mut()
             .insert(responder, deadline, cold, now);
-        let raw = self.raw;
-        let _entered = EnterGuard::new(raw);
         let (Some(host), Some(runtime)) = (self.host.as_ref(), self.runtime.as_mut()) else {
             return;
         };
