@@ -83,10 +83,17 @@ const FAST_OPS_AFTER = 1000;
 let served = 0;
 
 function useFastOps() {
-  // The op behind `core.loadExtScript` (which answers from its own cache without it): the
-  // script was evaluated while the snapshot was made, so only deno_core's upgrade runs.
-  core.ops.op_load_ext_script("ext:deno_web/02_event.js");
-  fastRespondText = core.ops.op_outpost_respond_fast_text;
+  try {
+    // The op behind `core.loadExtScript` (which answers from its own cache without it): the
+    // script was evaluated while the snapshot was made, so only deno_core's upgrade runs.
+    core.ops.op_load_ext_script("ext:deno_web/02_event.js");
+    const fast = core.ops.op_outpost_respond_fast_text;
+    if (typeof fast === "function") {
+      fastRespondText = fast;
+    }
+  } catch {
+    // The regular functions keep serving: no request fails for want of a fast call.
+  }
 }
 
 const dispatchEvent = EventTarget.prototype.dispatchEvent;
