@@ -7,7 +7,7 @@ import { core, primordials } from "ext:core/mod.js";
 import { op_outpost_fetch_began, op_outpost_fetch_ended } from "ext:core/ops";
 
 const {
-
+  ArrayPrototypePush,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
   PromiseReject,
@@ -67,32 +67,40 @@ export function currentRequestId() {
   if (!ObjectPrototypeIsPrototypeOf(RequestRecord.prototype, record)) {
     return "";
   }
-  record.id ??= headerIn(record.headers, "x-request-id");
+  if (record.id === undefined) {
+    record.id = "";
+    const list = joinedHeaderList(record.headers);
+    for (let i = 0; i < list.length; i++) {
+      if (list[i][0] === "x-request-id") {
+        record.id = list[i][1];
+        break;
+      }
+    }
+  }
   return record.id;
 }
 
 /**
- * The first value of header `name` (lowercase) in `joined` (every name and value followed
- * by a NUL, as the host passes a request's headers), or "". Read only when a log line
- * needs the request's id: the id is not passed as a string of its own on every request.
+ * The header list of a request's headers as the host passes them (every name and value
+ * followed by a NUL): for its `Request` when the handler reads its headers, and for its id
+ * when a log line needs it (the id is not passed as a string of its own on every request).
  * @param {string} joined
- * @param {string} name
- * @returns {string}
+ * @returns {[string, string][]}
  */
-function headerIn(joined, name) {
-  let at = 0;
-  while (at < joined.length) {
-    const nameEnd = StringPrototypeIndexOf(joined, "\0", at);
-    const valueEnd = nameEnd === -1 ? -1 : StringPrototypeIndexOf(joined, "\0", nameEnd + 1);
-    if (valueEnd === -1) {
-      break;
-    }
-    if (nameEnd - at === name.length && StringPrototypeSlice(joined, at, nameEnd) === name) {
-      return StringPrototypeSlice(joined, nameEnd + 1, valueEnd);
-    }
-    at = valueEnd + 1;
+export function joinedHeaderList(joined) {
+  /** @type {[string, string][]} */
+  const list = [];
+  let start = 0;
+  while (start < joined.length) {
+    const nameEnd = StringPrototypeIndexOf(joined, "\0", start);
+    const valueEnd = StringPrototypeIndexOf(joined, "\0", nameEnd + 1);
+    ArrayPrototypePush(list, [
+      StringPrototypeSlice(joined, start, nameEnd),
+      StringPrototypeSlice(joined, nameEnd + 1, valueEnd),
+    ]);
+    start = valueEnd + 1;
   }
-  return "";
+  return list;
 }
 
 /**

@@ -24,6 +24,7 @@ import {
 } from "ext:outpost/10_globals.js";
 import {
   currentRequestId,
+  joinedHeaderList,
   runInRequest,
   setSubrequestLimit,
 } from "ext:outpost/05_request_context.js";
@@ -31,7 +32,6 @@ import {
 const {
   ArrayPrototypeFilter,
   ArrayPrototypeIndexOf,
-  ArrayPrototypePush,
   Error,
   FunctionPrototypeCall,
   ObjectPrototypeIsPrototypeOf,
@@ -40,8 +40,6 @@ const {
   ReflectApply,
   String,
   StringPrototypeIncludes,
-  StringPrototypeIndexOf,
-  StringPrototypeSlice,
   StringPrototypeStartsWith,
   Symbol,
   TypeError,
@@ -306,20 +304,7 @@ class IncomingInnerRequest {
 
   get headerList() {
     if (this.headerListInner === null) {
-      const joined = this.#joinedHeaders ?? "";
-      /** @type {[string, string][]} */
-      const list = [];
-      let start = 0;
-      while (start < joined.length) {
-        const nameEnd = StringPrototypeIndexOf(joined, "\0", start);
-        const valueEnd = StringPrototypeIndexOf(joined, "\0", nameEnd + 1);
-        ArrayPrototypePush(list, [
-          StringPrototypeSlice(joined, start, nameEnd),
-          StringPrototypeSlice(joined, nameEnd + 1, valueEnd),
-        ]);
-        start = valueEnd + 1;
-      }
-      this.headerListInner = list;
+      this.headerListInner = joinedHeaderList(this.#joinedHeaders ?? "");
       this.#joinedHeaders = null;
     }
     return this.headerListInner;

@@ -723,8 +723,9 @@ impl Passes {
 /// app, space and URL (not its variant: the URL's primary key), the URL as the pieces
 /// [`crate::serve::url_of`] writes it from (scheme, authority, path and query). The same
 /// from a [`Key`] and from a request's `Uri`, so a dynamic app's request finds its URL on
-/// the list without its key's strings being built. Two URLs of one fingerprint (1 in 2⁶⁴) would share their place on the
-/// list: the other one's misses would skip coalescing for a while.
+/// the list without its key's strings being built. Two URLs of one fingerprint (1 in 2⁶⁴)
+/// would share their place on the list: the other one's misses would skip coalescing for a
+/// while.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct UrlPrint(u64);
 

@@ -523,8 +523,9 @@ static DEFAULT_TEXT: http::HeaderValue = http::HeaderValue::from_static("text/pl
 /// no header list crosses from JS. `content_type` is read only for
 /// [`FAST_HEADER_CONTENT_TYPE`] (the caller passes `""` otherwise): its bytes are borrowed,
 /// and a body of up to 8 KiB is read through a buffer on the stack, so the body's own
-/// buffer is the one allocation. (deno_core makes it a fast-call op too, but the dispatch
-/// JS in the snapshot holds the regular function: V8 cannot serialize fast-call overloads.)
+/// buffer is the one allocation. A fast-call op: the dispatch JS calls the fast function
+/// once an isolate has served `FAST_OPS_AFTER` requests (js/20_dispatch.js; the snapshot
+/// holds only the regular one, V8 cannot serialize fast-call overloads).
 #[op2(fast)]
 fn op_outpost_respond_fast_text(
     state: &mut OpState,

@@ -538,8 +538,8 @@ impl Instance {
         }
     }
 
-    /// Hands one request to JS; its response arrives through an op, now or later.
-    /// Hands `job` to the isolate's `dispatch` (`_entered`: the isolate is entered).
+    /// Hands one request to JS (`_entered`: the isolate is entered); its response arrives
+    /// through an op, now or later.
     fn start_request(&mut self, job: Job, _entered: &EnterGuard) {
         let Job {
             request,
