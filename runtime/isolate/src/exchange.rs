@@ -108,24 +108,18 @@ pub struct RequestHeaders {
 
 impl RequestHeaders {
     /// The request's `headers` with the node's `stamp` in place of the client's headers of
-    /// its names.
-    pub fn of(headers: &http::HeaderMap, stamp: &outpost_pool::Stamp) -> RequestHeaders {
+    /// its names, joined into `buffer` (emptied first: an isolate passes the one
+    /// [`RequestHeaders::recycle`] gave back, so a request allocates no buffer of its own).
+    pub fn of(
+        headers: &http::HeaderMap,
+        stamp: &outpost_pool::Stamp,
+        mut buffer: Vec<u8>,
+    ) -> RequestHeaders {
         const X_REQUEST_ID: &str = "x-request-id";
         const TRACEPARENT: &str = "traceparent";
-        let stamped = [
-            (X_REQUEST_ID, stamp.request_id.as_ref()),
-            (TRACEPARENT, stamp.traceparent.as_ref()),
-        ];
-        let size = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 2)
-            .sum::<usize>()
-            + stamped
-                .iter()
-                .filter_map(|(name, value)| Some(name.len() + (*value)?.len() + 2))
-                .sum::<usize>();
+        buffer.clear();
         let mut read = RequestHeaders {
-            joined: Vec::with_capacity(size),
+            joined: buffer,
             id: http::HeaderValue::from_static(""),
             traceparent: None,
             tracestate: None,
@@ -167,7 +161,20 @@ impl RequestHeaders {
         }
         read
     }
+
+    /// The buffer of `joined`, for the next request's [`RequestHeaders::of`]; a new one
+    /// after headers larger than [`HEADERS_KEPT`].
+    pub fn recycle(self) -> Vec<u8> {
+        if self.joined.capacity() > HEADERS_KEPT {
+            Vec::new()
+        } else {
+            self.joined
+        }
+    }
 }
+
+/// The largest buffer of joined headers kept for the next request.
+const HEADERS_KEPT: usize = 16 * 1024;
 
 /// The methods passed to `dispatch` by their index here (`METHODS` in
 /// `js/20_dispatch.js`, in the same order); any other as its name.
@@ -371,7 +378,7 @@ mod tests {
         if let Some(content_type) = content_type {
             headers.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
         }
-        let read = RequestHeaders::of(&headers, &outpost_pool::Stamp::default());
+        let read = RequestHeaders::of(&headers, &outpost_pool::Stamp::default(), Vec::new());
         match BodyArg::whole(Bytes::from_static(bytes), &read) {
             BodyArg::Text(_) => "text",
             BodyArg::Whole(_) => "bytes",
@@ -394,7 +401,7 @@ mod tests {
             pairs
         };
         // Without a stamp, the client's are the request's.
-        let read = RequestHeaders::of(&headers, &outpost_pool::Stamp::default());
+        let read = RequestHeaders::of(&headers, &outpost_pool::Stamp::default(), Vec::new());
         assert_eq!(read.id, "client id");
         assert_eq!(read.traceparent.as_ref().unwrap(), "client-trace");
         assert_eq!(
@@ -411,7 +418,7 @@ mod tests {
             request_id: Some(http::HeaderValue::from_static("0123456789abcdef")),
             traceparent: Some(http::HeaderValue::from_static("node-trace")),
         };
-        let read = RequestHeaders::of(&headers, &stamp);
+        let read = RequestHeaders::of(&headers, &stamp, Vec::new());
         assert_eq!(read.id, "0123456789abcdef");
         assert_eq!(read.traceparent.as_ref().unwrap(), "node-trace");
         assert_eq!(read.tracestate.as_ref().unwrap(), "vendor=1");

@@ -96,6 +96,10 @@ pub struct Instance {
     streams: Rc<CancelHandle>,
     /// The serve loop's waker while it waits for a request to finish (at its concurrency).
     parked: Rc<Cell<Option<Waker>>>,
+    /// The buffer a request's headers are joined into for JS, kept for the next request.
+    header_buffer: Vec<u8>,
+    /// The waker registered for the pool's eviction (see `InstanceHandle::evict_requested`).
+    evict_waker: Option<Waker>,
 }
 
 /// Why [`Instance::serve`] returned.
@@ -184,6 +188,8 @@ impl Instance {
             finished_bodies: Rc::default(),
             streams: Rc::new(CancelHandle::new()),
             parked: Rc::default(),
+            evict_waker: None,
+            header_buffer: Vec::new(),
         };
         // A module that never finishes evaluating (a top-level await on nothing) must not
         // hold its place in the budget, or the requests waiting for it, forever.
@@ -346,7 +352,10 @@ impl Instance {
         // ~150 instructions even when the isolate is the thread's resident one).
         let entered = EnterGuard::new(self.raw);
         self.close_finished_bodies();
-        let evicted = self.tenant.handle.evict_requested(cx.waker());
+        let evicted = self
+            .tenant
+            .handle
+            .evict_requested(cx.waker(), &mut self.evict_waker);
         if !*closed {
             if evicted {
                 // Whatever is queued still gets served; then the queue reads as closed.
@@ -354,26 +363,8 @@ impl Instance {
             }
             // Every request waiting is started before the event loop turns once for all of
             // them (one poll of this task per wake-up, however many arrived).
-            loop {
-                if self.tenant.handle.in_flight() >= self.tenant.limits.concurrency {
-                    // At its concurrency: wait for a request to finish.
-                    self.parked.set(Some(cx.waker().clone()));
-                    break;
-                }
-                match jobs.poll_recv(cx) {
-                    Poll::Ready(Some(job)) => {
-                        self.tenant.handle.job_taken();
-                        self.start_request(job, &entered);
-                        if let Some(breach) = self.condemned {
-                            return Poll::Ready(TurnEnd::Breached(breach));
-                        }
-                    }
-                    Poll::Ready(None) => {
-                        *closed = true;
-                        break;
-                    }
-                    Poll::Pending => break,
-                }
+            if let Some(breach) = self.start_requests(cx, jobs, closed, &entered) {
+                return Poll::Ready(TurnEnd::Breached(breach));
             }
         }
         let idle = {
@@ -538,9 +529,88 @@ impl Instance {
         }
     }
 
-    /// Hands one request to JS (`_entered`: the isolate is entered); its response arrives
-    /// through an op, now or later.
-    fn start_request(&mut self, job: Job, _entered: &EnterGuard) {
+    /// The next request waiting, while the isolate is below its concurrency (else it
+    /// waits for one to finish); marks the queue `closed` when it is.
+    fn take_job(
+        &mut self,
+        cx: &mut Context<'_>,
+        jobs: &mut mpsc::Receiver<Job>,
+        closed: &mut bool,
+    ) -> Option<Job> {
+        if self.tenant.handle.in_flight() >= self.tenant.limits.concurrency {
+            // At its concurrency: wait for a request to finish.
+            self.parked.set(Some(cx.waker().clone()));
+            return None;
+        }
+        match jobs.poll_recv(cx) {
+            Poll::Ready(Some(job)) => {
+                self.tenant.handle.job_taken();
+                Some(job)
+            }
+            Poll::Ready(None) => {
+                *closed = true;
+                None
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    /// Hands every request waiting to JS (`_entered`: the isolate is entered), one call of
+    /// the dispatch function each; their responses arrive through an op, now or later.
+    /// Up to [`START_BATCH`] of them share one V8 handle scope, context scope and
+    /// `TryCatch` (each of those, opened and closed per request, cost ~200 instructions
+    /// of a hello-world request). Returns the limit a request broke, if one did.
+    fn start_requests(
+        &mut self,
+        cx: &mut Context<'_>,
+        jobs: &mut mpsc::Receiver<Job>,
+        closed: &mut bool,
+        _entered: &EnterGuard,
+    ) -> Option<Breach> {
+        loop {
+            let mut job = self.take_job(cx, jobs, closed)?;
+            let op_state = self.runtime().op_state();
+            // Out of `self` while the scopes borrow them, so that each request's own
+            // bookkeeping can still use the rest of the instance.
+            let (Some(host), Some(mut runtime)) = (self.host.take(), self.runtime.take()) else {
+                unreachable!("the runtime and its host live until drop");
+            };
+            let mut started = 0;
+            let breach = {
+                let isolate = &mut *runtime.v8_isolate();
+                v8::scope_with_context!(scope, isolate, &host.context);
+                v8::tc_scope!(let tc, scope);
+                let dispatch = v8::Local::new(tc, &host.dispatch);
+                loop {
+                    let request = self.prepare_request(job, &op_state);
+                    started += 1;
+                    if let Some(breach) = self.call_dispatch(tc, dispatch, request) {
+                        break Some(breach);
+                    }
+                    if started == START_BATCH {
+                        break None;
+                    }
+                    match self.take_job(cx, jobs, closed) {
+                        Some(next) => job = next,
+                        None => break None,
+                    }
+                }
+            };
+            self.host = Some(host);
+            self.runtime = Some(runtime);
+            if breach.is_some() || started < START_BATCH {
+                return breach;
+            }
+        }
+    }
+
+    /// A request's bookkeeping before JS sees it: its body (a resource in `op_state` when
+    /// it streams), its responder and its entry among the requests in flight.
+    fn prepare_request(
+        &mut self,
+        job: Job,
+        op_state: &Rc<RefCell<deno_core::OpState>>,
+    ) -> Prepared {
         let Job {
             request,
             stamp,
@@ -557,15 +627,14 @@ impl Instance {
         // its body is taken out.
         let mut request = request;
         let body = std::mem::replace(request.body_mut(), outpost_pool::empty_body());
-        let headers = exchange::RequestHeaders::of(request.headers(), &stamp);
+        let headers = exchange::RequestHeaders::of(
+            request.headers(),
+            &stamp,
+            std::mem::take(&mut self.header_buffer),
+        );
         let (body, body_rid) = match RequestBody::from(body) {
             RequestBody::Stream(resource) => {
-                let rid = self
-                    .runtime()
-                    .op_state()
-                    .borrow_mut()
-                    .resource_table
-                    .add(resource);
+                let rid = op_state.borrow_mut().resource_table.add(resource);
                 (exchange::BodyArg::Stream(rid), Some(rid))
             }
             RequestBody::Whole(bytes) => (exchange::BodyArg::whole(bytes, &headers), None),
@@ -594,32 +663,56 @@ impl Instance {
             .in_flight
             .borrow_mut()
             .insert(responder, deadline, cold, now);
-        let (Some(host), Some(runtime)) = (self.host.as_ref(), self.runtime.as_mut()) else {
-            return;
-        };
+        Prepared {
+            id,
+            request,
+            headers,
+            body,
+            now,
+        }
+    }
+
+    /// Calls the dispatch function for one prepared request, its CPU charged to it alone;
+    /// answers it with the exception if the call threw. Returns the limit it broke, if it
+    /// did (the instance is then condemned).
+    fn call_dispatch(
+        &mut self,
+        tc: &mut v8::PinnedRef<'_, v8::TryCatch<v8::HandleScope>>,
+        dispatch: v8::Local<v8::Function>,
+        request: Prepared,
+    ) -> Option<Breach> {
+        let Prepared {
+            id,
+            request,
+            headers,
+            body,
+            now,
+        } = request;
         let budget = self
             .in_flight
             .borrow_mut()
             .begin_dispatch(id, self.tenant.limits.cpu, now);
         let turn = self.watched.turn_from(now, budget);
         let threw = {
-            let isolate = &mut *runtime.v8_isolate();
-            v8::scope_with_context!(scope, isolate, &host.context);
-            v8::tc_scope!(let tc, scope);
             let args = exchange::request_args(tc, id, &request, &headers, body);
-            let dispatch = v8::Local::new(tc, &host.dispatch);
             let undefined = v8::undefined(tc).into();
             match dispatch.call(tc, undefined, &args) {
                 Some(_) => None,
-                None => Some(exception_text(tc)),
+                None => {
+                    let text = exception_text(tc);
+                    // The next request's call starts with nothing caught.
+                    tc.reset();
+                    Some(text)
+                }
             }
         };
+        self.header_buffer = headers.recycle();
         let cpu = turn.end();
         self.in_flight.borrow_mut().end_turn(cpu);
         if let Some(breach) = self.watched.breach() {
             // The request that broke the limit fails with the others in flight.
             self.condemned = Some(breach);
-            return;
+            return Some(breach);
         }
         if let Some(message) = threw {
             let removed = self.in_flight.borrow_mut().remove(id);
@@ -633,8 +726,24 @@ impl Instance {
                 );
             }
         }
+        None
     }
 }
+
+/// A request ready for JS: its id among the requests in flight, and its parts as
+/// `dispatch` takes them.
+struct Prepared {
+    id: u32,
+    request: Box<http::Request<outpost_pool::Body>>,
+    headers: exchange::RequestHeaders,
+    body: exchange::BodyArg,
+    /// When its bookkeeping was done ([`outpost_clock::precise_nanos`]).
+    now: u64,
+}
+
+/// The most requests started in one V8 scope: the handles their arguments make stay until
+/// the scope closes.
+const START_BATCH: usize = 32;
 
 impl Drop for Instance {
     fn drop(&mut self) {

@@ -48,9 +48,10 @@ impl Engine for Echo {
                 if hold {
                     std::future::pending::<()>().await;
                 }
+                let mut registered = None;
                 loop {
                     let next = poll_fn(|cx| {
-                        if handle.evict_requested(cx.waker()) {
+                        if handle.evict_requested(cx.waker(), &mut registered) {
                             jobs.close();
                         }
                         jobs.poll_recv(cx)
