@@ -4,6 +4,7 @@
 //! follows, and a follower that falls behind by more than the channel holds is dropped (its
 //! stream ends with a line saying so) instead of slowing the node.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -59,13 +60,39 @@ pub struct TailFilter {
 #[derive(Debug)]
 pub struct Tail {
     events: broadcast::Sender<Arc<TailEvent>>,
+    /// Its followers now. Kept here because the channel's own count is read under a lock,
+    /// and every request asks.
+    followers: Arc<AtomicUsize>,
 }
 
 impl Default for Tail {
     fn default() -> Self {
         Tail {
             events: broadcast::channel(BACKLOG).0,
+            followers: Arc::default(),
         }
+    }
+}
+
+/// A follower's place in the channel, counted among the followers while it lives.
+struct Follower {
+    receiver: broadcast::Receiver<Arc<TailEvent>>,
+    followers: Arc<AtomicUsize>,
+}
+
+impl Follower {
+    fn new(tail: &Tail) -> Follower {
+        tail.followers.fetch_add(1, Ordering::Relaxed);
+        Follower {
+            receiver: tail.events.subscribe(),
+            followers: tail.followers.clone(),
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.followers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -75,7 +102,7 @@ const LEVELS: [&str; 4] = ["debug", "log", "warn", "error"];
 impl Tail {
     /// Whether anyone follows (events are not even built otherwise).
     pub fn followed(&self) -> bool {
-        self.events.receiver_count() > 0
+        self.followers.load(Ordering::Relaxed) > 0
     }
 
     pub fn publish(&self, event: TailEvent) {
@@ -111,19 +138,19 @@ impl Tail {
     ) -> impl futures::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>
            + Send
            + 'static {
-        let receiver = self.events.subscribe();
-        futures::stream::unfold(Some(receiver), move |receiver| {
+        let follower = Follower::new(self);
+        futures::stream::unfold(Some(follower), move |follower| {
             let filter = filter.clone();
             async move {
-                let mut receiver = receiver?;
+                let mut follower = follower?;
                 loop {
-                    match receiver.recv().await {
+                    match follower.receiver.recv().await {
                         Ok(event) if wanted(&filter, &event) => {
                             let mut line = serde_json::to_vec(&*event).unwrap_or_default();
                             line.push(b'\n');
                             return Some((
                                 Ok(hyper::body::Frame::data(Bytes::from(line))),
-                                Some(receiver),
+                                Some(follower),
                             ));
                         }
                         Ok(_) => continue,
@@ -152,5 +179,23 @@ fn wanted(filter: &TailFilter, event: &TailEvent) -> bool {
         TailEvent::Request { status, .. } => filter
             .status_class
             .is_none_or(|class| status / 100 == class),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_is_followed_while_a_follower_lives() {
+        let tail = Tail::default();
+        assert!(!tail.followed());
+        let first = tail.follow(TailFilter::default());
+        let second = tail.follow(TailFilter::default());
+        assert!(tail.followed());
+        drop(first);
+        assert!(tail.followed());
+        drop(second);
+        assert!(!tail.followed());
     }
 }
