@@ -558,8 +558,8 @@ impl Instance {
     /// Hands every request waiting to JS (`_entered`: the isolate is entered), one call of
     /// the dispatch function each; their responses arrive through an op, now or later.
     /// Up to [`START_BATCH`] of them share one V8 handle scope, context scope and
-    /// `TryCatch` (each of those, opened and closed per request, cost ~200 instructions
-    /// of a hello-world request). Returns the limit a request broke, if one did.
+    /// `TryCatch` (opened and closed per request, together they cost ~500 instructions of
+    /// a hello-world request). Returns the limit a request broke, if one did.
     fn start_requests(
         &mut self,
         cx: &mut Context<'_>,
